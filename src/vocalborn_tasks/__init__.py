@@ -1,0 +1,1 @@
+"""vocalborn-tasks: typed, reliable async task layer for long audio-analysis jobs."""

@@ -1,0 +1,1 @@
+"""Audio analysis engine (placeholder package; being built)."""

@@ -1,0 +1,205 @@
+"""Typed data that crosses the library's edges: requests, results, task states.
+
+Everything here is a pydantic model or enum so that what leaves a host app is validated
+before it is queued, and what comes back from a worker is validated before a host reads it.
+Models travel as JSON (``model_dump(mode="json")``), never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+__all__ = [
+    "FINAL_STATES",
+    "AnalysisRequest",
+    "AnalysisResult",
+    "AnalyzerInfo",
+    "Finding",
+    "TaskErrorInfo",
+    "TaskState",
+    "TaskStatus",
+    "state_from_celery",
+]
+
+#: Largest JSON size of ``analysis_params``/``metadata`` a request may carry. Task arguments
+#: live in Redis and pass through every worker: a megabyte of metadata is a mistake or an attack.
+MAX_PARAMS_BYTES = 16 * 1024
+
+RecordId = Annotated[
+    str,
+    Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"),
+]
+
+
+class TaskState(StrEnum):
+    """Where a task is. Celery's own states plus the ones Celery cannot tell apart."""
+
+    PENDING = "PENDING"  # queued (the library saw it submitted), not yet picked up
+    STARTED = "STARTED"  # a worker has begun running it
+    PROGRESS = "PROGRESS"  # running, and has published a step and percent
+    RETRY = "RETRY"  # failed transiently, scheduled to run again
+    SUCCESS = "SUCCESS"  # finished; ``result`` holds its value
+    FAILURE = "FAILURE"  # finished with an error; ``error`` says which
+    REVOKED = "REVOKED"  # cancelled
+    NOT_FOUND = "NOT_FOUND"  # never submitted here, or its result has expired
+    LOST = "LOST"  # submitted, then forgotten by the server (restart without persistence)
+
+    @property
+    def is_final(self) -> bool:
+        """True for states a task never leaves."""
+        return self in FINAL_STATES
+
+
+FINAL_STATES: frozenset[TaskState] = frozenset(
+    {TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED, TaskState.NOT_FOUND, TaskState.LOST}
+)
+
+_CELERY_STATES: dict[str, TaskState] = {
+    "PENDING": TaskState.PENDING,
+    "RECEIVED": TaskState.PENDING,
+    "STARTED": TaskState.STARTED,
+    "PROGRESS": TaskState.PROGRESS,
+    "RETRY": TaskState.RETRY,
+    "SUCCESS": TaskState.SUCCESS,
+    "FAILURE": TaskState.FAILURE,
+    "REVOKED": TaskState.REVOKED,
+    "REJECTED": TaskState.FAILURE,
+    "IGNORED": TaskState.FAILURE,
+}
+
+
+def state_from_celery(state: str) -> TaskState:
+    """Map one of Celery's state strings to a :class:`TaskState`.
+
+    Unknown custom states are treated as in-progress work (``PROGRESS``): a task that
+    publishes its own state is still running.
+    """
+    return _CELERY_STATES.get(state.upper(), TaskState.PROGRESS)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_json_size(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    size = len(json.dumps(value, separators=(",", ":"), default=str))
+    if size > MAX_PARAMS_BYTES:
+        raise ValueError(f"is {size} bytes of JSON; at most {MAX_PARAMS_BYTES} are allowed")
+    return value
+
+
+class AnalysisRequest(_Model):
+    """One practice recording to compare with its reference.
+
+    ``recording`` and ``reference`` are local paths or URIs that the worker can read
+    (``file://`` by default; a host adds schemes with a recording resolver). When both are
+    omitted, the configured resolver maps ``practice_record_id`` to them.
+    """
+
+    practice_record_id: RecordId
+    recording: str | None = Field(default=None, min_length=1, max_length=4096)
+    reference: str | None = Field(default=None, min_length=1, max_length=4096)
+    language: str | None = Field(default=None, max_length=35, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+    analysis_params: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @field_validator("analysis_params")
+    @classmethod
+    def _params_size(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        return _check_json_size(value)
+
+    @field_validator("recording", "reference")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+class AnalyzerInfo(_Model):
+    """Which analyzer produced a result, so results from different models are never mixed up."""
+
+    name: str
+    version: str
+
+
+class Finding(_Model):
+    """One concrete observation behind the advice, with its time span when it has one.
+
+    ``code`` is stable (``missing_end``, ``extra_pauses``, ``slow``, ``pitch_contour``,
+    ``noise``, ...) so a host can word it its own way; ``message`` is already localised.
+    """
+
+    code: str
+    message: str
+    start_s: float | None = None
+    end_s: float | None = None
+    severity: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+Score = Annotated[float, Field(ge=0.0, le=100.0)]
+
+
+class AnalysisResult(_Model):
+    """The scores, level and advice for one practice recording.
+
+    ``level`` runs from 1 (best) to 5 (worst), as on the platform. ``reliable`` is false when
+    the recording itself is too poor to judge (noise, clipping); the app should ask for a new one.
+    """
+
+    practice_record_id: str | None = None
+    overall_score: Score
+    level: int = Field(ge=1, le=5)
+    pronunciation_accuracy: Score
+    fluency_score: Score
+    rhythm_score: Score
+    tone_score: Score
+    clarity_score: Score
+    completeness_score: Score
+    reliable: bool
+    reliability_issues: list[str] = Field(default_factory=list)
+    improvement_areas: list[str] = Field(default_factory=list)
+    suggestions: list[str] = Field(default_factory=list)
+    findings: list[Finding] = Field(default_factory=list)
+    language: str | None = None
+    metrics: dict[str, JsonValue] = Field(default_factory=dict)
+    analyzer: AnalyzerInfo
+    processing_time_s: float = Field(ge=0.0)
+
+
+class TaskErrorInfo(_Model):
+    """Why a task failed, as stored by the worker: never a traceback with secrets in it."""
+
+    type: str
+    message: str
+    code: str | None = None
+    retryable: bool = False
+
+
+class TaskStatus(_Model):
+    """A snapshot of one task.
+
+    ``result`` is the task's JSON return value on SUCCESS (use
+    :meth:`TaskManager.wait_for_result` for a typed model); ``error`` is set on FAILURE.
+    """
+
+    task_id: str
+    state: TaskState
+    task_name: str | None = None
+    step: str | None = None
+    progress: float | None = Field(default=None, ge=0.0, le=100.0)
+    result: Any = None
+    error: TaskErrorInfo | None = None
+    retries: int = 0
+    submitted_at: datetime | None = None
+    date_done: datetime | None = None
+    queue: str | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """True when the task will not change state again."""
+        return self.state.is_final
