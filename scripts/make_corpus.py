@@ -28,6 +28,7 @@ import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -337,6 +338,21 @@ def write_audio(path: Path, audio: FloatArray, *, fmt: str = "WAV", subtype: str
     sf.write(str(path), np.clip(audio, -1.0, 1.0), rate, format=fmt, subtype=subtype)
 
 
+def write_float32_wav(path: Path, audio: FloatArray, rate: int = SAMPLE_RATE) -> None:
+    """Write a mono IEEE-float WAV by hand.
+
+    libsndfile adds a ``PEAK`` chunk holding the current time to float files, which would make
+    the committed fixture change at every regeneration.
+    """
+    data = np.clip(audio, -1.0, 1.0).astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHHH", 3, 1, rate, rate * 4, 4, 32, 0)
+    fact = struct.pack("<I", len(audio))
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+            + b"fact" + struct.pack("<I", 4) + fact + b"data" + struct.pack("<I", len(data)) + data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
 def describe(entry: Entry, root: Path) -> Entry:
     """Fill duration, rate, channels and format from the file itself (when it is readable)."""
     path = root / entry.path
@@ -503,7 +519,7 @@ def bad_files(out: Path, prefix: str, *, include_long: bool) -> list[Entry]:
     entries.append(entry("pcm8", rel, "8-bit unsigned PCM, 16 kHz mono"))
 
     rel = f"{prefix}float32.wav"
-    write_audio(out / rel, speech, subtype="FLOAT")
+    write_float32_wav(out / rel, speech)
     entries.append(entry("float32", rel, "32-bit float WAV (WAVE_FORMAT_IEEE_FLOAT), 16 kHz"))
 
     rel = f"{prefix}corrupt_header.wav"
@@ -567,6 +583,7 @@ def manifest_document(entries: list[Entry], kind: str) -> dict[str, Any]:
             {"id": s.sid, "language": s.language, "text": s.text, "gloss": s.gloss,
              "alternates": [{"text": t, "changes": c.split(",")} for t, c in s.alternates]}
             for s in (*EN_SENTENCES, *ZH_SENTENCES)
+            if s.sid in {e.sentence_id for e in entries}
         ],
         "entries": [asdict(e) for e in entries],
     }
@@ -688,11 +705,15 @@ def make_fixtures(out: Path) -> list[Entry]:
 
 
 def make_samples(out: Path) -> list[Entry]:
-    """Demo recordings shipped in the wheel: per language a reference, an attempt, a half read."""
+    """Demo recordings shipped in the wheel: per language a reference, an attempt, a half read.
+
+    FLAC rather than OGG Vorbis: libsndfile gives every Ogg stream a random serial number, so
+    Vorbis files would change at each regeneration; FLAC output is byte-for-byte reproducible.
+    """
     out.mkdir(parents=True, exist_ok=True)
     entries: list[Entry] = []
     for language in ("en", "zh-TW"):
-        entries += _pair_files(out, language, "OGG", "ogg", "VORBIS",
+        entries += _pair_files(out, language, "FLAC", "flac", "PCM_16",
                                ("clean", "truncated_half"))
     write_manifest(out, entries, "samples")
     return entries
