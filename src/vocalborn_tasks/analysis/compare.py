@@ -1,0 +1,209 @@
+"""Measurements of a sample against its reference, along their alignment.
+
+Everything here is a raw measurement (distances, ratios, seconds); turning them into 0-100
+scores is :mod:`.scoring`'s job, so the two can be tuned and tested separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .align import MAX_CELLS, Alignment, align_many, local_costs, pool_frames
+from .features import cepstra
+from .profile import FRAME_S, PAUSE_FRAMES, Profile, normalise
+
+__all__ = ["Comparison", "Span", "compare"]
+
+#: Window over which "worst part" measurements are taken.
+WINDOW_S = 0.4
+#: Reference stretch over which the local tempo is measured for rhythm.
+RHYTHM_SEG_S = 0.3
+#: A sample pause within this distance of a reference pause counts as the same pause.
+PAUSE_TOLERANCE_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A stretch of the sample, in seconds, with the value measured over it."""
+
+    start_s: float
+    end_s: float
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """How the sample relates to the reference.
+
+    Attributes:
+        warp: VTLN factor that matched best.
+        cost: mean alignment distance (0 identical; about 1.2 unrelated speech).
+        worst: the window of the sample with the highest mean distance.
+        coverage: share of the reference's speech spanned by the alignment (0..1).
+        missing_start: share of the reference before the aligned part.
+        missing_end: share of the reference after the aligned part.
+        tempo: sample speaking time over the reference's for the part read (>1 is slower).
+        extra_pauses: sample pauses the reference does not have, or that last much longer.
+        rhythm_dev: mean absolute log2 deviation of the local tempo from its median.
+        pitch_dev: mean absolute semitone difference of the aligned, median-centred contours.
+        pitch_worst: the window with the largest pitch difference.
+        pitch_pairs: aligned frames voiced in both recordings.
+    """
+
+    warp: float
+    cost: float
+    worst: Span
+    coverage: float
+    missing_start: float
+    missing_end: float
+    tempo: float
+    extra_pauses: list[Span] = field(default_factory=list)
+    rhythm_dev: float = 0.0
+    pitch_dev: float = float("nan")
+    pitch_worst: Span | None = None
+    pitch_pairs: int = 0
+
+
+def features_pair(
+    sample: Profile, ref: Profile, warp: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Normalised cepstra of the sample (at ``warp``) and of the reference in its noise.
+
+    Rather than cleaning the sample, the sample's own noise is added to the reference in the
+    mel-power domain, scaled to the same speech-to-noise ratio: both then carry the same
+    noise and their cepstra stay comparable however noisy the sample is.
+    """
+    noise = sample.noise_mel[warp] * (ref.speech_power / sample.speech_power)
+    a = normalise(cepstra(sample.mel[warp]))
+    b = normalise(cepstra(ref.mel[1.0] + noise[None, :]))
+    return a, b
+
+
+def _align_best(sample: Profile, ref: Profile) -> tuple[float, Alignment, int]:
+    warps = list(sample.mel)
+    n, m = sample.kept.size, ref.kept.size
+    factor = max(1, int(np.ceil(np.sqrt(n * m / MAX_CELLS))))
+    costs = []
+    for w in warps:
+        a, b = features_pair(sample, ref, w)
+        costs.append(local_costs(pool_frames(a, factor), pool_frames(b, factor)))
+    results = align_many(np.stack(costs))
+    k = int(np.argmin([r.cost for r in results]))
+    return warps[k], results[k], factor
+
+
+def _worst_window(values: NDArray[np.float64], times: NDArray[np.float64]) -> Span:
+    win = max(1, round(WINDOW_S / FRAME_S))
+    if values.size <= win:
+        return Span(float(times[0]), float(times[-1]) + FRAME_S, float(values.mean()))
+    csum = np.concatenate([[0.0], np.cumsum(values)])
+    means = (csum[win:] - csum[:-win]) / win
+    k = int(np.argmax(means))
+    return Span(float(times[k]), float(times[k + win - 1]) + FRAME_S, float(means[k]))
+
+
+def compare(sample: Profile, ref: Profile) -> Comparison:
+    """Align ``sample`` to ``ref`` and measure the differences."""
+    warp, al, factor = _align_best(sample, ref)
+    # Back to full frame resolution: sample kept frame -> reference kept frame.
+    n_s = sample.kept.size
+    m_r = ref.kept.size
+    s_pos = np.minimum(np.arange(n_s) // factor, al.ref_index.size - 1)
+    r_kept_idx = np.minimum(al.ref_index[s_pos] * factor + (np.arange(n_s) % factor), m_r - 1)
+    frame_cost = al.frame_cost[s_pos]
+    s_frames = sample.kept
+    r_frames = ref.kept[r_kept_idx]
+    s_times = np.asarray(s_frames * FRAME_S, dtype=np.float64)
+
+    worst = _worst_window(frame_cost, s_times)
+    start_k, end_k = int(r_kept_idx[0]), int(r_kept_idx[-1])
+    coverage = (end_k - start_k + 1) / m_r
+    missing_start = start_k / m_r
+    missing_end = (m_r - 1 - end_k) / m_r
+
+    ref_span_s = (ref.kept[end_k] - ref.kept[start_k] + 1) * FRAME_S
+    tempo = sample.active_s / max(ref_span_s, 0.2)
+
+    extra = _extra_pauses(sample, ref, s_frames, r_frames)
+    rhythm = _rhythm(s_frames, r_frames)
+    pitch_dev, pitch_worst, pairs = _pitch(sample, ref, s_frames, r_frames)
+    return Comparison(
+        warp=warp,
+        cost=float(frame_cost.mean()),
+        worst=worst,
+        coverage=float(coverage),
+        missing_start=float(missing_start),
+        missing_end=float(missing_end),
+        tempo=float(tempo),
+        extra_pauses=extra,
+        rhythm_dev=rhythm,
+        pitch_dev=pitch_dev,
+        pitch_worst=pitch_worst,
+        pitch_pairs=pairs,
+    )
+
+
+def _ref_time_of(s_frame: int, s_frames: NDArray[np.intp], r_frames: NDArray[np.intp]) -> int:
+    k = int(np.searchsorted(s_frames, s_frame))
+    return int(r_frames[min(k, r_frames.size - 1)])
+
+
+def _extra_pauses(
+    sample: Profile, ref: Profile, s_frames: NDArray[np.intp], r_frames: NDArray[np.intp]
+) -> list[Span]:
+    """Sample pauses with no counterpart in the reference (or much longer than it)."""
+    ref_pauses = ref.pauses()
+    tol = int(PAUSE_TOLERANCE_S / FRAME_S)
+    out: list[Span] = []
+    for a, b in sample.pauses():
+        r_at = _ref_time_of(a, s_frames, r_frames)
+        expected = 0
+        for ra, rb in ref_pauses:
+            if ra - tol <= r_at <= rb + tol:
+                expected = max(expected, rb - ra)
+        excess = (b - a) - 2 * expected
+        if expected == 0 or excess >= PAUSE_FRAMES:
+            out.append(Span(a * FRAME_S, b * FRAME_S, (b - a) * FRAME_S))
+    return out
+
+
+def _rhythm(s_frames: NDArray[np.intp], r_frames: NDArray[np.intp]) -> float:
+    """Steadiness of the tempo: how much the local sample/reference time ratio wanders.
+
+    Both time axes keep their pauses, so a pause both speakers make cancels out while a
+    pause only the sample makes shows as a stretch of slow local tempo.
+    """
+    r_unique, first = np.unique(r_frames, return_index=True)
+    if r_unique.size < 4:
+        return 0.0
+    s_at = s_frames[first].astype(np.float64)
+    seg = max(2, round(RHYTHM_SEG_S / FRAME_S))
+    grid = np.arange(r_unique[0], r_unique[-1] + 1, seg, dtype=np.float64)
+    if grid.size < 3:
+        return 0.0
+    s_grid = np.interp(grid, r_unique.astype(np.float64), s_at)
+    ratio = np.maximum(np.diff(s_grid), 0.5) / seg
+    logr = np.log2(ratio)
+    return float(np.mean(np.abs(logr - np.median(logr))))
+
+
+def _pitch(
+    sample: Profile, ref: Profile, s_frames: NDArray[np.intp], r_frames: NDArray[np.intp]
+) -> tuple[float, Span | None, int]:
+    st_s = sample.st[s_frames]
+    st_r = ref.st[r_frames]
+    both = np.isfinite(st_s) & np.isfinite(st_r)
+    pairs = int(both.sum())
+    if pairs < 10:
+        return float("nan"), None, pairs
+    a = st_s[both] - np.median(st_s[both])
+    b = st_r[both] - np.median(st_r[both])
+    diff = np.abs(a - b)
+    diff = np.minimum(diff, 12.0)
+    worst = _worst_window(diff, np.asarray(s_frames[both] * FRAME_S, dtype=np.float64))
+    return float(np.mean(diff)), worst, pairs
+
+

@@ -1,0 +1,140 @@
+"""Pitch (fundamental frequency) and harmonicity by a vectorised YIN.
+
+YIN (de Cheveigné and Kawahara, 2002): the cumulative-mean-normalised difference function of
+each frame, computed for all frames at once with one FFT each, the first dip under a threshold
+taken as the period, refined by parabolic interpolation. Harmonicity (HNR) follows from the
+normalised autocorrelation at that period, as in Boersma's definition used by Praat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.fft import irfft, rfft
+from scipy.ndimage import median_filter
+
+from .features import HOP, frame_signal, runs
+from .io import SAMPLE_RATE
+
+__all__ = ["PitchTrack", "semitones", "track_pitch"]
+
+F0_MIN = 75.0
+F0_MAX = 600.0
+_WIN = 384  # integration window: 24 ms
+_TAU_MIN = int(SAMPLE_RATE / F0_MAX)
+_TAU_MAX = int(np.ceil(SAMPLE_RATE / F0_MIN))
+_NFFT = 1024
+_THRESHOLD = 0.15
+_VOICED_MAX = 0.35
+_EPS = 1e-12
+
+
+@dataclass(frozen=True, slots=True)
+class PitchTrack:
+    """Per-frame pitch on the 10 ms frame grid of :mod:`.features`.
+
+    Attributes:
+        f0: fundamental frequency in Hz, ``nan`` on unvoiced frames.
+        periodicity: normalised autocorrelation at the period (0..1).
+        voiced: frames judged voiced.
+    """
+
+    f0: NDArray[np.float64]
+    periodicity: NDArray[np.float64]
+    voiced: NDArray[np.bool_]
+
+    def hnr_db(self) -> float:
+        """Median harmonics-to-noise ratio over voiced frames, in dB (``nan`` if none)."""
+        if not self.voiced.any():
+            return float("nan")
+        r = np.clip(self.periodicity[self.voiced], 1e-4, 1 - 1e-4)
+        return float(np.median(10.0 * np.log10(r / (1.0 - r))))
+
+
+def track_pitch(x: NDArray[np.float64], speech: NDArray[np.bool_] | None = None) -> PitchTrack:
+    """Pitch of a 16 kHz signal, one value per 10 ms frame.
+
+    Args:
+        x: the signal.
+        speech: optional speech mask on the same frame grid; frames outside it are unvoiced.
+    """
+    length = _WIN + _TAU_MAX + 2
+    frames = frame_signal(x, length, HOP)
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    n = frames.shape[0]
+    head = np.zeros_like(frames)
+    head[:, :_WIN] = frames[:, :_WIN]
+    spec_all = rfft(frames, n=_NFFT, axis=1)
+    spec_head = rfft(head, n=_NFFT, axis=1)
+    r = irfft(np.conj(spec_head) * spec_all, n=_NFFT, axis=1)[:, : _TAU_MAX + 2]
+    sq = np.concatenate([np.zeros((n, 1)), np.cumsum(frames**2, axis=1)], axis=1)
+    taus = np.arange(_TAU_MAX + 2)
+    e0 = sq[:, _WIN][:, None]
+    e_tau = sq[:, taus + _WIN] - sq[:, taus]
+    d = np.maximum(e0 + e_tau - 2.0 * r, 0.0)
+    cum = np.cumsum(d[:, 1:], axis=1)
+    dn = np.ones_like(d)
+    dn[:, 1:] = d[:, 1:] * taus[1:] / np.maximum(cum, _EPS)
+
+    lo, hi = _TAU_MIN, _TAU_MAX
+    seg = dn[:, lo : hi + 1]
+    local_min = np.zeros_like(seg, dtype=bool)
+    local_min[:, 1:-1] = (seg[:, 1:-1] <= seg[:, :-2]) & (seg[:, 1:-1] <= seg[:, 2:])
+    dip = local_min & (seg < _THRESHOLD)
+    has_dip = dip.any(axis=1)
+    first = np.argmax(dip, axis=1)
+    best = np.where(has_dip, first, np.argmin(seg, axis=1)) + lo
+    rows = np.arange(n)
+    best = np.clip(best, lo + 1, hi)
+    y0, y1, y2 = dn[rows, best - 1], dn[rows, best], dn[rows, best + 1]
+    denom = y0 - 2 * y1 + y2
+    shift = np.where(np.abs(denom) > _EPS, 0.5 * (y0 - y2) / np.where(denom == 0, 1, denom), 0.0)
+    shift = np.clip(shift, -0.5, 0.5)
+    tau = best + shift
+    aperiodicity = y1
+
+    corr = r[rows, best] / np.sqrt(np.maximum(e0[:, 0] * e_tau[rows, best], _EPS))
+    periodicity = np.clip(corr, 0.0, 1.0)
+    voiced = (aperiodicity < _VOICED_MAX) & (periodicity > 0.5) & (e0[:, 0] > _EPS)
+    if speech is not None:
+        m = min(speech.size, n)
+        mask = np.zeros(n, dtype=bool)
+        mask[:m] = speech[:m]
+        voiced &= mask
+    f0 = np.where(voiced, SAMPLE_RATE / tau, np.nan)
+    f0, voiced = _clean(f0, voiced)
+    return PitchTrack(f0=f0, periodicity=periodicity, voiced=voiced)
+
+
+def _clean(
+    f0: NDArray[np.float64], voiced: NDArray[np.bool_]
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Drop voiced blips under 30 ms and fix isolated octave jumps against a running median."""
+    voiced = voiced.copy()
+    for a, b in runs(voiced):
+        if b - a < 3:
+            voiced[a:b] = False
+    out = np.where(voiced, f0, np.nan)
+    for a, b in runs(voiced):
+        seg = out[a:b]
+        if seg.size >= 5:
+            ref = median_filter(seg, size=min(9, seg.size | 1), mode="nearest")
+            ratio = seg / ref
+            seg = np.where(ratio > 1.7, seg / 2, np.where(ratio < 0.6, seg * 2, seg))
+            out[a:b] = seg
+    return out, voiced
+
+
+def semitones(f0: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Pitch in semitones relative to the speaker's own median voiced pitch (``nan`` unvoiced).
+
+    Measuring against each speaker's median is what makes a woman's and a man's contour
+    comparable: only the shape (rises, falls, range) remains.
+    """
+    voiced = np.isfinite(f0)
+    if not voiced.any():
+        return np.full_like(f0, np.nan)
+    st = 12.0 * np.log2(np.where(voiced, f0, 1.0) / float(np.median(f0[voiced])))
+    return np.where(voiced, st, np.nan)

@@ -1,0 +1,151 @@
+"""From raw measurements to 0-100 sub-scores, an overall score, a level and reliability.
+
+Every score is a clipped straight line between a "good" and a "bad" value of one measurement
+(:func:`ramp`), so each threshold below can be read, questioned and refitted on its own. The
+constants were fitted on synthetic espeak-ng speech (see ``docs/analysis.md``); a deployment
+should check them against therapist ratings before trusting the levels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .compare import Comparison
+from .profile import Profile
+
+__all__ = ["Scores", "is_tonal", "level_for", "ramp", "score"]
+
+# Pronunciation: alignment distance (per-dimension RMS of normalised cepstra).
+PRON_COST = (0.75, 0.98)
+PRON_WORST = (0.90, 1.20)
+# Completeness: share of the reference spanned by the alignment.
+COVERAGE = (0.90, 0.40)
+# Tone: mean and worst-window absolute semitone difference of the aligned contours.
+TONE_MEAN = (0.6, 2.0)
+TONE_WORST = (1.0, 3.5)
+# Fluency.
+PAUSE_PENALTY = 12.0  # per extra pause
+PAUSE_TIME_PENALTY = 15.0  # per second of extra pause
+TEMPO_SLOW = (1.35, 2.5)  # speaking-time ratio: fine up to 1.35x, nothing left at 2.5x
+TEMPO_FAST = (0.75, 0.4)
+# Rhythm: mean |log2| deviation of local tempo from its median.
+RHYTHM = (0.10, 0.45)
+# Clarity.
+SNR = (35.0, 10.0)
+HNR = (9.0, 0.0)
+ENTROPY = (0.65, 0.92)
+CLIP_PENALTY = 2000.0  # per unit fraction of clipped samples (1 % costs 20 points)
+# Reliability.
+MIN_SNR_DB = 8.0
+MAX_CLIPPED = 0.005
+# How far the overall score may rise above the weaker of pronunciation and completeness.
+GATE_MARGIN = 15.0
+LEVEL_BOUNDS = (85.0, 70.0, 55.0, 40.0)
+
+_TONAL_PREFIXES = ("zh", "cmn", "yue", "th", "vi")
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """All scores of one comparison plus the reliability verdict."""
+
+    pronunciation: float
+    completeness: float
+    fluency: float
+    rhythm: float
+    tone: float
+    clarity: float
+    overall: float
+    level: int
+    reliable: bool
+    reliability_issues: tuple[str, ...]
+
+
+def ramp(value: float, good: float, bad: float) -> float:
+    """100 at ``good`` (or better), 0 at ``bad`` (or worse), a straight line between."""
+    if math.isnan(value):
+        return 0.0
+    frac = (bad - value) / (bad - good)
+    return 100.0 * min(1.0, max(0.0, frac))
+
+
+def is_tonal(language: str | None) -> bool:
+    """True for languages where pitch carries word meaning (Mandarin, Cantonese, Thai, ...)."""
+    if not language:
+        return False
+    lang = language.lower()
+    return any(lang == p or lang.startswith(p + "-") for p in _TONAL_PREFIXES)
+
+
+def level_for(overall: float) -> int:
+    """Level 1 (best) to 5 (worst) from the overall score."""
+    for level, bound in enumerate(LEVEL_BOUNDS, start=1):
+        if overall >= bound:
+            return level
+    return 5
+
+
+def _weights(tonal: bool) -> dict[str, float]:
+    if tonal:
+        return {"pron": 0.30, "tone": 0.20, "comp": 0.15, "flu": 0.12, "rhy": 0.08, "cla": 0.15}
+    return {"pron": 0.35, "tone": 0.08, "comp": 0.15, "flu": 0.15, "rhy": 0.12, "cla": 0.15}
+
+
+def score(cmp: Comparison, sample: Profile, *, language: str | None) -> Scores:
+    """Score one sample against its reference."""
+    pron = 0.6 * ramp(cmp.cost, *PRON_COST) + 0.4 * ramp(cmp.worst.value, *PRON_WORST)
+    completeness = ramp(cmp.coverage, *COVERAGE)
+
+    if cmp.pitch_pairs >= 10:
+        tone = 0.5 * ramp(cmp.pitch_dev, *TONE_MEAN)
+        tone += 0.5 * ramp(cmp.pitch_worst.value if cmp.pitch_worst else cmp.pitch_dev, *TONE_WORST)
+    else:
+        tone = 50.0
+
+    extra_s = sum(p.value for p in cmp.extra_pauses)
+    tempo_score = min(ramp(cmp.tempo, *TEMPO_SLOW), ramp(cmp.tempo, *TEMPO_FAST))
+    fluency = (
+        tempo_score
+        - PAUSE_PENALTY * len(cmp.extra_pauses)
+        - PAUSE_TIME_PENALTY * extra_s
+    )
+    fluency = max(0.0, fluency)
+    rhythm = ramp(cmp.rhythm_dev, *RHYTHM)
+
+    clarity = (
+        0.55 * ramp(sample.snr_db, *SNR)
+        + 0.2 * ramp(sample.hnr_db, *HNR)
+        + 0.25 * ramp(sample.entropy, *ENTROPY)
+        - CLIP_PENALTY * sample.clipped_fraction
+    )
+    clarity = max(0.0, min(100.0, clarity))
+
+    w = _weights(is_tonal(language))
+    weighted = (
+        w["pron"] * pron
+        + w["tone"] * tone
+        + w["comp"] * completeness
+        + w["flu"] * fluency
+        + w["rhy"] * rhythm
+        + w["cla"] * clarity
+    ) / sum(w.values())
+    overall = min(weighted, min(pron, completeness) + GATE_MARGIN)
+
+    issues: list[str] = []
+    if sample.snr_db < MIN_SNR_DB:
+        issues.append("too_noisy")
+    if sample.clipped_fraction > MAX_CLIPPED:
+        issues.append("clipped")
+    return Scores(
+        pronunciation=round(pron, 1),
+        completeness=round(completeness, 1),
+        fluency=round(fluency, 1),
+        rhythm=round(rhythm, 1),
+        tone=round(tone, 1),
+        clarity=round(clarity, 1),
+        overall=round(overall, 1),
+        level=level_for(overall),
+        reliable=not issues,
+        reliability_issues=tuple(issues),
+    )

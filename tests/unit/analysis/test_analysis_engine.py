@@ -1,0 +1,105 @@
+"""End-to-end behaviour of the built-in analyzer on the committed espeak-ng fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vocalborn_tasks.analysis import AnalysisOptions, BuiltinAnalyzer, analyze_recording
+from vocalborn_tasks.models import AnalysisResult
+
+
+def _run(analyzer: BuiltinAnalyzer, audio_dir: Path, lang: str, name: str) -> AnalysisResult:
+    prefix = "en" if lang == "en" else "zh"
+    return analyzer.analyze(
+        audio_dir / f"{prefix}_{name}.flac",
+        audio_dir / f"{prefix}_reference.flac",
+        language=lang,
+    )
+
+
+@pytest.mark.parametrize("lang", ["en", "zh-TW"])
+def test_same_sentence_beats_different(
+    analyzer: BuiltinAnalyzer, audio_dir: Path, lang: str
+) -> None:
+    same = _run(analyzer, audio_dir, lang, "other_voice")
+    different = _run(analyzer, audio_dir, lang, "different_sentence")
+    assert same.pronunciation_accuracy >= different.pronunciation_accuracy + 30
+    assert different.level == 5
+    assert same.level <= 3
+
+
+@pytest.mark.parametrize("lang", ["en", "zh-TW"])
+def test_half_sentence_is_incomplete(analyzer: BuiltinAnalyzer, audio_dir: Path, lang: str) -> None:
+    result = _run(analyzer, audio_dir, lang, "truncated_half")
+    assert result.completeness_score < 30
+    assert result.level >= 3
+    assert any(f.code == "missing_end" for f in result.findings)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh-TW"])
+def test_pauses_hurt_fluency(analyzer: BuiltinAnalyzer, audio_dir: Path, lang: str) -> None:
+    result = _run(analyzer, audio_dir, lang, "pauses")
+    assert result.fluency_score < 70
+    assert result.rhythm_score < 70
+    pauses = [f for f in result.findings if f.code == "extra_pauses"]
+    assert pauses
+    assert pauses[0].start_s is not None
+
+
+def test_noise_is_unreliable(analyzer: BuiltinAnalyzer, audio_dir: Path) -> None:
+    result = _run(analyzer, audio_dir, "en", "noise_0db")
+    assert not result.reliable
+    assert "too_noisy" in result.reliability_issues
+
+
+def test_identical_is_perfect(analyzer: BuiltinAnalyzer, audio_dir: Path) -> None:
+    ref = audio_dir / "en_reference.flac"
+    result = analyzer.analyze(ref, ref)
+    assert result.overall_score >= 95
+    assert result.level == 1
+    assert result.reliable
+
+
+def test_traditional_chinese_advice(analyzer: BuiltinAnalyzer, audio_dir: Path) -> None:
+    result = _run(analyzer, audio_dir, "zh-TW", "truncated_half")
+    text = " ".join(result.improvement_areas + result.suggestions)
+    assert "句子" in text
+    english = _run(analyzer, audio_dir, "en", "truncated_half")
+    assert "sentence" in " ".join(english.improvement_areas)
+
+
+def test_progress_increases_to_100(analyzer: BuiltinAnalyzer, audio_dir: Path) -> None:
+    seen: list[tuple[str, float]] = []
+    analyzer.analyze(
+        audio_dir / "en_other_voice.flac",
+        audio_dir / "en_reference.flac",
+        on_progress=lambda step, pct: seen.append((step, pct)),
+    )
+    percents = [p for _, p in seen]
+    assert percents == sorted(percents)
+    assert len(set(percents)) == len(percents) >= 5
+    assert seen[-1] == ("done", 100.0)
+
+
+def test_reference_cache_hit(audio_dir: Path) -> None:
+    analyzer = BuiltinAnalyzer(AnalysisOptions(reference_cache_size=2))
+    ref = audio_dir / "en_reference.flac"
+    first = analyzer.analyze(audio_dir / "en_other_voice.flac", ref)
+    second = analyzer.analyze(audio_dir / "en_substitution.flac", ref.read_bytes())
+    assert first.metrics["reference_cached"] is False
+    assert second.metrics["reference_cached"] is True
+    info = analyzer.cache_info()
+    assert (info.hits, info.misses, info.size) == (1, 1, 1)
+
+
+def test_bytes_input_and_default_entry_point(audio_dir: Path) -> None:
+    result = analyze_recording(
+        (audio_dir / "en_other_voice.flac").read_bytes(),
+        audio_dir / "en_reference.flac",
+        language="en-US",
+    )
+    assert result.analyzer.name == "vocalborn-builtin"
+    assert result.practice_record_id is None
+    assert result.model_dump(mode="json")["metrics"]["coverage"] is not None

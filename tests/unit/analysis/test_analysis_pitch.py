@@ -1,0 +1,47 @@
+"""The YIN pitch tracker agrees with Praat (parselmouth) on real speech."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vocalborn_tasks.analysis.features import spectra, speech_mask
+from vocalborn_tasks.analysis.io import SAMPLE_RATE, load_audio
+from vocalborn_tasks.analysis.pitch import semitones, track_pitch
+
+parselmouth = pytest.importorskip("parselmouth", reason="praat-parselmouth is not installed")
+
+FILES = ["en_reference.flac", "en_other_voice.flac", "zh_reference.flac", "zh_other_voice.flac"]
+
+
+def _errors(path: Path) -> np.ndarray:
+    x = load_audio(path, max_duration_s=60.0, min_duration_s=0.1).samples
+    ours = track_pitch(x, speech_mask(spectra(x)))
+    praat = parselmouth.Sound(x, sampling_frequency=SAMPLE_RATE).to_pitch(
+        time_step=0.01, pitch_floor=75.0, pitch_ceiling=600.0
+    )
+    times = praat.xs()
+    f_praat = praat.selected_array["frequency"]
+    idx = np.clip(np.round(times / 0.01).astype(int), 0, ours.f0.size - 1)
+    f_ours = ours.f0[idx]
+    both = (f_praat > 0) & np.isfinite(f_ours)
+    assert both.sum() > 50
+    return np.abs(12.0 * np.log2(f_ours[both] / f_praat[both]))
+
+
+def test_pitch_agrees_with_praat(audio_dir: Path) -> None:
+    errors = np.concatenate([_errors(audio_dir / name) for name in FILES])
+    assert np.median(errors) <= 0.1
+    assert np.mean(errors > 2.0) < 0.02
+
+
+def test_pure_tone() -> None:
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    x = 0.5 * np.sin(2 * np.pi * 220.0 * t)
+    track = track_pitch(x)
+    voiced = track.f0[np.isfinite(track.f0)]
+    assert voiced.size > 80
+    assert np.median(voiced) == pytest.approx(220.0, rel=0.002)
+    assert np.nanmax(np.abs(semitones(track.f0))) < 0.1
