@@ -1,1 +1,89 @@
-"""vocalborn-tasks: typed, reliable async task layer for long audio-analysis jobs."""
+"""vocalborn-tasks: a typed, reliable async task layer for long audio-analysis jobs.
+
+The public names are re-exported here; everything else may change between 0.x releases.
+Importing this package connects to nothing and starts nothing.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .app import create_celery_app
+from .config import TaskSettings
+from .errors import (
+    AudioError,
+    BrokerAuthError,
+    BrokerUnavailableError,
+    ConfigurationError,
+    DeliveryLimitError,
+    InvalidRequestError,
+    ManagerClosedError,
+    RecordingAccessError,
+    RetryableTaskError,
+    TaskError,
+    TaskFailedError,
+    TaskLostError,
+    TaskNotFoundError,
+    TaskRevokedError,
+    TaskTimeoutError,
+    VocalbornTasksError,
+)
+from .manager import TaskManager
+from .models import (
+    AnalysisRequest,
+    AnalysisResult,
+    AnalyzerInfo,
+    Finding,
+    TaskErrorInfo,
+    TaskState,
+    TaskStatus,
+)
+from .monitor import HealthLevel, HealthReport, Monitor, QueueStats, WorkerStats
+from .recordings import RecordingResolver
+from .sinks import ResultSink
+from .tasks import TaskContext, TaskDefinition, TaskHandle, register_task, task_definition
+
+try:
+    __version__ = version("vocalborn-tasks")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AnalysisRequest",
+    "AnalysisResult",
+    "AnalyzerInfo",
+    "AudioError",
+    "BrokerAuthError",
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "DeliveryLimitError",
+    "Finding",
+    "HealthLevel",
+    "HealthReport",
+    "InvalidRequestError",
+    "ManagerClosedError",
+    "Monitor",
+    "QueueStats",
+    "RecordingAccessError",
+    "RecordingResolver",
+    "ResultSink",
+    "RetryableTaskError",
+    "TaskContext",
+    "TaskDefinition",
+    "TaskError",
+    "TaskErrorInfo",
+    "TaskFailedError",
+    "TaskHandle",
+    "TaskLostError",
+    "TaskManager",
+    "TaskNotFoundError",
+    "TaskRevokedError",
+    "TaskSettings",
+    "TaskState",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "VocalbornTasksError",
+    "WorkerStats",
+    "__version__",
+    "create_celery_app",
+    "register_task",
+    "task_definition",
+]

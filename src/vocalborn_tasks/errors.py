@@ -15,6 +15,7 @@ help (bad audio, an invalid request). Tasks retry only the first kind.
     │   └── BrokerAuthError             wrong password / ACL user (permanent)
     ├── AudioError                      bad audio, with a stable ``code`` (permanent)
     ├── RetryableTaskError              a task body's transient failure (retryable)
+    ├── DeliveryLimitError              a message that killed its worker too often (permanent)
     └── TaskError                       about one task; carries ``task_id``
         ├── TaskFailedError             the task ended in FAILURE (remote type, message, code)
         ├── TaskRevokedError            the task was cancelled
@@ -32,6 +33,7 @@ __all__ = [
     "BrokerAuthError",
     "BrokerUnavailableError",
     "ConfigurationError",
+    "DeliveryLimitError",
     "InvalidRequestError",
     "ManagerClosedError",
     "RecordingAccessError",
@@ -43,6 +45,7 @@ __all__ = [
     "TaskRevokedError",
     "TaskTimeoutError",
     "VocalbornTasksError",
+    "is_retryable",
 ]
 
 
@@ -53,8 +56,10 @@ class VocalbornTasksError(Exception):
     #: A stable, machine-readable code; subclasses and instances refine it.
     code: str = "error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, code: str | None = None) -> None:
+        # Both go into ``args`` so Celery's JSON exception format carries the code to the
+        # caller, and ``type(exc)(*exc.args)`` rebuilds an equal error.
+        super().__init__(message, code if code is not None else type(self).code)
         self.message = message
         if code is not None:
             self.code = code
@@ -110,8 +115,8 @@ class AudioError(VocalbornTasksError):
 
     code = "audio"
 
-    def __init__(self, message: str, *, code: str = "audio") -> None:
-        super().__init__(message, code=code)
+    def __init__(self, message: str, code: str = "audio") -> None:
+        super().__init__(message, code)
 
 
 class RetryableTaskError(VocalbornTasksError):
@@ -121,13 +126,37 @@ class RetryableTaskError(VocalbornTasksError):
     code = "retryable"
 
 
+class DeliveryLimitError(VocalbornTasksError):
+    """A task was delivered ``max_deliveries`` times without finishing: it keeps killing workers."""
+
+    code = "delivery_limit"
+
+
+#: Errors of the OS that say "this will not get better by waiting".
+_PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Classify an exception raised in a task body.
+
+    Our own errors say so themselves; I/O and connection trouble is retryable except for
+    missing or forbidden files; anything else (bugs, bad data) is permanent, because
+    retrying a deterministic failure only delays the FAILURE and burns worker time.
+    """
+    if isinstance(exc, VocalbornTasksError):
+        return exc.retryable
+    if isinstance(exc, _PERMANENT_OS_ERRORS):
+        return False
+    return isinstance(exc, OSError | ConnectionError | TimeoutError)
+
+
 class TaskError(VocalbornTasksError):
     """Something about one task; ``task_id`` says which."""
 
     code = "task"
 
     def __init__(self, message: str, *, task_id: str, code: str | None = None) -> None:
-        super().__init__(message, code=code)
+        super().__init__(message, code)
         self.task_id = task_id
 
 

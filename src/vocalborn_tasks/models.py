@@ -46,7 +46,8 @@ class TaskState(StrEnum):
     SUCCESS = "SUCCESS"  # finished; ``result`` holds its value
     FAILURE = "FAILURE"  # finished with an error; ``error`` says which
     REVOKED = "REVOKED"  # cancelled
-    NOT_FOUND = "NOT_FOUND"  # never submitted here, or its result has expired
+    NOT_FOUND = "NOT_FOUND"  # unknown id: never submitted, or all trace of it has expired
+    EXPIRED = "EXPIRED"  # it finished, but its result has expired
     LOST = "LOST"  # submitted, then forgotten by the server (restart without persistence)
 
     @property
@@ -56,7 +57,14 @@ class TaskState(StrEnum):
 
 
 FINAL_STATES: frozenset[TaskState] = frozenset(
-    {TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED, TaskState.NOT_FOUND, TaskState.LOST}
+    {
+        TaskState.SUCCESS,
+        TaskState.FAILURE,
+        TaskState.REVOKED,
+        TaskState.NOT_FOUND,
+        TaskState.EXPIRED,
+        TaskState.LOST,
+    }
 )
 
 _CELERY_STATES: dict[str, TaskState] = {
@@ -104,7 +112,9 @@ class AnalysisRequest(_Model):
     practice_record_id: RecordId
     recording: str | None = Field(default=None, min_length=1, max_length=4096)
     reference: str | None = Field(default=None, min_length=1, max_length=4096)
-    language: str | None = Field(default=None, max_length=35, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+    language: str | None = Field(
+        default=None, max_length=35, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$"
+    )
     analysis_params: dict[str, JsonValue] = Field(default_factory=dict)
 
     @field_validator("analysis_params")

@@ -1,0 +1,332 @@
+"""Settings: one pydantic-settings object that every other part is built from.
+
+Constructor arguments beat environment variables, which beat a ``.env`` file. The variable
+names are the seed system's (``REDIS_URL``, ``REDIS_HOST``, ``CELERY_WORKER_CONCURRENCY``...)
+so an existing deployment keeps its environment. Nothing here connects to anything.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["QUEUES", "TaskSettings", "redact_url"]
+
+#: The three queues, highest priority first.
+QUEUES: tuple[str, ...] = ("ai_analysis", "maintenance", "health")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (for logs and messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class TaskSettings(BaseSettings):
+    """Everything the library needs to know, from the environment or from arguments.
+
+    Redis: set ``REDIS_URL`` (wins when set), or ``REDIS_HOST``/``REDIS_PORT``/``REDIS_PASSWORD``.
+    When neither is set, :attr:`redis_configured` is false and the demo and tests start an
+    embedded Valkey server instead.
+
+    Reliability: ``task_time_limit_s`` must stay below ``visibility_timeout_s``, or Redis would
+    hand a still-running task to a second worker; such a configuration is refused.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- Redis -------------------------------------------------------------------------
+    redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL", "redis_url"))
+    redis_host: str = Field(default="localhost", validation_alias=_env("REDIS_HOST", "redis_host"))
+    redis_port: int = Field(
+        default=6379, ge=1, le=65535, validation_alias=_env("REDIS_PORT", "redis_port")
+    )
+    redis_username: str | None = Field(
+        default=None, validation_alias=_env("REDIS_USERNAME", "redis_username")
+    )
+    redis_password: SecretStr | None = Field(
+        default=None, validation_alias=_env("REDIS_PASSWORD", "redis_password")
+    )
+    redis_db_broker: int = Field(
+        default=0, ge=0, le=15, validation_alias=_env("REDIS_DB_BROKER", "redis_db_broker")
+    )
+    redis_db_backend: int = Field(
+        default=1, ge=0, le=15, validation_alias=_env("REDIS_DB_BACKEND", "redis_db_backend")
+    )
+    redis_tls: bool = Field(default=False, validation_alias=_env("REDIS_TLS", "redis_tls"))
+    redis_ssl_ca_certs: Path | None = Field(
+        default=None, validation_alias=_env("REDIS_SSL_CA_CERTS", "redis_ssl_ca_certs")
+    )
+    redis_ssl_certfile: Path | None = Field(
+        default=None, validation_alias=_env("REDIS_SSL_CERTFILE", "redis_ssl_certfile")
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        default=None, validation_alias=_env("REDIS_SSL_KEYFILE", "redis_ssl_keyfile")
+    )
+    redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
+        default="required", validation_alias=_env("REDIS_SSL_CERT_REQS", "redis_ssl_cert_reqs")
+    )
+    #: How long a client waits to connect before it reports the server unreachable.
+    redis_connect_timeout_s: float = Field(
+        default=5.0, gt=0, validation_alias=_env("REDIS_CONNECT_TIMEOUT", "redis_connect_timeout_s")
+    )
+    key_prefix: str = Field(
+        default="vocalborn",
+        min_length=1,
+        validation_alias=_env("VOCALBORN_KEY_PREFIX", "key_prefix"),
+    )
+
+    # --- Worker --------------------------------------------------------------------------
+    celery_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", validation_alias=_env("CELERY_LOG_LEVEL", "celery_log_level")
+    )
+    celery_worker_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        validation_alias=_env("CELERY_WORKER_CONCURRENCY", "celery_worker_concurrency"),
+    )
+    celery_worker_max_tasks_per_child: int | None = Field(
+        default=200,
+        ge=1,
+        validation_alias=_env(
+            "CELERY_WORKER_MAX_TASKS_PER_CHILD", "celery_worker_max_tasks_per_child"
+        ),
+    )
+    celery_worker_max_memory_per_child_kb: int | None = Field(
+        default=None,
+        ge=1,
+        validation_alias=_env(
+            "CELERY_WORKER_MAX_MEMORY_PER_CHILD", "celery_worker_max_memory_per_child_kb"
+        ),
+    )
+
+    # --- Task limits and delivery -----------------------------------------------------------
+    task_soft_time_limit_s: float = Field(
+        default=300.0, gt=0, validation_alias=_env("TASK_SOFT_TIME_LIMIT", "task_soft_time_limit_s")
+    )
+    task_time_limit_s: float = Field(
+        default=360.0, gt=0, validation_alias=_env("TASK_TIME_LIMIT", "task_time_limit_s")
+    )
+    visibility_timeout_s: float = Field(
+        default=3600.0, gt=0, validation_alias=_env("VISIBILITY_TIMEOUT", "visibility_timeout_s")
+    )
+    result_expires_s: float = Field(
+        default=86400.0, gt=0, validation_alias=_env("RESULT_EXPIRES", "result_expires_s")
+    )
+    max_retries: int = Field(
+        default=3, ge=0, validation_alias=_env("TASK_MAX_RETRIES", "max_retries")
+    )
+    retry_backoff_s: float = Field(
+        default=2.0, gt=0, validation_alias=_env("TASK_RETRY_BACKOFF", "retry_backoff_s")
+    )
+    retry_backoff_max_s: float = Field(
+        default=120.0, gt=0, validation_alias=_env("TASK_RETRY_BACKOFF_MAX", "retry_backoff_max_s")
+    )
+    #: A message delivered this many times without finishing (its worker died each time)
+    #: ends as FAILURE with code ``delivery_limit`` instead of looping forever.
+    max_deliveries: int = Field(
+        default=3, ge=1, validation_alias=_env("TASK_MAX_DELIVERIES", "max_deliveries")
+    )
+
+    #: How often a worker writes its heartbeat, and how long without one makes it dead (its
+    #: unacknowledged tasks are then handed back to the queue by the other workers).
+    worker_heartbeat_s: float = Field(
+        default=2.0, gt=0, validation_alias=_env("WORKER_HEARTBEAT", "worker_heartbeat_s")
+    )
+    worker_dead_after_s: float = Field(
+        default=10.0, gt=0, validation_alias=_env("WORKER_DEAD_AFTER", "worker_dead_after_s")
+    )
+
+    # --- Recordings and analysis --------------------------------------------------------------
+    #: Directories recordings may be read from. Empty means "any local path" (development);
+    #: set it in production so a request cannot name /etc/shadow.
+    recording_roots: list[Path] = Field(
+        default_factory=list, validation_alias=_env("RECORDING_ROOTS", "recording_roots")
+    )
+    #: URI schemes accepted besides plain paths; a resolver must handle anything but ``file``.
+    recording_schemes: list[str] = Field(
+        default_factory=lambda: ["file"],
+        validation_alias=_env("RECORDING_SCHEMES", "recording_schemes"),
+    )
+    #: ``package.module:attr`` of a RecordingResolver (maps record ids and URIs to local files).
+    recording_resolver: str | None = Field(
+        default=None, validation_alias=_env("RECORDING_RESOLVER", "recording_resolver")
+    )
+    #: ``package.module:attr`` of an Analyzer; None means the built-in signal-processing one.
+    analyzer: str | None = Field(default=None, validation_alias=_env("ANALYZER", "analyzer"))
+    #: ``package.module:attr`` of a ResultSink that stores each finished analysis once.
+    result_sink: str | None = Field(
+        default=None, validation_alias=_env("RESULT_SINK", "result_sink")
+    )
+    analysis_max_duration_s: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias=_env("ANALYSIS_MAX_DURATION", "analysis_max_duration_s"),
+    )
+
+    # --- Maintenance ---------------------------------------------------------------------------
+    temp_dir: Path | None = Field(
+        default=None, validation_alias=_env("VOCALBORN_TEMP_DIR", "temp_dir")
+    )
+    temp_max_age_s: float = Field(
+        default=86400.0, gt=0, validation_alias=_env("TEMP_MAX_AGE", "temp_max_age_s")
+    )
+    maintenance_interval_s: float = Field(
+        default=3600.0,
+        gt=0,
+        validation_alias=_env("MAINTENANCE_INTERVAL", "maintenance_interval_s"),
+    )
+    health_interval_s: float = Field(
+        default=300.0, gt=0, validation_alias=_env("HEALTH_INTERVAL", "health_interval_s")
+    )
+
+    @field_validator("recording_schemes")
+    @classmethod
+    def _lower_schemes(cls, value: list[str]) -> list[str]:
+        return [s.lower().rstrip(":/") for s in value]
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme = urlsplit(value).scheme
+        if scheme not in ("redis", "rediss", "valkey", "valkeys"):
+            raise ValueError(f"must start with redis:// or rediss://, not {scheme!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> TaskSettings:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError(
+                "task_soft_time_limit_s must be below task_time_limit_s "
+                f"({self.task_soft_time_limit_s} >= {self.task_time_limit_s})"
+            )
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                "visibility_timeout_s must exceed task_time_limit_s, or Redis redelivers a task "
+                f"that is still running ({self.visibility_timeout_s} <= {self.task_time_limit_s})"
+            )
+        if self.worker_dead_after_s < 2 * self.worker_heartbeat_s:
+            raise ValueError("worker_dead_after_s must be at least twice worker_heartbeat_s")
+        if self.redis_db_broker == self.redis_db_backend:
+            raise ValueError("redis_db_broker and redis_db_backend must differ")
+        return self
+
+    # --- Derived values (properties, never stored copies) -----------------------------------
+    @property
+    def redis_configured(self) -> bool:
+        """True when the host named a server (URL or host); false means 'use embedded'."""
+        return self.redis_url is not None or "redis_host" in self.model_fields_set
+
+    @property
+    def uses_tls(self) -> bool:
+        """True for ``rediss://`` URLs or ``REDIS_TLS=1``."""
+        if self.redis_url is not None:
+            return urlsplit(self.redis_url).scheme in ("rediss", "valkeys")
+        return self.redis_tls
+
+    def _server_url(self, db: int) -> str:
+        if self.redis_url is not None:
+            parts = urlsplit(self.redis_url)
+            scheme = {"valkey": "redis", "valkeys": "rediss"}.get(parts.scheme, parts.scheme)
+            netloc = parts.netloc
+            if self.redis_password is not None and parts.password is None:
+                user = quote(parts.username or self.redis_username or "", safe="")
+                host = netloc.rsplit("@", 1)[-1]
+                netloc = f"{user}:{quote(self.redis_password.get_secret_value(), safe='')}@{host}"
+            return urlunsplit((scheme, netloc, f"/{db}", parts.query, ""))
+        scheme = "rediss" if self.redis_tls else "redis"
+        auth = ""
+        if self.redis_password is not None:
+            user = quote(self.redis_username or "", safe="")
+            auth = f"{user}:{quote(self.redis_password.get_secret_value(), safe='')}@"
+        elif self.redis_username:
+            auth = f"{quote(self.redis_username, safe='')}@"
+        return f"{scheme}://{auth}{self.redis_host}:{self.redis_port}/{db}"
+
+    @property
+    def broker_url(self) -> str:
+        """URL of the broker database (contains the password: never log it; see redacted_*)."""
+        return self._server_url(self.redis_db_broker)
+
+    @property
+    def backend_url(self) -> str:
+        """URL of the result-backend database (contains the password: never log it)."""
+        return self._server_url(self.redis_db_backend)
+
+    @property
+    def redacted_broker_url(self) -> str:
+        """The broker URL with the password masked, for messages."""
+        return redact_url(self.broker_url)
+
+    @property
+    def server_address(self) -> str:
+        """``host:port`` of the server, for error messages."""
+        parts = urlsplit(self.broker_url)
+        return f"{parts.hostname}:{parts.port or 6379}"
+
+    def ssl_options(self) -> dict[str, object] | None:
+        """TLS options in the shape Celery's ``broker_use_ssl`` expects, or None without TLS."""
+        if not self.uses_tls:
+            return None
+        import ssl
+
+        reqs = {
+            "required": ssl.CERT_REQUIRED,
+            "optional": ssl.CERT_OPTIONAL,
+            "none": ssl.CERT_NONE,
+        }[self.redis_ssl_cert_reqs]
+        options: dict[str, object] = {"ssl_cert_reqs": reqs}
+        if self.redis_ssl_ca_certs is not None:
+            options["ssl_ca_certs"] = str(self.redis_ssl_ca_certs)
+        if self.redis_ssl_certfile is not None:
+            options["ssl_certfile"] = str(self.redis_ssl_certfile)
+        if self.redis_ssl_keyfile is not None:
+            options["ssl_keyfile"] = str(self.redis_ssl_keyfile)
+        return options
+
+    def redis_client_kwargs(self) -> dict[str, object]:
+        """Keyword arguments for ``redis.Redis.from_url`` and its asyncio twin (TLS, timeouts)."""
+        kwargs: dict[str, object] = {
+            "socket_connect_timeout": self.redis_connect_timeout_s,
+            "health_check_interval": 30,
+        }
+        ssl_opts = self.ssl_options()
+        if ssl_opts is not None:
+            kwargs["ssl_cert_reqs"] = self.redis_ssl_cert_reqs
+            for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+                if key in ssl_opts:
+                    kwargs[key] = ssl_opts[key]
+        return kwargs
+
+    @property
+    def result_expires(self) -> timedelta:
+        """``result_expires_s`` as a timedelta."""
+        return timedelta(seconds=self.result_expires_s)
+
+    def key(self, *parts: str) -> str:
+        """A namespaced Redis key for the library's own bookkeeping."""
+        return ":".join((self.key_prefix, *parts))

@@ -1,0 +1,217 @@
+"""Worker heartbeats in Redis: who is alive, what it holds, and how busy it is.
+
+Each worker's main process writes a small hash every ``worker_heartbeat_s`` seconds, with a
+TTL of ``worker_dead_after_s``. It serves two readers:
+
+* the :class:`~vocalborn_tasks.monitor.Monitor`, which lists workers, their pools, queues,
+  active and processed counts and memory without a broadcast round trip;
+* the dead-worker reaper (in every live worker), which notices a heartbeat that stopped and
+  hands the dead worker's unacknowledged messages back to their queues at once, instead of
+  after kombu's visibility timeout (an hour by default).
+
+The heartbeat lives in a Celery bootstep, so it runs only inside a worker and only for the app
+it was added to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from celery import bootsteps
+
+if TYPE_CHECKING:
+    import redis
+    from redis.typing import EncodableT, FieldT
+
+    from .app import VocalbornCelery
+
+__all__ = ["HeartbeatStep", "process_rss_kb", "restore_dead_worker_messages"]
+
+logger = logging.getLogger(__name__)
+
+#: Move one unacked message back to its queue, if it is still unacked (atomic).
+#: KEYS: unacked hash, unacked index zset; ARGV: delivery tag. Returns 1 if restored.
+_RESTORE_SCRIPT = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local ok, entry = pcall(cjson.decode, raw)
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if not ok then return 0 end
+local payload = entry[1]
+local queue = entry[3]
+if type(payload) ~= 'table' or type(queue) ~= 'string' or queue == '' then return 0 end
+payload['headers'] = payload['headers'] or {}
+payload['headers']['redelivered'] = true
+if payload['properties'] and payload['properties']['delivery_info'] then
+  payload['properties']['delivery_info']['redelivered'] = true
+end
+redis.call('RPUSH', queue, cjson.encode(payload))
+return 1
+"""
+
+
+def process_rss_kb(pid: int) -> int:
+    """Resident memory of a process in KiB (0 when unknown, e.g. not on Linux)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0
+
+
+def restore_dead_worker_messages(
+    broker: redis.Redis,
+    tags: list[str],
+    *,
+    unacked_key: str = "unacked",
+    index_key: str = "unacked_index",
+) -> int:
+    """Put a dead worker's unacknowledged messages back on their queues; returns how many."""
+    restored = 0
+    script = broker.register_script(_RESTORE_SCRIPT)
+    for tag in tags:
+        restored += int(script(keys=[unacked_key, index_key], args=[tag]))
+    return restored
+
+
+class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Worker bootstep: heartbeat thread plus dead-worker reaper."""
+
+    requires = ("celery.worker.components:Pool",)
+    label = "vocalborn heartbeat"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._worker: Any = None
+        self._broker: redis.Redis | None = None
+
+    def start(self, worker: Any) -> None:
+        self._worker = worker
+        self._thread = threading.Thread(target=self._run, name="vocalborn-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            app: VocalbornCelery = worker.app
+            client = _backend_client(app)
+            client.delete(app.settings.key("worker", worker.hostname))
+            client.srem(app.settings.key("workers"), worker.hostname)
+        except Exception as exc:  # shutting down: the TTL will clean up anyway
+            logger.debug("heartbeat: could not remove our key on stop: %s", exc)
+
+    shutdown = stop
+
+    def _run(self) -> None:
+        worker = self._worker
+        app: VocalbornCelery = worker.app
+        interval = app.settings.worker_heartbeat_s
+        while not self._stop.is_set():
+            try:
+                self._beat(worker, app)
+                self._reap(worker, app)
+            except Exception as exc:
+                logger.warning("heartbeat failed (%s); retrying in %.1f s", exc, interval)
+            self._stop.wait(interval)
+
+    def _beat(self, worker: Any, app: VocalbornCelery) -> None:
+        from celery.worker import state
+
+        settings = app.settings
+        held = [r for r in (*state.active_requests, *state.reserved_requests)]
+        tags = sorted(
+            {str(r.message.delivery_tag) for r in held if getattr(r, "message", None) is not None}
+        )
+        pool = getattr(worker, "pool", None)
+        child_pids: list[int] = []
+        if pool is not None:
+            try:
+                child_pids = [int(p) for p in pool.info.get("processes", [])]
+            except Exception:
+                child_pids = []
+        rss = process_rss_kb(os.getpid()) + sum(process_rss_kb(p) for p in child_pids)
+        queues = sorted(app.amqp.queues.consume_from or app.amqp.queues)
+        record: dict[FieldT, EncodableT] = {
+            "hostname": worker.hostname,
+            "pid": str(os.getpid()),
+            "concurrency": str(getattr(worker, "concurrency", 0) or 0),
+            "queues": ",".join(queues),
+            "active": str(len(state.active_requests)),
+            "reserved": str(len(state.reserved_requests)),
+            "processed": str(state.all_total_count[0]),
+            "rss_kb": str(rss),
+            "last_seen": repr(time.time()),
+            "tags": json.dumps(tags),
+        }
+        client = _backend_client(app)
+        key = settings.key("worker", worker.hostname)
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(key, mapping=record)
+        pipe.hsetnx(key, "started_at", repr(time.time()))
+        pipe.expire(key, int(max(settings.worker_dead_after_s, 2 * settings.worker_heartbeat_s)))
+        pipe.sadd(settings.key("workers"), worker.hostname)
+        # The last known tags outlive the heartbeat: the reaper needs them after it expires.
+        pipe.hset(settings.key("worker-tags"), worker.hostname, json.dumps(tags))
+        pipe.execute()
+
+    def _reap(self, worker: Any, app: VocalbornCelery) -> None:
+        settings = app.settings
+        client = _backend_client(app)
+        names = [
+            n.decode() if isinstance(n, bytes) else str(n)
+            for n in client.smembers(settings.key("workers"))
+        ]
+        others = [n for n in names if n != worker.hostname]
+        if not others:
+            return
+        pipe = client.pipeline(transaction=False)
+        for name in others:
+            pipe.exists(settings.key("worker", name))
+        alive = pipe.execute()
+        for name, is_alive in zip(others, alive, strict=True):
+            if is_alive:
+                continue
+            # Claim the dead worker so only one reaper restores its messages.
+            claim = settings.key("reaping", name)
+            if not client.set(claim, worker.hostname, nx=True, ex=60):
+                continue
+            raw = client.hget(settings.key("worker-tags"), name)
+            tags: list[str] = json.loads(raw) if raw else []
+            restored = restore_dead_worker_messages(self._broker_client(app), tags) if tags else 0
+            pipe = client.pipeline(transaction=False)
+            pipe.srem(settings.key("workers"), name)
+            pipe.hdel(settings.key("worker-tags"), name)
+            pipe.execute()
+            logger.warning(
+                "worker %s stopped sending heartbeats; restored %d of its unacknowledged tasks",
+                name,
+                restored,
+            )
+
+    def _broker_client(self, app: VocalbornCelery) -> redis.Redis:
+        """A plain client on the broker database (kombu's own is bound to its channel)."""
+        if self._broker is None:
+            import redis as sync_redis
+
+            self._broker = sync_redis.Redis.from_url(
+                app.settings.broker_url, **app.settings.redis_client_kwargs()
+            )
+        return self._broker
+
+
+def _backend_client(app: VocalbornCelery) -> redis.Redis:
+    client: redis.Redis = app.backend.client
+    return client

@@ -1,0 +1,556 @@
+"""TaskManager: the async facade a host application talks to.
+
+It validates requests before anything is queued, publishes task messages with ``redis.asyncio``
+(no blocking kombu producer on the event loop), and reads and awaits results natively through
+:mod:`vocalborn_tasks.results`. Celery stays reachable for experts as :attr:`TaskManager.app`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
+
+import anyio
+from pydantic import JsonValue, ValidationError
+
+from ._protocol import build_task_message, new_task_id
+from ._redis import async_client, pubsub_connection_factory, redis_errors
+from .config import TaskSettings
+from .errors import (
+    InvalidRequestError,
+    ManagerClosedError,
+    TaskFailedError,
+    TaskLostError,
+    TaskNotFoundError,
+    TaskRevokedError,
+    TaskTimeoutError,
+)
+from .models import AnalysisRequest, AnalysisResult, TaskState, TaskStatus
+from .recordings import FileRecordingResolver, RecordingResolver, check_recording_location
+from .results import META_PREFIX, PubSubHub, ResultReader
+from .tasks.builtin import analyze_audio
+from .tasks.definition import TaskDefinition, TaskHandle
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from .app import VocalbornCelery
+
+__all__ = ["TaskManager"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Claim the in-flight slot of a practice record and write the submit marker, atomically.
+#: Returns the id that owns the slot: ours, or the one already queued or running.
+_CLAIM_SCRIPT = """
+local cur = redis.call('GET', KEYS[1])
+if cur and ARGV[6] ~= '1' then
+  local meta = redis.call('GET', ARGV[7] .. cur)
+  local live = false
+  if meta then
+    local ok, decoded = pcall(cjson.decode, meta)
+    local s = ok and decoded['status'] or 'PENDING'
+    live = not (s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED')
+  else
+    local marker = ARGV[8] .. cur
+    live = redis.call('EXISTS', marker) == 1 and redis.call('HEXISTS', marker, 'done') == 0
+  end
+  if live then return cur end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('HSET', KEYS[2], 'name', ARGV[3], 'queue', ARGV[4], 't', ARGV[5], 'record', ARGV[9])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return ARGV[1]
+"""
+
+#: Store REVOKED for a task that has not finished, and publish it so waiters resolve now.
+_REVOKE_SCRIPT = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, decoded = pcall(cjson.decode, cur)
+  local s = ok and decoded['status'] or 'PENDING'
+  if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+_LIVE_STATES = frozenset(
+    {TaskState.PENDING, TaskState.STARTED, TaskState.PROGRESS, TaskState.RETRY}
+)
+_REMEMBERED_IDS = 100_000
+
+
+class TaskManager:
+    """Submit, follow, await and cancel tasks from async code.
+
+    Use it as ``async with TaskManager(settings) as manager``; it opens connections lazily and
+    closes them on exit. One manager is meant to be shared by a whole application: all its
+    waiters share one pub/sub connection.
+
+    Args:
+        settings: connection and behaviour; ``TaskSettings()`` (environment) if omitted.
+        resolver: maps practice record ids to recordings for the seed's call form; defaults to
+            the one named by ``RECORDING_RESOLVER``, else local files only.
+    """
+
+    def __init__(
+        self,
+        settings: TaskSettings | None = None,
+        *,
+        resolver: RecordingResolver | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else TaskSettings()
+        self._resolver = resolver
+        self._app: VocalbornCelery | None = None
+        self._backend: aioredis.Redis | None = None
+        self._broker: aioredis.Redis | None = None
+        self._hub: PubSubHub | None = None
+        self._reader: ResultReader | None = None
+        self._closed = False
+        self._submitted: OrderedDict[str, None] = OrderedDict()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<TaskManager {self.settings.redacted_broker_url} {state}>"
+
+    # --- lifecycle --------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        self._ensure_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every connection. The manager refuses further use afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._hub is not None:
+            await self._hub.aclose()
+        for client in (self._backend, self._broker):
+            if client is not None:
+                await client.aclose()
+
+    def _ensure_open(self) -> ResultReader:
+        if self._closed:
+            raise ManagerClosedError("this TaskManager is closed; create a new one")
+        if self._reader is None:
+            self._backend = async_client(self.settings, self.settings.backend_url)
+            self._broker = async_client(self.settings, self.settings.broker_url)
+            self._hub = PubSubHub(pubsub_connection_factory(self.settings))
+            self._reader = ResultReader(self._backend, self._hub, marker_key=self._marker_key)
+        return self._reader
+
+    @property
+    def app(self) -> VocalbornCelery:
+        """The Celery app behind the facade, for experts (built on first access)."""
+        if self._app is None:
+            from .app import create_celery_app
+
+            self._app = create_celery_app(self.settings)
+        return self._app
+
+    def _marker_key(self, task_id: str) -> str:
+        return self.settings.key("task", task_id)
+
+    def _remember(self, task_id: str) -> None:
+        self._submitted[task_id] = None
+        if len(self._submitted) > _REMEMBERED_IDS:
+            self._submitted.popitem(last=False)
+
+    async def ping(self) -> float:
+        """Round-trip time to the server in milliseconds.
+
+        Raises:
+            BrokerUnavailableError: unreachable within the connect timeout.
+        """
+        self._ensure_open()
+        assert self._backend is not None
+        started = time.perf_counter()
+        async with redis_errors(self.settings, "ping"):
+            await self._backend.ping()
+        return (time.perf_counter() - started) * 1000
+
+    # --- submitting ---------------------------------------------------------------------------
+    @property
+    def resolver(self) -> RecordingResolver:
+        """The recording resolver in use."""
+        if self._resolver is None:
+            if self.settings.recording_resolver is None:
+                self._resolver = FileRecordingResolver()
+            else:
+                from ._imports import load_object
+                from .errors import ConfigurationError
+
+                obj = load_object(self.settings.recording_resolver, "RECORDING_RESOLVER")
+                if not isinstance(obj, RecordingResolver):
+                    raise ConfigurationError(
+                        "RECORDING_RESOLVER does not provide locate() and fetch()"
+                    )
+                self._resolver = obj
+        return self._resolver
+
+    async def _prepare(self, request: AnalysisRequest) -> AnalysisRequest:
+        """Fill in recordings from the resolver and check both locations."""
+        if request.recording is None or request.reference is None:
+            located = await self.resolver.locate(
+                request.practice_record_id, dict(request.analysis_params)
+            )
+            recording = request.recording or located[0]
+            reference = request.reference or located[1]
+        else:
+            recording, reference = request.recording, request.reference
+        recording = check_recording_location(recording, self.settings, what="recording")
+        reference = check_recording_location(reference, self.settings, what="reference")
+        return request.model_copy(update={"recording": recording, "reference": reference})
+
+    @staticmethod
+    def _build_request(
+        request: AnalysisRequest | None,
+        fields: Mapping[str, Any],
+    ) -> AnalysisRequest:
+        given = {k: v for k, v in fields.items() if v is not None}
+        if request is not None:
+            if given:
+                raise InvalidRequestError(
+                    "pass either an AnalysisRequest or keyword fields, not both"
+                )
+            return request
+        try:
+            return AnalysisRequest.model_validate(given)
+        except ValidationError as exc:
+            raise InvalidRequestError(_validation_message(exc)) from None
+
+    async def submit_audio_analysis(
+        self,
+        request: AnalysisRequest | None = None,
+        /,
+        *,
+        practice_record_id: str | None = None,
+        recording: str | None = None,
+        reference: str | None = None,
+        language: str | None = None,
+        analysis_params: dict[str, JsonValue] | None = None,
+        force: bool = False,
+    ) -> str:
+        """Queue one analysis and return its task id at once.
+
+        Pass an :class:`AnalysisRequest`, or the seed's keyword form (``practice_record_id=...,
+        analysis_params=...``) where the recording resolver finds the files.
+
+        If the same practice record already has an analysis queued or running, its task id is
+        returned and nothing new is queued, unless ``force`` is true.
+
+        Raises:
+            InvalidRequestError: the request is invalid (bad id, a recording outside the roots,
+                missing file, oversized parameters...); nothing was queued.
+            BrokerUnavailableError: Redis could not be reached within the connect timeout.
+        """
+        req = self._build_request(
+            request,
+            {
+                "practice_record_id": practice_record_id,
+                "recording": recording,
+                "reference": reference,
+                "language": language,
+                "analysis_params": analysis_params,
+            },
+        )
+        ids = await self._submit_analyses([req], force=force)
+        return ids[0]
+
+    async def submit_batch(
+        self, requests: Iterable[AnalysisRequest], *, force: bool = False
+    ) -> list[str]:
+        """Queue many analyses in two pipelined round trips; all are validated first.
+
+        Returns the task ids in the order of ``requests`` (an existing id where a record was
+        already in flight). Nothing is queued if any request is invalid.
+        """
+        return await self._submit_analyses(list(requests), force=force)
+
+    async def _submit_analyses(self, requests: list[AnalysisRequest], *, force: bool) -> list[str]:
+        self._ensure_open()
+        backend, broker = self._backend, self._broker
+        assert backend is not None
+        assert broker is not None
+        prepared = [await self._prepare(r) for r in requests]
+        if not prepared:
+            return []
+        settings = self.settings
+        ttl = str(int(settings.result_expires_s * 2 + settings.visibility_timeout_s))
+        now = repr(time.time())
+        candidates = [new_task_id() for _ in prepared]
+        definition = analyze_audio
+        async with redis_errors(settings, "submit"):
+            pipe = backend.pipeline(transaction=False)
+            for task_id, req in zip(candidates, prepared, strict=True):
+                pipe.eval(
+                    _CLAIM_SCRIPT,
+                    2,
+                    settings.key("inflight", req.practice_record_id),
+                    self._marker_key(task_id),
+                    task_id,
+                    ttl,
+                    definition.name,
+                    definition.queue,
+                    now,
+                    "1" if force else "0",
+                    META_PREFIX,
+                    settings.key("task", ""),
+                    req.practice_record_id,
+                )
+            owners = [o.decode() if isinstance(o, bytes) else str(o) for o in await pipe.execute()]
+            messages = [
+                build_task_message(
+                    task_id, definition.name, definition.encode_arguments(req), definition.queue
+                )
+                for task_id, owner, req in zip(candidates, owners, prepared, strict=True)
+                if owner == task_id
+            ]
+            if messages:
+                await broker.lpush(definition.queue, *messages)
+        for owner in owners:
+            self._remember(owner)
+        return owners
+
+    async def submit(
+        self, definition: TaskDefinition[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[R]:
+        """Queue any registered task definition with type-checked arguments.
+
+        The returned handle remembers the definition, so ``wait_for_result(handle)`` returns
+        the function's declared return type.
+
+        Raises:
+            InvalidRequestError: the arguments do not fit the function's signature.
+            BrokerUnavailableError: Redis could not be reached in time.
+        """
+        self._ensure_open()
+        backend, broker = self._backend, self._broker
+        assert backend is not None
+        assert broker is not None
+        try:
+            encoded = definition.encode_arguments(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidRequestError(f"{definition.name}: {exc}") from None
+        task_id = new_task_id()
+        settings = self.settings
+        message = build_task_message(task_id, definition.name, encoded, definition.queue)
+        marker = self._marker_key(task_id)
+        async with redis_errors(settings, "submit"):
+            pipe = backend.pipeline(transaction=False)
+            pipe.hset(
+                marker,
+                mapping={
+                    "name": definition.name,
+                    "queue": definition.queue,
+                    "t": repr(time.time()),
+                },
+            )
+            pipe.expire(marker, int(settings.result_expires_s * 2 + settings.visibility_timeout_s))
+            await pipe.execute()
+            await broker.lpush(definition.queue, message)
+        self._remember(task_id)
+        return TaskHandle(task_id, definition)
+
+    # --- reading ------------------------------------------------------------------------------
+    async def get_task_status(self, task: str | TaskHandle[Any]) -> TaskStatus:
+        """The task's current status (one round trip).
+
+        Unknown and expired ids are reported as ``NOT_FOUND``/``EXPIRED``, not PENDING; an id
+        this manager submitted that the server has since forgotten is ``LOST``.
+        """
+        reader = self._ensure_open()
+        task_id = str(task)
+        async with redis_errors(self.settings, f"status of task {task_id}"):
+            status = await reader.fetch(task_id)
+        if status.state is TaskState.NOT_FOUND and task_id in self._submitted:
+            status = status.model_copy(update={"state": TaskState.LOST})
+        return status
+
+    async def get_statuses(self, tasks: Iterable[str | TaskHandle[Any]]) -> list[TaskStatus]:
+        """Statuses of many tasks in one pipelined round trip."""
+        reader = self._ensure_open()
+        ids = [str(t) for t in tasks]
+        async with redis_errors(self.settings, "status of tasks"):
+            statuses = await reader.fetch_many(ids)
+        return [
+            s.model_copy(update={"state": TaskState.LOST})
+            if s.state is TaskState.NOT_FOUND and s.task_id in self._submitted
+            else s
+            for s in statuses
+        ]
+
+    async def watch(self, task: str | TaskHandle[Any]) -> AsyncIterator[TaskStatus]:
+        """Yield the task's status now and at each change (progress included); ends when final.
+
+        Raises:
+            TaskNotFoundError: the id is unknown or expired.
+        """
+        reader = self._ensure_open()
+        task_id = str(task)
+        known = task_id in self._submitted
+        stream = reader.watch(task_id, known=known)
+        try:
+            async with redis_errors(self.settings, f"watch task {task_id}"):
+                first = await anext(stream)
+            yield first
+            async with redis_errors(self.settings, f"watch task {task_id}", bounded=False):
+                async for status in stream:
+                    yield status
+        finally:
+            await stream.aclose()
+
+    @overload
+    async def wait_for_result(self, task: TaskHandle[R], *, timeout: float | None = None) -> R: ...
+
+    @overload
+    async def wait_for_result(
+        self, task: str, *, timeout: float | None = None
+    ) -> AnalysisResult: ...
+
+    async def wait_for_result(
+        self, task: str | TaskHandle[Any], *, timeout: float | None = None
+    ) -> Any:
+        """Wait until the task finishes and return its typed result.
+
+        A task id string is taken to be an audio analysis (returns :class:`AnalysisResult`);
+        a :class:`TaskHandle` returns its definition's declared type.
+
+        Raises:
+            TaskTimeoutError: ``timeout`` seconds passed first (the task may still finish).
+            TaskFailedError: the task failed (``code`` says why when known).
+            TaskRevokedError: it was cancelled.
+            TaskNotFoundError: unknown id, or its result expired.
+            TaskLostError: the server forgot it (restart without persistence).
+        """
+        reader = self._ensure_open()
+        task_id = str(task)
+        known = task_id in self._submitted
+        try:
+            with anyio.fail_after(timeout):
+                async with redis_errors(self.settings, f"wait for task {task_id}", bounded=False):
+                    status = await reader.wait(task_id, known=known)
+        except TimeoutError:
+            raise TaskTimeoutError(
+                f"task {task_id} did not finish within {timeout:g} s", task_id=task_id
+            ) from None
+        return self._result_of(task, status)
+
+    def _result_of(self, task: str | TaskHandle[Any], status: TaskStatus) -> Any:
+        task_id = status.task_id
+        if status.state is TaskState.SUCCESS:
+            try:
+                if isinstance(task, TaskHandle):
+                    return task.definition.decode_result(status.result)
+                return AnalysisResult.model_validate(status.result)
+            except ValidationError as exc:
+                raise TaskFailedError(
+                    f"task {task_id} returned a result of the wrong shape: "
+                    + _validation_message(exc),
+                    task_id=task_id,
+                    remote_type="ValidationError",
+                    remote_message=str(exc.error_count()),
+                    code="bad_result",
+                ) from None
+        if status.state is TaskState.REVOKED:
+            raise TaskRevokedError(f"task {task_id} was cancelled", task_id=task_id)
+        if status.state is TaskState.LOST:
+            raise TaskLostError(f"task {task_id} was lost by the server", task_id=task_id)
+        if status.state in (TaskState.NOT_FOUND, TaskState.EXPIRED):
+            raise TaskNotFoundError(
+                f"task {task_id} is unknown or its result has expired",
+                task_id=task_id,
+                code="expired" if status.state is TaskState.EXPIRED else None,
+            )
+        error = status.error
+        raise TaskFailedError(
+            f"task {task_id} failed: "
+            + (f"{error.type}: {error.message}" if error else "unknown error"),
+            task_id=task_id,
+            remote_type=error.type if error else "Error",
+            remote_message=error.message if error else "",
+            code=error.code if error else None,
+        )
+
+    # --- cancelling ---------------------------------------------------------------------------
+    async def cancel(self, task: str | TaskHandle[Any], *, terminate: bool = True) -> TaskStatus:
+        """Cancel a task: it will not start, and a running one is stopped when ``terminate``.
+
+        The revocation is stored in Redis (so it survives a restart of every worker), the
+        REVOKED state is published at once (so waiters resolve), and workers are told to stop
+        a running copy. A task that already finished is left as it is.
+
+        Returns:
+            The task's status after the cancel.
+        """
+        self._ensure_open()
+        assert self._backend is not None
+        task_id = str(task)
+        settings = self.settings
+        meta = json.dumps(
+            {
+                "status": "REVOKED",
+                "result": {
+                    "exc_type": "TaskRevokedError",
+                    "exc_message": ["revoked"],
+                    "exc_module": "celery.exceptions",
+                },
+                "traceback": None,
+                "children": [],
+                "date_done": _utcnow_iso(),
+                "task_id": task_id,
+            }
+        )
+        async with redis_errors(settings, f"cancel task {task_id}"):
+            status = await self._ensure_open().fetch(task_id)
+            if status.is_final and status.state is not TaskState.REVOKED:
+                return status
+            pipe = self._backend.pipeline(transaction=False)
+            pipe.zadd(settings.key("revoked"), {task_id: time.time()})
+            pipe.eval(
+                _REVOKE_SCRIPT, 1, META_PREFIX + task_id, meta, int(settings.result_expires_s)
+            )
+            await pipe.execute()
+        if terminate and status.state in (TaskState.STARTED, TaskState.PROGRESS, TaskState.RETRY):
+            await self._broadcast_revoke(task_id)
+        return await self.get_task_status(task_id)
+
+    async def _broadcast_revoke(self, task_id: str) -> None:
+        """Ask workers to terminate a running copy (Celery's control broadcast, in a thread)."""
+        app = self.app
+
+        def send() -> None:
+            app.control.revoke(task_id, terminate=True, signal="SIGTERM")
+
+        with anyio.move_on_after(self.settings.redis_connect_timeout_s):
+            await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
+
+
+def _utcnow_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat()
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "request"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

@@ -1,0 +1,420 @@
+"""Native async reading of task states from the Redis result backend.
+
+Celery's Redis backend stores each task's state at ``celery-task-meta-<id>`` and PUBLISHes the
+same JSON on a channel of that name at every change. We SUBSCRIBE on one dedicated connection
+shared by every waiter of a manager, wait for the server to confirm the subscription, and only
+then GET the key, so no change can slip between the read and the subscription. No thread per
+waiter, no polling loop, no ``AsyncResult.get()``.
+
+If that connection drops (a server restart), the hub reconnects with backoff, subscribes every
+channel again and tells each waiter to re-read its key: anything published while we were away
+is picked up, and a task the server has forgotten is reported LOST instead of waited on forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import math
+from collections.abc import AsyncGenerator, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .errors import TaskLostError, TaskNotFoundError
+from .models import TaskErrorInfo, TaskState, TaskStatus, state_from_celery
+
+__all__ = ["META_PREFIX", "PubSubHub", "ResultReader", "status_from_meta"]
+
+logger = logging.getLogger(__name__)
+
+META_PREFIX: Final = "celery-task-meta-"
+
+
+class _Recheck:
+    """Sentinel queued to waiters after a reconnect: re-read your key."""
+
+
+RECHECK: Final = _Recheck()
+
+# Errors Celery raises that we can name better than by their class.
+_KNOWN_CODES: Final[dict[str, str]] = {
+    "SoftTimeLimitExceeded": "time_limit",
+    "TimeLimitExceeded": "time_limit",
+    "WorkerLostError": "worker_lost",
+    "NotRegistered": "unknown_task",
+}
+
+
+def _error_info(raw: Any, *, retrying: bool = False) -> TaskErrorInfo:
+    if not isinstance(raw, Mapping):
+        return TaskErrorInfo(type="Error", message=str(raw), retryable=retrying)
+    exc_type = str(raw.get("exc_type") or "Error")
+    exc_module = str(raw.get("exc_module") or "")
+    args = raw.get("exc_message")
+    if isinstance(args, list | tuple):
+        message = str(args[0]) if args else ""
+        code = str(args[1]) if exc_module.startswith("vocalborn_tasks") and len(args) > 1 else None
+    else:
+        message = "" if args is None else str(args)
+        code = None
+    if code is None:
+        code = _KNOWN_CODES.get(exc_type)
+    return TaskErrorInfo(type=exc_type, message=message, code=code, retryable=retrying)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(float(value), UTC)
+        parsed = datetime.fromisoformat(str(value))
+    except (TypeError, ValueError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _decode(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def status_from_meta(
+    task_id: str,
+    meta: Mapping[str, Any] | None,
+    marker: Mapping[str, str] | None = None,
+) -> TaskStatus:
+    """Build a :class:`TaskStatus` from Celery's stored meta and our submit marker.
+
+    Without meta, the marker tells a queued task (PENDING) from one whose result has expired
+    (EXPIRED); with neither, the id is unknown (NOT_FOUND). Celery alone would say PENDING for
+    all three.
+    """
+    marker = marker or {}
+    submitted_at = _parse_time(float(marker["t"])) if marker.get("t") else None
+    common: dict[str, Any] = {
+        "task_id": task_id,
+        "task_name": marker.get("name"),
+        "queue": marker.get("queue"),
+        "submitted_at": submitted_at,
+    }
+    if meta is None:
+        if not marker:
+            return TaskStatus(state=TaskState.NOT_FOUND, **common)
+        if marker.get("done"):
+            return TaskStatus(state=TaskState.EXPIRED, **common)
+        return TaskStatus(state=TaskState.PENDING, **common)
+    state = state_from_celery(str(meta.get("status", "PENDING")))
+    result = meta.get("result")
+    common["retries"] = int(meta.get("retries") or 0)
+    common["date_done"] = _parse_time(meta.get("date_done"))
+    if meta.get("name"):
+        common["task_name"] = meta["name"]
+    if state is TaskState.SUCCESS:
+        return TaskStatus(state=state, result=result, progress=100.0, **common)
+    if state is TaskState.FAILURE:
+        return TaskStatus(state=state, error=_error_info(result), **common)
+    if state is TaskState.RETRY:
+        return TaskStatus(state=state, error=_error_info(result, retrying=True), **common)
+    if state is TaskState.REVOKED:
+        return TaskStatus(
+            state=state,
+            error=TaskErrorInfo(type="TaskRevokedError", message="revoked", code="revoked"),
+            **common,
+        )
+    if state is TaskState.STARTED:
+        return TaskStatus(state=state, step="started", progress=0.0, **common)
+    if state is TaskState.PROGRESS and isinstance(result, Mapping):
+        percent = result.get("percent")
+        progress = None if percent is None else max(0.0, min(100.0, float(percent)))
+        step = result.get("step")
+        return TaskStatus(
+            state=state, step=None if step is None else str(step), progress=progress, **common
+        )
+    return TaskStatus(state=state, **common)
+
+
+ConnectionFactory = Callable[[], aioredis.Connection]
+
+
+class PubSubHub:
+    """One subscribed connection, shared by any number of waiters.
+
+    Each waiter gets an :class:`asyncio.Queue` of raw messages for its channel (plus RECHECK
+    after a reconnect). Subscriptions are reference-counted per channel.
+    """
+
+    def __init__(self, connect: ConnectionFactory, *, max_backoff_s: float = 2.0) -> None:
+        self._connect = connect
+        self._max_backoff_s = max_backoff_s
+        self._conn: aioredis.Connection | None = None
+        self._waiters: dict[str, set[asyncio.Queue[bytes | _Recheck]]] = {}
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._send_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closed = False
+
+    @property
+    def channel_count(self) -> int:
+        """How many channels are subscribed now (for tests and metrics)."""
+        return len(self._waiters)
+
+    async def _ensure_reader(self) -> None:
+        if self._reader is None:
+            await self._open()
+            self._reader = asyncio.get_running_loop().create_task(
+                self._read_forever(), name="vocalborn-pubsub-reader"
+            )
+
+    async def _open(self) -> None:
+        conn = self._connect()
+        await conn.connect()  # type: ignore[no-untyped-call]
+        self._conn = conn
+        self._connected.set()
+
+    async def _send(self, *args: str) -> None:
+        async with self._send_lock:
+            if self._conn is None or not self._connected.is_set():
+                return  # the reader resubscribes everything once it has reconnected
+            await self._conn.send_command(*args, check_health=False)
+
+    async def subscribe(self, channel: str) -> asyncio.Queue[bytes | _Recheck]:
+        """Subscribe a new waiter to ``channel``; returns once the server has confirmed it."""
+        if self._closed:
+            raise RuntimeError("the pub/sub hub is closed")
+        await self._ensure_reader()
+        queue: asyncio.Queue[bytes | _Recheck] = asyncio.Queue()
+        waiters = self._waiters.get(channel)
+        if waiters is None:
+            self._waiters[channel] = {queue}
+            confirmed = asyncio.get_running_loop().create_future()
+            self._confirmed[channel] = confirmed
+            await self._send("SUBSCRIBE", channel)
+        else:
+            waiters.add(queue)
+            confirmed = self._confirmed.get(channel) or _done_future()
+        try:
+            await asyncio.shield(confirmed)
+        except BaseException:
+            await self.unsubscribe(channel, queue)
+            raise
+        return queue
+
+    async def unsubscribe(self, channel: str, queue: asyncio.Queue[bytes | _Recheck]) -> None:
+        """Remove one waiter; the last one out unsubscribes the channel."""
+        waiters = self._waiters.get(channel)
+        if waiters is None:
+            return
+        waiters.discard(queue)
+        if not waiters:
+            del self._waiters[channel]
+            fut = self._confirmed.pop(channel, None)
+            if fut is not None and not fut.done():
+                fut.cancel()
+            with contextlib.suppress(RedisError, OSError):
+                await self._send("UNSUBSCRIBE", channel)
+
+    async def _read_forever(self) -> None:
+        backoff = 0.05
+        while not self._closed:
+            conn = self._conn
+            try:
+                if conn is None:
+                    await self._reconnect()
+                    backoff = 0.05
+                    continue
+                response = await conn.read_response(timeout=math.inf, disconnect_on_error=True)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self._closed:
+                    return
+                logger.warning(
+                    "result pub/sub connection lost (%s); reconnecting", type(exc).__name__
+                )
+                self._connected.clear()
+                self._conn = None
+                with contextlib.suppress(Exception):
+                    await conn.disconnect() if conn is not None else None
+                await asyncio.sleep(backoff)
+                backoff = min(self._max_backoff_s, backoff * 2)
+                continue
+            self._dispatch(response)
+
+    async def _reconnect(self) -> None:
+        await self._open()
+        channels = list(self._waiters)
+        for channel in channels:
+            fut = self._confirmed.get(channel)
+            if fut is None or fut.done():
+                self._confirmed[channel] = asyncio.get_running_loop().create_future()
+        if channels:
+            async with self._send_lock:
+                assert self._conn is not None
+                await self._conn.send_command("SUBSCRIBE", *channels, check_health=False)
+        # Tell every waiter to re-read its key once its channel is confirmed again.
+        for channel in channels:
+            self._confirmed[channel].add_done_callback(
+                functools.partial(self._on_resubscribed, channel)
+            )
+        logger.info("result pub/sub reconnected; %d channels resubscribed", len(channels))
+
+    def _on_resubscribed(self, channel: str, fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled():
+            self._recheck(channel)
+
+    def _recheck(self, channel: str) -> None:
+        for queue in self._waiters.get(channel, ()):
+            queue.put_nowait(RECHECK)
+
+    def _dispatch(self, response: Any) -> None:
+        if not isinstance(response, list) or len(response) < 3:
+            return
+        kind = _decode(response[0])
+        channel = _decode(response[1]) or ""
+        if kind == "message":
+            data = response[2]
+            for queue in self._waiters.get(channel, ()):
+                queue.put_nowait(data if isinstance(data, bytes) else str(data).encode())
+        elif kind == "subscribe":
+            fut = self._confirmed.get(channel)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    async def aclose(self) -> None:
+        """Stop the reader and close the connection; waiters are cancelled by their owners."""
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.disconnect()
+        for fut in self._confirmed.values():
+            if not fut.done():
+                fut.cancel()
+        self._waiters.clear()
+        self._confirmed.clear()
+
+
+def _done_future() -> asyncio.Future[None]:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    fut.set_result(None)
+    return fut
+
+
+class ResultReader:
+    """Reads and awaits task states; owned by a TaskManager or Monitor."""
+
+    def __init__(
+        self,
+        backend: aioredis.Redis,
+        hub: PubSubHub,
+        *,
+        marker_key: Callable[[str], str],
+    ) -> None:
+        self._backend = backend
+        self._hub = hub
+        self._marker_key = marker_key
+
+    async def fetch(self, task_id: str) -> TaskStatus:
+        """One round trip: the stored meta and our marker, mapped to a TaskStatus."""
+        pipe = self._backend.pipeline(transaction=False)
+        pipe.get(META_PREFIX + task_id)
+        pipe.hgetall(self._marker_key(task_id))
+        raw_meta, raw_marker = await pipe.execute()
+        return _to_status(task_id, raw_meta, raw_marker)
+
+    async def fetch_many(self, task_ids: list[str]) -> list[TaskStatus]:
+        """Statuses of many tasks in one pipelined round trip."""
+        pipe = self._backend.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.get(META_PREFIX + task_id)
+            pipe.hgetall(self._marker_key(task_id))
+        raw = await pipe.execute()
+        return [
+            _to_status(task_id, raw[2 * i], raw[2 * i + 1]) for i, task_id in enumerate(task_ids)
+        ]
+
+    async def watch(self, task_id: str, *, known: bool = False) -> AsyncGenerator[TaskStatus, None]:
+        """Yield the task's status now and at every change, ending at a final state.
+
+        Args:
+            known: the caller knows the id was submitted (so "not found" later means LOST).
+
+        Raises:
+            TaskNotFoundError: the id is unknown (or its result expired) at the start.
+            TaskLostError: the server forgot the task while we were waiting.
+        """
+        channel = META_PREFIX + task_id
+        queue = await self._hub.subscribe(channel)
+        try:
+            status = await self.fetch(task_id)
+            if status.state is TaskState.NOT_FOUND and not known:
+                raise TaskNotFoundError(
+                    f"task {task_id} is unknown or has expired", task_id=task_id
+                )
+            status = _lost_if_gone(status)
+            yield status
+            last = status
+            while not status.is_final:
+                item = await queue.get()
+                if isinstance(item, _Recheck):
+                    status = _lost_if_gone(await self.fetch(task_id))
+                else:
+                    try:
+                        meta = json.loads(item)
+                    except ValueError:
+                        continue
+                    status = status_from_meta(task_id, meta).model_copy(
+                        update={"submitted_at": last.submitted_at, "queue": last.queue}
+                    )
+                if status != last:
+                    yield status
+                    last = status
+        finally:
+            await self._hub.unsubscribe(channel, queue)
+
+    async def wait(self, task_id: str, *, known: bool = False) -> TaskStatus:
+        """Wait for a final state and return it (no timeout: the caller sets one)."""
+        last: TaskStatus | None = None
+        async for status in self.watch(task_id, known=known):
+            last = status
+        assert last is not None
+        status = last
+        if status.state is TaskState.LOST:
+            raise TaskLostError(
+                f"task {task_id} was lost: the server no longer knows it (was it restarted "
+                "without persistence?)",
+                task_id=task_id,
+            )
+        return status
+
+
+def _lost_if_gone(status: TaskStatus) -> TaskStatus:
+    if status.state is TaskState.NOT_FOUND:
+        return status.model_copy(update={"state": TaskState.LOST})
+    return status
+
+
+def _to_status(
+    task_id: str, raw_meta: bytes | None, raw_marker: Mapping[bytes, bytes]
+) -> TaskStatus:
+    meta: Mapping[str, Any] | None = None
+    if raw_meta is not None:
+        try:
+            parsed = json.loads(raw_meta)
+            meta = parsed if isinstance(parsed, Mapping) else None
+        except ValueError:
+            meta = None
+    marker = {_decode(k) or "": _decode(v) or "" for k, v in raw_marker.items()}
+    return status_from_meta(task_id, meta, marker)

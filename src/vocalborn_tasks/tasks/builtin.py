@@ -1,0 +1,157 @@
+"""The built-in tasks: audio analysis, maintenance, health, and the seed's test task.
+
+Thin bodies in the spirit of web views: validate, delegate to pure functions, return a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import ConfigurationError, InvalidRequestError
+from ..models import AnalysisRequest, AnalysisResult
+from ..recordings import check_recording_location, local_path
+from .definition import TaskContext, task_definition
+from .runtime import WorkerRuntime
+
+__all__ = [
+    "BUILTIN_DEFINITIONS",
+    "CleanupReport",
+    "EchoResult",
+    "HealthPing",
+    "analyze_audio",
+    "cleanup",
+    "echo",
+    "health_check",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _runtime(ctx: TaskContext) -> WorkerRuntime:
+    if ctx.runtime is None:
+        raise ConfigurationError("this task needs a worker runtime; run it through a worker")
+    return ctx.runtime
+
+
+def _open_recording(location: str, runtime: WorkerRuntime, what: str) -> str | bytes | Path:
+    """The worker re-checks every location: it does not trust what came through the queue."""
+    checked = check_recording_location(location, runtime.settings, what=what)
+    if local_path(checked) is not None:
+        return checked
+    return runtime.resolver.fetch(checked)
+
+
+@task_definition(name="vocalborn.analyze_audio", queue="ai_analysis")
+def analyze_audio(ctx: TaskContext, request: AnalysisRequest) -> AnalysisResult:
+    """Compare a practice recording with its reference and hand the result to the sink."""
+    runtime = _runtime(ctx)
+    if request.recording is None or request.reference is None:
+        raise InvalidRequestError("the request reached the worker without recording locations")
+    ctx.report_progress("fetching", 1.0)
+    recording = _open_recording(request.recording, runtime, "recording")
+    reference = _open_recording(request.reference, runtime, "reference")
+    from ..analysis import AnalysisOptions
+
+    options = AnalysisOptions(max_duration_s=runtime.settings.analysis_max_duration_s)
+    result = runtime.analyzer.analyze(
+        recording,
+        reference,
+        language=request.language,
+        on_progress=ctx.report_progress,
+        options=options,
+    )
+    result = result.model_copy(update={"practice_record_id": request.practice_record_id})
+    sink = runtime.sink
+    if sink is not None:
+        runtime.deliver_once(ctx.task_id, lambda: sink.store(ctx.task_id, result))
+    return result
+
+
+class CleanupReport(BaseModel):
+    """What a maintenance run removed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    files_removed: int
+    bytes_freed: int
+    revocations_trimmed: int
+
+
+@task_definition(name="vocalborn.maintenance.cleanup", queue="maintenance")
+def cleanup(ctx: TaskContext) -> CleanupReport:
+    """Delete expired temporary files and forget revocations older than any result."""
+    runtime = _runtime(ctx)
+    settings = runtime.settings
+    files = freed = 0
+    if settings.temp_dir is not None and settings.temp_dir.is_dir():
+        cutoff = time.time() - settings.temp_max_age_s
+        for path in settings.temp_dir.rglob("*"):
+            try:
+                stat = path.lstat()
+                if path.is_file() and not path.is_symlink() and stat.st_mtime < cutoff:
+                    path.unlink()
+                    files += 1
+                    freed += stat.st_size
+            except OSError as exc:  # a file vanishing under us is not an error worth failing on
+                logger.debug("cleanup: skipping %s: %s", path, exc)
+    horizon = time.time() - settings.result_expires_s - settings.visibility_timeout_s
+    trimmed = int(runtime.redis.zremrangebyscore(settings.key("revoked"), "-inf", horizon))
+    return CleanupReport(files_removed=files, bytes_freed=freed, revocations_trimmed=trimmed)
+
+
+class HealthPing(BaseModel):
+    """Proof that a message went broker -> worker -> backend and back."""
+
+    model_config = ConfigDict(frozen=True)
+
+    worker: str
+    pid: int
+    backend_latency_ms: float
+    checked_at: datetime
+
+
+@task_definition(name="vocalborn.health.check", queue="health")
+def health_check(ctx: TaskContext) -> HealthPing:
+    """Run on the health queue: a worker consumed it, and it writes and reads the backend."""
+    runtime = _runtime(ctx)
+    key = runtime.settings.key("health", ctx.task_id)
+    started = time.perf_counter()
+    pipe = runtime.redis.pipeline(transaction=False)
+    pipe.set(key, "1", ex=60)
+    pipe.get(key)
+    pipe.delete(key)
+    pipe.execute()
+    latency = (time.perf_counter() - started) * 1000
+    return HealthPing(
+        worker=socket.gethostname(),
+        pid=os.getpid(),
+        backend_latency_ms=round(latency, 3),
+        checked_at=datetime.now(UTC),
+    )
+
+
+class EchoResult(BaseModel):
+    """What the seed's ``test --message`` task returns."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message: str
+    worker: str
+    pid: int
+
+
+@task_definition(name="vocalborn.test", queue="health")
+def echo(ctx: TaskContext, message: str) -> EchoResult:
+    """Echo a message back: proves the whole path works end to end."""
+    ctx.report_progress("echo", 100.0)
+    return EchoResult(message=message, worker=socket.gethostname(), pid=os.getpid())
+
+
+BUILTIN_DEFINITIONS = (analyze_audio, cleanup, health_check, echo)

@@ -1,0 +1,213 @@
+"""The worker side of every task: delivery cap, revocation check, retries, progress.
+
+Each worker process builds one :class:`WorkerRuntime` per app, lazily, after it has forked
+(so no connection or model is shared across processes). Task bodies reach it through
+``TaskContext.runtime``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from celery.exceptions import Ignore
+from pydantic import ValidationError
+
+from ..errors import DeliveryLimitError, InvalidRequestError, is_retryable
+from ..recordings import FileRecordingResolver, RecordingResolver
+from ..sinks import ResultSink, as_result_sink
+from .definition import TaskContext, TaskDefinition
+
+if TYPE_CHECKING:
+    import redis
+
+    from ..analysis import Analyzer
+    from ..app import VocalbornCelery
+    from ..config import TaskSettings
+
+__all__ = ["WorkerRuntime", "execute_definition", "register_task", "runtime_for"]
+
+logger = logging.getLogger(__name__)
+
+_RUNTIME_ATTR = "_vocalborn_runtime"
+
+
+class WorkerRuntime:
+    """Per-process resources of a worker: Redis client, analyzer, resolver, sink."""
+
+    def __init__(self, app: VocalbornCelery) -> None:
+        self.app = app
+        self.settings: TaskSettings = app.settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        """The result backend's own client (shares its connection pool)."""
+        client: redis.Redis = self.app.backend.client
+        return client
+
+    @cached_property
+    def analyzer(self) -> Analyzer:
+        """The configured analyzer, loaded once per process (its reference cache lives here)."""
+        from ..analysis import load_analyzer
+
+        return load_analyzer(self.settings.analyzer)
+
+    @cached_property
+    def resolver(self) -> RecordingResolver:
+        """The host's recording resolver, or the local-files default."""
+        if self.settings.recording_resolver is None:
+            return FileRecordingResolver()
+        from .._imports import load_object
+
+        obj = load_object(self.settings.recording_resolver, "RECORDING_RESOLVER")
+        if not isinstance(obj, RecordingResolver):
+            from ..errors import ConfigurationError
+
+            raise ConfigurationError("RECORDING_RESOLVER does not provide locate() and fetch()")
+        return obj
+
+    @cached_property
+    def sink(self) -> ResultSink | None:
+        """The host's result sink, if one is configured."""
+        if self.settings.result_sink is None:
+            return None
+        from .._imports import load_object
+        from ..errors import ConfigurationError
+
+        obj = load_object(self.settings.result_sink, "RESULT_SINK")
+        try:
+            return as_result_sink(obj)
+        except TypeError as exc:
+            raise ConfigurationError(f"RESULT_SINK: {exc}") from exc
+
+    def begin_delivery(self, task_id: str, retries: int) -> tuple[int, bool]:
+        """Count this delivery and check the persistent revoke set, in one round trip.
+
+        Returns:
+            ``(delivery number, revoked)``.
+        """
+        s = self.settings
+        key = s.key("deliveries", task_id, str(retries))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, int(s.visibility_timeout_s + s.task_time_limit_s) * (s.max_deliveries + 1))
+        pipe.zscore(s.key("revoked"), task_id)
+        count, _, revoked = pipe.execute()
+        return int(count), revoked is not None
+
+    def deliver_once(self, task_id: str, deliver: Any) -> bool:
+        """Call ``deliver()`` unless a previous run of this task already had it acknowledged.
+
+        Returns:
+            True if ``deliver`` ran now, False if it had already been acknowledged.
+        """
+        key = self.settings.key("sink-acked", task_id)
+        if self.redis.exists(key):
+            logger.info("task %s: result already stored by the sink; not storing again", task_id)
+            return False
+        deliver()
+        self.redis.set(key, "1", ex=int(self.settings.result_expires_s * 2))
+        return True
+
+    def backoff(self, retries: int) -> float:
+        """Exponential backoff with 'equal jitter': half fixed, half random."""
+        s = self.settings
+        ceiling = min(s.retry_backoff_max_s, s.retry_backoff_s * float(2**retries))
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+def runtime_for(app: VocalbornCelery) -> WorkerRuntime:
+    """The app's WorkerRuntime in this process, created on first use."""
+    runtime: WorkerRuntime | None = getattr(app, _RUNTIME_ATTR, None)
+    if runtime is None:
+        runtime = WorkerRuntime(app)
+        setattr(app, _RUNTIME_ATTR, runtime)
+    return runtime
+
+
+def execute_definition(
+    task: Any, definition: TaskDefinition[..., Any], kwargs: dict[str, Any]
+) -> Any:
+    """Run one delivery of ``definition`` inside the Celery task ``task``.
+
+    Order matters: the revocation and delivery checks come before any work, so a cancelled
+    task never starts after a worker restart and a poison message stops after
+    ``max_deliveries`` attempts instead of killing workers forever.
+    """
+    runtime = runtime_for(task.app)
+    request = task.request
+    task_id: str = request.id
+    retries: int = request.retries or 0
+    delivery, revoked = runtime.begin_delivery(task_id, retries)
+    if revoked:
+        logger.info("task %s was revoked; not running it", task_id)
+        task.backend.mark_as_revoked(task_id, "revoked", request=request)
+        raise Ignore()
+    if delivery > runtime.settings.max_deliveries:
+        raise DeliveryLimitError(
+            f"delivered {delivery} times without finishing (workers died running it); giving up"
+        )
+
+    last: list[tuple[str, float]] = []
+
+    def report(step: str, percent: float) -> None:
+        if last and last[0] == (step, percent):
+            return
+        last[:] = [(step, percent)]
+        task.update_state(
+            task_id=task_id, state="PROGRESS", meta={"step": step, "percent": percent}
+        )
+
+    ctx = TaskContext(
+        task_id=task_id, retries=retries, delivery=delivery, runtime=runtime, _report=report
+    )
+    try:
+        return definition.run_json(ctx, kwargs)
+    except ValidationError as exc:
+        raise InvalidRequestError(
+            f"{definition.name}: invalid arguments ({exc.error_count()} errors): "
+            + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        ) from None
+    except Ignore:
+        raise
+    except Exception as exc:
+        if definition.retryable and is_retryable(exc) and retries < runtime.settings.max_retries:
+            countdown = runtime.backoff(retries)
+            logger.warning(
+                "task %s: retryable %s (%s); retry %d/%d in %.1f s",
+                task_id,
+                type(exc).__name__,
+                exc,
+                retries + 1,
+                runtime.settings.max_retries,
+                countdown,
+            )
+            raise task.retry(
+                exc=exc, countdown=countdown, max_retries=runtime.settings.max_retries
+            ) from exc
+        raise
+
+
+def register_task(app: VocalbornCelery, definition: TaskDefinition[..., Any]) -> Any:
+    """Register ``definition`` on ``app`` as a Celery task and return that task.
+
+    The Celery task takes keyword arguments only (JSON values); it is reachable by experts as
+    ``app.tasks[definition.name]``.
+    """
+
+    def body(self: Any, **kwargs: Any) -> Any:
+        return execute_definition(self, definition, kwargs)
+
+    body.__name__ = definition.name.rsplit(".", 1)[-1]
+    body.__doc__ = definition.fn.__doc__
+    return app.task(
+        body,
+        name=definition.name,
+        bind=True,
+        queue=definition.queue,
+        typing=False,
+        acks_late=True,
+        reject_on_worker_lost=True,
+    )
