@@ -1,0 +1,402 @@
+"""The ``vocalborn-tasks`` command (also ``python -m vocalborn_tasks``).
+
+The only module that configures logging or writes to the terminal. Every command reads
+:class:`TaskSettings` from the environment (and ``.env``); errors are one clear line with a
+non-zero exit code, never a traceback (``--debug`` shows it).
+
+Exit codes: 0 ok, 1 the thing checked is not ok (unhealthy, task failed), 2 usage or
+configuration error, 3 Redis unreachable or refused us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from .config import QUEUES, TaskSettings
+from .errors import BrokerUnavailableError, ConfigurationError, VocalbornTasksError
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+EXIT_NOT_OK = 1
+EXIT_CONFIG = 2
+EXIT_UNREACHABLE = 3
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _settings(ctx: click.Context) -> TaskSettings:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        overrides = {k: v for k, v in obj.get("overrides", {}).items() if v is not None}
+        try:
+            obj["settings"] = TaskSettings(**overrides)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"]) or "settings"
+            raise ConfigurationError(f"invalid configuration: {loc}: {first['msg']}") from None
+    settings: TaskSettings = obj["settings"]
+    return settings
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn the library's errors into one line and an exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except BrokerUnavailableError as exc:
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            _fail(str(exc), EXIT_UNREACHABLE)
+        except (ConfigurationError, ValidationError) as exc:
+            _fail(str(exc), EXIT_CONFIG)
+        except VocalbornTasksError as exc:
+            if logging.getLogger().isEnabledFor(logging.DEBUG):
+                raise
+            _fail(f"{exc} [{exc.code}]", EXIT_NOT_OK)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper
+
+
+def run_async(coro: Coroutine[Any, Any, T] | Awaitable[T]) -> T:
+    async def runner() -> T:
+        return await coro
+
+    return asyncio.run(runner())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--redis-url",
+    envvar="REDIS_URL",
+    help="Redis/Valkey URL (default: REDIS_URL or REDIS_HOST/PORT).",
+)
+@click.option("--debug", is_flag=True, help="Verbose logging and full tracebacks.")
+@click.version_option(package_name="vocalborn-tasks")
+@click.pass_context
+def main(ctx: click.Context, redis_url: str | None, debug: bool) -> None:
+    """Typed, reliable audio-analysis jobs on Celery + Redis."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.ensure_object(dict)["overrides"] = {"redis_url": redis_url}
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+def _reexec_with_soft_shutdown() -> None:
+    """Celery reads REMAP_SIGTERM when it is imported: set it and start over, once."""
+    if os.environ.get("REMAP_SIGTERM"):
+        return
+    os.environ["REMAP_SIGTERM"] = "SIGQUIT"
+    os.execv(sys.executable, [sys.executable, "-m", "vocalborn_tasks", *sys.argv[1:]])
+
+
+@main.command()
+@click.option(
+    "-Q", "--queues", default=",".join(QUEUES), show_default=True, help="Queues to consume."
+)
+@click.option("-c", "--concurrency", type=int, default=None, help="Pool processes (default: CPUs).")
+@click.option("-P", "--pool", type=click.Choice(["prefork", "solo", "threads"]), default=None)
+@click.option("-n", "--hostname", default=None, help="Worker node name, e.g. analysis1@%h.")
+@click.pass_context
+@handle_errors
+def worker(
+    ctx: click.Context, queues: str, concurrency: int | None, pool: str | None, hostname: str | None
+) -> None:
+    """Run a worker (SIGTERM: running tasks get a grace period, then go back to the queue)."""
+    settings = _settings(ctx)
+    _reexec_with_soft_shutdown()
+    from .worker import run_worker
+
+    run_worker(
+        settings,
+        queues=[q.strip() for q in queues.split(",") if q.strip()],
+        concurrency=concurrency or settings.celery_worker_concurrency,
+        pool=pool,
+        hostname=hostname,
+    )
+
+
+@main.command()
+@click.option("--schedule-file", default=None, help="Where beat keeps its schedule state.")
+@click.pass_context
+@handle_errors
+def beat(ctx: click.Context, schedule_file: str | None) -> None:
+    """Run the periodic scheduler (maintenance cleanup, health checks)."""
+    from .worker import run_beat
+
+    run_beat(_settings(ctx), schedule_file=schedule_file)
+
+
+@main.command()
+@click.option("--port", type=int, default=6379, show_default=True)
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None, help="Keep data here (AOF)."
+)
+@handle_errors
+def server(port: int, data_dir: Path | None) -> None:
+    """Run the embedded Valkey server in the foreground on 127.0.0.1 (Ctrl+C stops it)."""
+    import signal
+
+    from .embedded import LocalServer
+
+    srv = LocalServer(port=port, data_dir=data_dir)
+    srv.start()
+    console.print(f"Valkey listening on [bold]redis://127.0.0.1:{port}[/] (data in {srv.data_dir})")
+    console.print(f"Use it with: export REDIS_URL=redis://127.0.0.1:{port}")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.close() if data_dir is None else srv.stop()
+        console.print("stopped")
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@handle_errors
+def health(ctx: click.Context, as_json: bool) -> None:
+    """Check server, workers and queues; exits 1 when unhealthy (a liveness probe)."""
+    from .monitor import HealthLevel, Monitor
+
+    async def check() -> Any:
+        async with Monitor(_settings(ctx)) as monitor:
+            return await monitor.health()
+
+    report = run_async(check())
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+    else:
+        colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}[report.level.value]
+        console.print(f"[bold {colour}]{report.level.value}[/]")
+        for reason in report.reasons:
+            console.print(f"  - {reason}", highlight=False)
+        if report.broker_latency_ms is not None:
+            console.print(
+                f"  broker round trip {report.broker_latency_ms:.2f} ms, workers {report.workers}"
+            )
+    if report.level is HealthLevel.UNHEALTHY:
+        sys.exit(EXIT_NOT_OK)
+
+
+@main.command()
+@click.pass_context
+@handle_errors
+def status(ctx: click.Context) -> None:
+    """Workers and queues, as tables."""
+    from .monitor import Monitor
+
+    async def read() -> tuple[Any, Any]:
+        async with Monitor(_settings(ctx)) as monitor:
+            return await monitor.get_worker_stats(), await monitor.get_queue_lengths()
+
+    workers, lengths = run_async(read())
+    table = Table(title="Workers")
+    for col in ("worker", "pid", "pool", "queues", "active", "processed", "memory"):
+        table.add_column(col)
+    for w in workers:
+        table.add_row(
+            w.hostname,
+            str(w.pid),
+            str(w.concurrency),
+            ",".join(w.queues),
+            str(w.active),
+            str(w.processed),
+            f"{w.rss_kb / 1024:.0f} MiB",
+        )
+    console.print(table)
+    queues = Table(title="Queues")
+    queues.add_column("queue")
+    queues.add_column("waiting", justify="right")
+    queues.add_column("consumers", justify="right")
+    for name, length in lengths.items():
+        queues.add_row(name, str(length), str(sum(1 for w in workers if name in w.queues)))
+    console.print(queues)
+
+
+@main.command("task")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handle_errors
+def task_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Show one task: state, progress, result or error."""
+    from .manager import TaskManager
+    from .models import TaskState
+
+    async def read() -> Any:
+        async with TaskManager(_settings(ctx)) as manager:
+            return await manager.get_task_status(task_id)
+
+    st = run_async(read())
+    if as_json:
+        click.echo(st.model_dump_json(indent=2))
+    else:
+        console.print(f"[bold]{st.task_id}[/] {st.state.value}", highlight=False)
+        if st.task_name:
+            console.print(f"  task: {st.task_name} (queue {st.queue or '?'})", highlight=False)
+        if st.progress is not None:
+            console.print(f"  progress: {st.progress:.0f}% {st.step or ''}", highlight=False)
+        if st.error is not None:
+            console.print(
+                f"  error: {st.error.type}: {st.error.message} [{st.error.code or '-'}]",
+                highlight=False,
+            )
+        if st.result is not None:
+            console.print_json(json.dumps(st.result))
+    if st.state in (TaskState.FAILURE, TaskState.NOT_FOUND, TaskState.EXPIRED, TaskState.LOST):
+        sys.exit(EXIT_NOT_OK)
+
+
+# --- acting ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("task_id")
+@click.pass_context
+@handle_errors
+def cancel(ctx: click.Context, task_id: str) -> None:
+    """Cancel a task (queued: never runs; running: stopped)."""
+    from .manager import TaskManager
+
+    async def go() -> Any:
+        async with TaskManager(_settings(ctx)) as manager:
+            return await manager.cancel(task_id)
+
+    st = run_async(go())
+    console.print(f"{task_id}: {st.state.value}", highlight=False)
+
+
+@main.command()
+@click.option("--queue", "-q", type=click.Choice(list(QUEUES)), required=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+@handle_errors
+def purge(ctx: click.Context, queue: str, yes: bool) -> None:
+    """Delete every waiting task of a queue."""
+    from .monitor import Monitor
+
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Delete every waiting task in {queue}?", abort=True)
+
+    async def go() -> int:
+        async with Monitor(_settings(ctx)) as monitor:
+            return await monitor.purge_queue(queue)
+
+    console.print(f"purged {run_async(go())} tasks from {queue}")
+
+
+@main.command("test")
+@click.option("--message", "-m", default="hello", show_default=True)
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_context
+@handle_errors
+def test_cmd(ctx: click.Context, message: str, timeout: float) -> None:
+    """Send a test task through broker, worker and backend, and print its answer."""
+    from .manager import TaskManager
+    from .tasks import echo
+
+    async def go() -> Any:
+        async with TaskManager(_settings(ctx)) as manager:
+            handle = await manager.submit(echo, message)
+            return await manager.wait_for_result(handle, timeout=timeout)
+
+    result = run_async(go())
+    console.print(
+        f"worker {result.worker} (pid {result.pid}) answered: {result.message}", highlight=False
+    )
+
+
+@main.command()
+@click.argument("recording", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--reference", "-r", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True
+)
+@click.option("--record-id", default=None, help="Practice record id (default: the file name).")
+@click.option("--language", "-l", default=None, help="e.g. en, zh-TW")
+@click.option("--timeout", type=float, default=300.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handle_errors
+def submit(
+    ctx: click.Context,
+    recording: Path,
+    reference: Path,
+    record_id: str | None,
+    language: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Submit one analysis, follow its progress and print the result."""
+    from .models import AnalysisRequest
+
+    request = AnalysisRequest(
+        practice_record_id=record_id or _safe_id(recording.stem),
+        recording=str(recording.resolve()),
+        reference=str(reference.resolve()),
+        language=language,
+    )
+    from .demo import follow_analyses, render_results
+
+    results = run_async(
+        follow_analyses(_settings(ctx), [request], timeout=timeout, console=err_console)
+    )
+    if as_json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in results], indent=2))
+    else:
+        render_results(console, [request], results)
+
+
+def _safe_id(stem: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-._")
+    return (cleaned or "recording")[:128]
+
+
+@main.command()
+@click.option(
+    "--workers", type=int, default=2, show_default=True, help="Pool processes of the demo worker."
+)
+@click.pass_context
+@handle_errors
+def demo(ctx: click.Context, workers: int) -> None:
+    """Start what is needed (embedded Valkey if no Redis is set), analyse the bundled samples."""
+    from .demo import run_demo
+
+    obj = ctx.ensure_object(dict)
+    redis_url = obj.get("overrides", {}).get("redis_url")
+    sys.exit(run_demo(redis_url=redis_url, concurrency=workers, console=console))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,205 @@
+"""Real processes for the integration and fault tests: servers and workers we own by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from vocalborn_tasks.config import TaskSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+AUDIO = ROOT / "tests" / "data" / "audio"
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy (test helper only)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def settings_env(settings: TaskSettings) -> dict[str, str]:
+    """Environment variables that give a worker process the same settings."""
+    env: dict[str, str] = {}
+    for name, field in type(settings).model_fields.items():
+        if name not in settings.model_fields_set:
+            continue
+        value = getattr(settings, name)
+        alias = field.validation_alias
+        env_name = (
+            alias.choices[0] if alias is not None and hasattr(alias, "choices") else name.upper()
+        )
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if isinstance(value, list):
+            import json
+
+            value = json.dumps([str(v) for v in value])
+        env[str(env_name)] = str(value)
+    return env
+
+
+class WorkerProcess:
+    """A ``vocalborn-tasks worker`` subprocess with the given settings.
+
+    Ready means its heartbeat is in Redis: it has connected and its pool is up.
+    """
+
+    def __init__(
+        self,
+        settings: TaskSettings,
+        *,
+        name: str,
+        queues: str = "ai_analysis,maintenance,health",
+        concurrency: int = 1,
+        pool: str = "prefork",
+        extra_env: Mapping[str, str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.hostname = f"{name}@test"
+        self.queues = queues
+        self.concurrency = concurrency
+        self.pool = pool
+        self.extra_env = dict(extra_env or {})
+        self.log_path = (log_dir or Path("/tmp")) / f"worker-{name}-{os.getpid()}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, *, wait: bool = True, timeout: float = 60.0) -> WorkerProcess:
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "TASK_", "CELERY_"))
+        }
+        env.update(settings_env(self.settings))
+        env.update(self.extra_env)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT / "tests"), str(ROOT), env.get("PYTHONPATH", "")]
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "vocalborn_tasks",
+            "worker",
+            "--queues",
+            self.queues,
+            "--concurrency",
+            str(self.concurrency),
+            "--pool",
+            self.pool,
+            "--hostname",
+            self.hostname,
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        client = redis.Redis.from_url(self.settings.backend_url)
+        key = self.settings.key("worker", self.hostname)
+        try:
+
+            def ready() -> bool:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise AssertionError(f"worker {self.name} exited: {self.log_tail()}")
+                return bool(client.exists(key))
+
+            wait_until(ready, timeout, what=f"worker {self.name} heartbeat")
+        finally:
+            client.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def child_pids(self) -> list[int]:
+        """PIDs of the pool processes (children of the main process)."""
+        try:
+            out = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in out.split()]
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL (of the whole process tree) if it lingers."""
+        proc = self.proc
+        if proc is None:
+            return
+        children = self.child_pids()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the main process (its pool children die with it or are killed too)."""
+        proc = self.proc
+        if proc is None:
+            return
+        children = self.child_pids()
+        proc.kill()
+        proc.wait(timeout=10)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc = None
+
+
+@contextlib.contextmanager
+def running_worker(settings: TaskSettings, **kwargs: Any) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(settings, **kwargs)
+    try:
+        worker.start()
+        yield worker
+    finally:
+        worker.stop()
+
+
+def flush(settings: TaskSettings) -> None:
+    """Empty both databases (between tests that must not see each other's tasks)."""
+    for url in (settings.broker_url, settings.backend_url):
+        client = redis.Redis.from_url(url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
