@@ -43,7 +43,6 @@ from .errors import (
     BrokerUnavailableError,
     ConfigurationError,
     TaskTimeoutError,
-    VocalbornTasksError,
 )
 from .manager import TaskManager
 from .models import AnalysisRequest, AnalysisResult, TaskState
@@ -331,6 +330,24 @@ class _DemoWorker:
             self.log_path.unlink()
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl+C while the demo runs, so ``kill`` also stops what it started."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def _embedded_server(console: Console) -> Iterator[str]:
     from .embedded import LocalServer
@@ -359,6 +376,7 @@ def run_demo(*, redis_url: str | None, concurrency: int, console: Console) -> in
     """
     base = TaskSettings() if redis_url is None else TaskSettings(redis_url=redis_url)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_sigterm_interrupts())
         if base.redis_configured:
             settings = base
             worker_url = redis_url
@@ -389,16 +407,12 @@ def _run_with_worker(
         return 0
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]; stopping the demo worker")
+        ok = True  # nothing went wrong: its log is of no interest
         return 130
-    except VocalbornTasksError:
-        if worker.exited:
-            console.print(
-                f"[red]the demo worker exited with code {worker.proc.returncode}[/]; "
-                f"its log is {worker.log_path}",
-                highlight=False,
-            )
-        else:
-            console.print(f"the demo worker's log is {worker.log_path}", highlight=False)
+    except Exception as exc:
+        if str(worker.log_path) not in str(exc):
+            state = f"exited with code {worker.proc.returncode}" if worker.exited else "was running"
+            console.print(f"the demo worker {state}; its log is {worker.log_path}", highlight=False)
         raise
     finally:
         worker.stop()
