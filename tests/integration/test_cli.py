@@ -232,7 +232,7 @@ def test_demo_starts_and_stops_everything_itself(tmp_path: Path) -> None:
     try:
         stdout, stderr = proc.communicate(timeout=CLI_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # let it stop its own server and worker
+        proc.send_signal(signal.SIGTERM)  # like Ctrl+C: it stops its own server and worker
         try:
             stdout, stderr = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
