@@ -28,7 +28,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external.rstrip("/")
         return
-    server = LocalServer(data_dir=tmp_path_factory.mktemp("valkey"))
+    server = LocalServer(data_dir=tmp_path_factory.mktemp("valkey"), die_with_parent=True)
     server.start()
     try:
         yield server.url

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from vocalborn_tasks.config import TaskSettings
+from vocalborn_tasks.embedded import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO = ROOT / "tests" / "data" / "audio"
@@ -114,7 +115,12 @@ class WorkerProcess:
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # a crashed test run leaves no worker behind
         )
         log.close()
         if wait:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import QUEUES, TaskSettings
@@ -55,7 +56,7 @@ def _settings(ctx: click.Context) -> TaskSettings:
 
 
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -197,11 +198,15 @@ def health(ctx: click.Context, as_json: bool) -> None:
     report = run_async(check())
     if as_json:
         click.echo(report.model_dump_json(indent=2))
+        if not report.reachable:
+            sys.exit(EXIT_UNREACHABLE)
+    elif not report.reachable:
+        _fail(report.reasons[0], EXIT_UNREACHABLE)
     else:
         colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}[report.level.value]
         console.print(f"[bold {colour}]{report.level.value}[/]")
         for reason in report.reasons:
-            console.print(f"  - {reason}", highlight=False)
+            console.print(f"  - {escape(reason)}", highlight=False)
         if report.broker_latency_ms is not None:
             console.print(
                 f"  broker round trip {report.broker_latency_ms:.2f} ms, workers {report.workers}"
@@ -270,7 +275,7 @@ def task_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
             console.print(f"  progress: {st.progress:.0f}% {st.step or ''}", highlight=False)
         if st.error is not None:
             console.print(
-                f"  error: {st.error.type}: {st.error.message} [{st.error.code or '-'}]",
+                escape(f"  error: {st.error.type}: {st.error.message} [{st.error.code or '-'}]"),
                 highlight=False,
             )
         if st.result is not None:

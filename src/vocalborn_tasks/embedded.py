@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Self
 
 from .errors import ConfigurationError
 
-__all__ = ["LocalServer", "embedded_binary", "free_port"]
+__all__ = ["LocalServer", "die_with_parent", "embedded_binary", "free_port"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,21 @@ def embedded_binary() -> Path:
     return Path(get_binary_path())
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` for child processes: the kernel SIGKILLs them if we die first (Linux).
+
+    Keeps a crashed test run or demo from leaving servers and workers behind. Elsewhere it
+    does nothing.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago on ``host``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -62,6 +79,7 @@ class LocalServer:
         appendonly: AOF persistence (``appendfsync everysec``).
         password: ``requirepass`` for the default user.
         config: further ``name value`` directives (e.g. ``{"maxmemory-policy": "allkeys-lru"}``).
+        die_with_parent: have the kernel kill the server if this process dies (tests, demo).
     """
 
     def __init__(
@@ -73,6 +91,7 @@ class LocalServer:
         appendonly: bool = True,
         password: str | None = None,
         config: dict[str, str] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.binary = Path(binary) if binary is not None else embedded_binary()
         self.port = port if port is not None else free_port()
@@ -86,6 +105,7 @@ class LocalServer:
         self._password = password
         self.config = dict(config or {})
         self._process: subprocess.Popen[bytes] | None = None
+        self._die_with_parent = die_with_parent
 
     def __repr__(self) -> str:
         return f"<LocalServer {self.binary.name} 127.0.0.1:{self.port} pid={self.pid}>"
@@ -145,6 +165,7 @@ class LocalServer:
             stderr=subprocess.DEVNULL,
             cwd=str(self.data_dir),
             start_new_session=True,
+            preexec_fn=die_with_parent if self._die_with_parent else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -30,7 +30,13 @@ from .errors import (
     TaskTimeoutError,
 )
 from .models import AnalysisRequest, AnalysisResult, TaskState, TaskStatus
-from .recordings import FileRecordingResolver, RecordingResolver, check_recording_location
+from .recordings import (
+    FileRecordingResolver,
+    RecordingResolver,
+    check_recording_location,
+    local_path,
+    probe_audio_header,
+)
 from .results import META_PREFIX, PubSubHub, ResultReader
 from .tasks.builtin import analyze_audio
 from .tasks.definition import TaskDefinition, TaskHandle
@@ -213,9 +219,22 @@ class TaskManager:
             reference = request.reference or located[1]
         else:
             recording, reference = request.recording, request.reference
-        recording = check_recording_location(recording, self.settings, what="recording")
-        reference = check_recording_location(reference, self.settings, what="reference")
         return request.model_copy(update={"recording": recording, "reference": reference})
+
+    def _check_files(self, requests: list[AnalysisRequest]) -> list[AnalysisRequest]:
+        """Resolve, confine and probe every local file (blocking I/O: run in a thread)."""
+        checked = []
+        for req in requests:
+            assert req.recording is not None
+            assert req.reference is not None
+            locations = {}
+            for what, location in (("recording", req.recording), ("reference", req.reference)):
+                location = check_recording_location(location, self.settings, what=what)
+                if local_path(location) is not None:
+                    probe_audio_header(location, what=what)
+                locations[what] = location
+            checked.append(req.model_copy(update=locations))
+        return checked
 
     @staticmethod
     def _build_request(
@@ -287,9 +306,11 @@ class TaskManager:
         backend, broker = self._backend, self._broker
         assert backend is not None
         assert broker is not None
-        prepared = [await self._prepare(r) for r in requests]
-        if not prepared:
+        located = [await self._prepare(r) for r in requests]
+        if not located:
             return []
+        # Path resolution and header probes touch the filesystem: one thread hop for the batch.
+        prepared = await anyio.to_thread.run_sync(self._check_files, located)
         settings = self.settings
         ttl = str(int(settings.result_expires_s * 2 + settings.visibility_timeout_s))
         now = repr(time.time())

@@ -74,6 +74,8 @@ class HealthReport(_Model):
 
     level: HealthLevel
     reasons: list[str] = Field(default_factory=list)
+    #: False when the server could not be reached at all (the other fields are then empty).
+    reachable: bool = True
     broker_latency_ms: float | None = None
     backend_latency_ms: float | None = None
     workers: int = 0
@@ -225,7 +227,9 @@ class Monitor:
                 persistence_info = await broker.info("persistence")
                 memory_info = await broker.info("memory")
         except Exception as exc:
-            return HealthReport(level=HealthLevel.UNHEALTHY, reasons=[str(exc)], checked_at=now)
+            return HealthReport(
+                level=HealthLevel.UNHEALTHY, reasons=[str(exc)], reachable=False, checked_at=now
+            )
         persistence = bool(int(persistence_info.get("aof_enabled", 0)))
         if not persistence:
             reasons.append(

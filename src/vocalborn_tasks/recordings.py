@@ -28,6 +28,7 @@ __all__ = [
     "RecordingResolver",
     "check_recording_location",
     "local_path",
+    "probe_audio_header",
 ]
 
 RecordingPair = tuple[str, str]
@@ -119,3 +120,24 @@ def check_recording_location(location: str, settings: TaskSettings, *, what: str
     if not resolved.is_file():
         raise RecordingAccessError(f"{what}: no such file: {location!r}")
     return str(resolved)
+
+
+def probe_audio_header(path: str, *, what: str) -> None:
+    """Refuse a local file that is not audio libsndfile can read, from its header alone.
+
+    This reads a few hundred bytes, so a caller learns at submit time that a file is corrupt
+    or empty instead of waiting for a worker to fail on it.
+
+    Raises:
+        InvalidRequestError: with code ``unreadable_audio`` or ``empty_audio``.
+    """
+    import soundfile
+
+    try:
+        info = soundfile.info(path)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise InvalidRequestError(
+            f"{what}: {Path(path).name!r} is not a readable audio file", code="unreadable_audio"
+        ) from exc
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise InvalidRequestError(f"{what}: {Path(path).name!r} holds no audio", code="empty_audio")

@@ -203,10 +203,6 @@ def test_test_command_unreachable_server(tmp_path: Path) -> None:
     assert_unreachable(proc, port)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.health turns an unreachable server into an UNHEALTHY report: exit 1, wrapped text",
-)
 def test_health_unreachable_server(tmp_path: Path) -> None:
     port = free_port()
     proc = cli("health", redis_url=f"redis://127.0.0.1:{port}", cwd=tmp_path, timeout=10)

@@ -78,7 +78,8 @@ def test_sample_manifest_matches_files() -> None:
             assert entry["reference"] in ids
             assert sample_path(entry["reference_path"]).is_file()
             assert entry["language"] == next(
-                e["language"] for e in entries if e["id"] == entry["reference"])
+                e["language"] for e in entries if e["id"] == entry["reference"]
+            )
 
 
 def test_half_read_sample_is_shorter_than_its_reference() -> None:
@@ -148,8 +149,9 @@ def test_unreadable_fixture_is_rejected_by_soundfile(name: str) -> None:
         ("clipped.wav", SAMPLE_RATE, 1, "PCM_16"),
     ],
 )
-def test_format_fixtures_have_their_format(name: str, rate: int, channels: int,
-                                           subtype: str) -> None:
+def test_format_fixtures_have_their_format(
+    name: str, rate: int, channels: int, subtype: str
+) -> None:
     info = sf.info(str(FIXTURES / name))
     assert (info.samplerate, info.channels, info.subtype) == (rate, channels, subtype)
 

@@ -11,8 +11,9 @@ import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigurationError, InvalidRequestError
 from ..models import AnalysisRequest, AnalysisResult
@@ -148,8 +149,19 @@ class EchoResult(BaseModel):
 
 
 @task_definition(name="vocalborn.test", queue="health")
-def echo(ctx: TaskContext, message: str) -> EchoResult:
-    """Echo a message back: proves the whole path works end to end."""
+def echo(
+    ctx: TaskContext, message: str, delay_s: Annotated[float, Field(ge=0.0, le=600.0)] = 0.0
+) -> EchoResult:
+    """Echo a message back: proves the whole path works end to end.
+
+    ``delay_s`` keeps the task running that long (reporting progress every 0.1 s): a stand-in
+    for a long analysis when checking cancellation, shutdown and redelivery.
+    """
+    if delay_s > 0:
+        deadline = time.monotonic() + delay_s
+        while (left := deadline - time.monotonic()) > 0:
+            ctx.report_progress("waiting", round(100.0 * (1 - left / delay_s), 1))
+            time.sleep(min(0.1, left))
     ctx.report_progress("echo", 100.0)
     return EchoResult(message=message, worker=socket.gethostname(), pid=os.getpid())
 

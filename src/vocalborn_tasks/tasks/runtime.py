@@ -206,6 +206,8 @@ def register_task(app: VocalbornCelery, definition: TaskDefinition[..., Any]) ->
         body,
         name=definition.name,
         bind=True,
+        # Not "shared": Celery would otherwise add the task to every app created afterwards.
+        shared=False,
         queue=definition.queue,
         typing=False,
         acks_late=True,

@@ -1,0 +1,297 @@
+"""TaskManager against a real server and a real worker process (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from support import AUDIO, WorkerProcess
+from vocalborn_tasks import (
+    AnalysisRequest,
+    AnalysisResult,
+    BrokerUnavailableError,
+    InvalidRequestError,
+    ManagerClosedError,
+    RecordingAccessError,
+    TaskDefinition,
+    TaskFailedError,
+    TaskManager,
+    TaskNotFoundError,
+    TaskRevokedError,
+    TaskSettings,
+    TaskState,
+    TaskTimeoutError,
+)
+from vocalborn_tasks.embedded import free_port
+from vocalborn_tasks.tasks import EchoResult, TaskContext, echo, task_definition
+
+pytestmark = pytest.mark.integration
+
+
+@task_definition(name="tests.never_consumed", queue="nobody_listens")
+def never_consumed(ctx: TaskContext, n: int) -> int:
+    return n
+
+
+def _request(
+    record: str, attempt: str = "en_other_voice.flac", reference: str = "en_reference.flac"
+) -> AnalysisRequest:
+    return AnalysisRequest(
+        practice_record_id=record,
+        recording=str(AUDIO / attempt),
+        reference=str(AUDIO / reference),
+        language="en",
+    )
+
+
+def _keys(settings: TaskSettings, pattern: str) -> int:
+    client = redis.Redis.from_url(settings.backend_url)
+    try:
+        return len(list(client.scan_iter(pattern, count=1000)))
+    finally:
+        client.close()
+
+
+async def test_analysis_end_to_end_with_progress(
+    base_settings: TaskSettings, worker: WorkerProcess
+) -> None:
+    async with TaskManager(base_settings) as manager:
+        task_id = await manager.submit_audio_analysis(_request("rec-e2e"))
+        seen = [status async for status in manager.watch(task_id)]
+        result = await manager.wait_for_result(task_id, timeout=60)
+        status = await manager.get_task_status(task_id)
+    assert seen[-1].state is TaskState.SUCCESS
+    progress = [s.progress for s in seen if s.state is TaskState.PROGRESS]
+    assert progress, [s.state for s in seen]
+    assert progress == sorted(progress)
+    steps = {s.step for s in seen if s.step}
+    assert len(steps) >= 3, steps
+    assert isinstance(result, AnalysisResult)
+    assert result.practice_record_id == "rec-e2e"
+    assert 1 <= result.level <= 5
+    assert result.analyzer.name
+    assert status.state is TaskState.SUCCESS
+    assert status.task_name == "vocalborn.analyze_audio"
+    assert status.queue == "ai_analysis"
+
+
+async def test_same_sentence_scores_above_a_different_sentence(
+    base_settings: TaskSettings, worker: WorkerProcess
+) -> None:
+    async with TaskManager(base_settings) as manager:
+        ids = await manager.submit_batch(
+            [_request("rec-same"), _request("rec-diff", attempt="en_different_sentence.flac")]
+        )
+        same, diff = await asyncio.gather(*(manager.wait_for_result(i, timeout=60) for i in ids))
+    assert same.pronunciation_accuracy > diff.pronunciation_accuracy
+    assert diff.level >= same.level
+
+
+async def test_inflight_resubmission_returns_the_same_id(base_settings: TaskSettings) -> None:
+    # No worker consumes ai_analysis here... but the module worker does: use a record whose
+    # first task cannot finish before the second submit (same event-loop turn, pipelined).
+    async with TaskManager(base_settings) as manager:
+        first, second = await manager.submit_batch([_request("rec-dup"), _request("rec-dup")])
+        assert first == second
+        third = await manager.submit_audio_analysis(_request("rec-dup"))
+        status = await manager.get_task_status(first)
+        if not status.is_final:
+            assert third == first
+        forced = await manager.submit_audio_analysis(_request("rec-dup"), force=True)
+        assert forced != first
+        await manager.wait_for_result(forced, timeout=60)
+        # Once finished, a resubmission is a new analysis.
+        again = await manager.submit_audio_analysis(_request("rec-dup"))
+        assert again not in (first, forced)
+        await manager.wait_for_result(again, timeout=60)
+
+
+async def test_seed_keyword_form_uses_the_resolver(
+    base_settings: TaskSettings, worker: WorkerProcess
+) -> None:
+    class Resolver:
+        async def locate(
+            self, practice_record_id: str, analysis_params: dict[str, object]
+        ) -> tuple[str, str]:
+            assert analysis_params == {"analysis_type": "full"}
+            return str(AUDIO / "zh_other_voice.flac"), str(AUDIO / "zh_reference.flac")
+
+        def fetch(self, location: str) -> bytes | Path:
+            raise AssertionError("local files need no fetch")
+
+    async with TaskManager(base_settings, resolver=Resolver()) as manager:
+        task_id = await manager.submit_audio_analysis(
+            practice_record_id="123", analysis_params={"analysis_type": "full"}
+        )
+        result = await manager.wait_for_result(task_id, timeout=60)
+    assert result.practice_record_id == "123"
+
+
+async def test_seed_keyword_form_without_resolver_is_a_clear_error(
+    base_settings: TaskSettings,
+) -> None:
+    async with TaskManager(base_settings) as manager:
+        with pytest.raises(InvalidRequestError, match="no recording resolver"):
+            await manager.submit_audio_analysis(practice_record_id="123")
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        (
+            {"practice_record_id": "r1", "recording": "/nonexistent.wav", "reference": "REF"},
+            RecordingAccessError,
+        ),
+        (
+            {"practice_record_id": "r1", "recording": "http://evil/x.wav", "reference": "REF"},
+            RecordingAccessError,
+        ),
+        (
+            {"practice_record_id": "r1", "recording": "/etc/passwd", "reference": "REF"},
+            RecordingAccessError,
+        ),
+        (
+            {"practice_record_id": "r1", "recording": "NOT_AUDIO", "reference": "REF"},
+            InvalidRequestError,
+        ),
+        (
+            {"practice_record_id": "r1", "recording": "EMPTY", "reference": "REF"},
+            InvalidRequestError,
+        ),
+        ({"practice_record_id": "", "recording": "REF", "reference": "REF"}, InvalidRequestError),
+        (
+            {
+                "practice_record_id": "r1",
+                "recording": "REF",
+                "reference": "REF",
+                "analysis_params": {"x": "y" * 1_000_000},
+            },
+            InvalidRequestError,
+        ),
+        ({"practice_record_id": 42, "recording": "REF", "reference": "REF"}, InvalidRequestError),
+    ],
+)
+async def test_bad_requests_are_refused_before_anything_is_queued(
+    base_settings: TaskSettings, fields: dict[str, object], error: type[Exception]
+) -> None:
+    swap = {
+        "REF": str(AUDIO / "en_reference.flac"),
+        "NOT_AUDIO": str(AUDIO / "not_audio.wav"),
+        "EMPTY": str(AUDIO / "empty.wav"),
+    }
+    fields = {k: swap.get(v, v) if isinstance(v, str) else v for k, v in fields.items()}
+    settings = base_settings.model_copy(update={"recording_roots": [AUDIO]})
+    before = _keys(settings, settings.key("task", "*"))
+    async with TaskManager(settings) as manager:
+        with pytest.raises(error):
+            await manager.submit_audio_analysis(**fields)  # type: ignore[arg-type]
+    assert _keys(settings, settings.key("task", "*")) == before
+
+
+async def test_unreadable_audio_inside_a_readable_header_fails_with_a_code(
+    base_settings: TaskSettings, worker: WorkerProcess
+) -> None:
+    async with TaskManager(base_settings) as manager:
+        task_id = await manager.submit_audio_analysis(
+            _request("rec-silence", attempt="silence.wav")
+        )
+        with pytest.raises(TaskFailedError) as info:
+            await manager.wait_for_result(task_id, timeout=60)
+        status = await manager.get_task_status(task_id)
+    assert info.value.code == "no_speech"
+    assert info.value.remote_type == "AudioError"
+    assert status.state is TaskState.FAILURE
+    assert status.error is not None
+    assert status.error.code == "no_speech"
+
+
+async def test_typed_custom_task_round_trip(
+    base_settings: TaskSettings, worker: WorkerProcess
+) -> None:
+    async with TaskManager(base_settings) as manager:
+        handle = await manager.submit(echo, "bonjour")
+        result = await manager.wait_for_result(handle, timeout=30)
+        with pytest.raises(InvalidRequestError):
+            await manager.submit(echo)  # type: ignore[call-arg]
+    assert isinstance(result, EchoResult)
+    assert result.message == "bonjour"
+
+
+async def test_timeout_cancel_and_revoked(base_settings: TaskSettings) -> None:
+    definition: TaskDefinition[[int], int] = never_consumed
+    async with TaskManager(base_settings) as manager:
+        handle = await manager.submit(definition, 7)
+        assert (await manager.get_task_status(handle)).state is TaskState.PENDING
+        with pytest.raises(TaskTimeoutError):
+            await manager.wait_for_result(handle, timeout=0.3)
+        waiter = asyncio.ensure_future(manager.wait_for_result(handle, timeout=30))
+        await asyncio.sleep(0.1)
+        status = await manager.cancel(handle)
+        assert status.state is TaskState.REVOKED
+        with pytest.raises(TaskRevokedError):
+            await waiter
+
+
+async def test_cancel_running_task(base_settings: TaskSettings, worker: WorkerProcess) -> None:
+    async with TaskManager(base_settings) as manager:
+        handle = await manager.submit(echo, "slow", delay_s=30)
+        async for status in manager.watch(handle):
+            if status.state is TaskState.PROGRESS:
+                break
+        started = time.monotonic()
+        await manager.cancel(handle)
+        with pytest.raises(TaskRevokedError):
+            await manager.wait_for_result(handle, timeout=10)
+        # The pool process was told to stop: a new task runs well before the 30 s are up.
+        follow = await manager.submit(echo, "after")
+        assert (await manager.wait_for_result(follow, timeout=20)).message == "after"
+        assert time.monotonic() - started < 25
+
+
+async def test_unknown_ids(base_settings: TaskSettings) -> None:
+    async with TaskManager(base_settings) as manager:
+        assert (await manager.get_task_status("no-such-task")).state is TaskState.NOT_FOUND
+        with pytest.raises(TaskNotFoundError):
+            await manager.wait_for_result("no-such-task", timeout=5)
+
+
+async def test_closed_manager_refuses_use(base_settings: TaskSettings) -> None:
+    manager = TaskManager(base_settings)
+    async with manager:
+        pass
+    with pytest.raises(ManagerClosedError):
+        await manager.get_task_status("x")
+
+
+async def test_unreachable_server_fails_fast(base_settings: TaskSettings) -> None:
+    port = free_port()
+    settings = TaskSettings(redis_url=f"redis://127.0.0.1:{port}", redis_connect_timeout_s=2)
+    async with TaskManager(settings) as manager:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailableError, match=f"127.0.0.1:{port}"):
+            await manager.submit_audio_analysis(_request("rec-down"))
+        assert time.monotonic() - started < 5
+        with pytest.raises(BrokerUnavailableError):
+            await manager.wait_for_result("some-id", timeout=5)
+
+
+async def test_many_waiters_share_one_connection(
+    base_settings: TaskSettings, worker: WorkerProcess
+) -> None:
+    client = redis.Redis.from_url(base_settings.backend_url)
+    try:
+        async with TaskManager(base_settings) as manager:
+            handles = [await manager.submit(echo, f"m{i}") for i in range(200)]
+            before = len(client.client_list())
+            waits = [asyncio.ensure_future(manager.wait_for_result(h, timeout=60)) for h in handles]
+            results = await asyncio.gather(*waits)
+            during = len(client.client_list())
+        assert [r.message for r in results] == [f"m{i}" for i in range(200)]
+        # One pub/sub connection plus at most a pool of command connections, not 200.
+        assert during - before <= 12, (before, during)
+    finally:
+        client.close()

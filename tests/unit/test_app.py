@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from vocalborn_tasks.app import create_celery_app, queue_for_task
+from vocalborn_tasks.config import TaskSettings
+
+
+def test_reliability_defaults() -> None:
+    s = TaskSettings(
+        redis_url="redis://h:1",
+        visibility_timeout_s=900,
+        task_time_limit_s=600,
+        task_soft_time_limit_s=500,
+    )
+    app = create_celery_app(s)
+    c = app.conf
+    assert c.task_acks_late is True
+    assert c.task_reject_on_worker_lost is True
+    assert c.worker_prefetch_multiplier == 1
+    assert c.task_track_started is True
+    assert c.task_time_limit == 600
+    assert c.task_soft_time_limit == 500
+    # The visibility timeout is set everywhere kombu and Celery read it.
+    assert c.broker_transport_options["visibility_timeout"] == 900
+    assert c.result_backend_transport_options["visibility_timeout"] == 900
+    assert c.visibility_timeout == 900
+    assert c.accept_content == ["json"] and c.result_accept_content == ["json"]
+    assert c.worker_cancel_long_running_tasks_on_connection_loss is True
+    assert c.result_backend_always_retry is True
+    assert c.broker_url == "redis://h:1/0"
+    assert c.result_backend == "redis://h:1/1"
+
+
+def test_queues_and_routes() -> None:
+    app = create_celery_app(TaskSettings(redis_url="redis://h:1"))
+    assert [q.name for q in app.conf.task_queues] == ["ai_analysis", "maintenance", "health"]
+    assert queue_for_task("vocalborn.analyze_audio") == "ai_analysis"
+    assert queue_for_task("vocalborn.maintenance.cleanup") == "maintenance"
+    assert queue_for_task("vocalborn.health.check") == "health"
+    assert queue_for_task("host.other") == "ai_analysis"
+    for name in (
+        "vocalborn.analyze_audio",
+        "vocalborn.maintenance.cleanup",
+        "vocalborn.health.check",
+        "vocalborn.test",
+    ):
+        assert name in app.tasks
+
+
+def test_two_apps_do_not_share_settings() -> None:
+    a = create_celery_app(TaskSettings(redis_url="redis://a:1"))
+    b = create_celery_app(TaskSettings(redis_url="redis://b:2"))
+    assert a.conf.broker_url != b.conf.broker_url
+    assert a.settings is not b.settings
+
+
+def test_beat_schedule_has_maintenance_and_health() -> None:
+    app = create_celery_app(TaskSettings(redis_url="redis://h:1", health_interval_s=60))
+    tasks = {v["task"]: v for v in app.conf.beat_schedule.values()}
+    assert tasks["vocalborn.health.check"]["schedule"] == 60
+    assert "vocalborn.maintenance.cleanup" in tasks

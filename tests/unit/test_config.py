@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from vocalborn_tasks.config import TaskSettings, redact_url
+
+_ENV = (
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_PASSWORD",
+    "REDIS_USERNAME",
+    "REDIS_DB_BROKER",
+    "REDIS_DB_BACKEND",
+    "CELERY_WORKER_CONCURRENCY",
+    "REDIS_TLS",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in _ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_are_not_configured() -> None:
+    s = TaskSettings()
+    assert not s.redis_configured
+    assert s.broker_url == "redis://localhost:6379/0"
+    assert s.backend_url == "redis://localhost:6379/1"
+
+
+def test_seed_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_HOST", "cache.internal")
+    monkeypatch.setenv("REDIS_PORT", "6380")
+    monkeypatch.setenv("REDIS_PASSWORD", "s3cr/t@x")
+    monkeypatch.setenv("REDIS_DB_BROKER", "2")
+    monkeypatch.setenv("REDIS_DB_BACKEND", "3")
+    monkeypatch.setenv("CELERY_WORKER_CONCURRENCY", "4")
+    s = TaskSettings()
+    assert s.redis_configured
+    assert s.broker_url == "redis://:s3cr%2Ft%40x@cache.internal:6380/2"
+    assert s.backend_url.endswith("@cache.internal:6380/3")
+    assert s.celery_worker_concurrency == 4
+    assert "s3cr" not in repr(s)
+    assert "s3cr" not in s.redacted_broker_url
+
+
+def test_url_wins_and_arguments_beat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_HOST", "ignored")
+    monkeypatch.setenv("REDIS_URL", "redis://env-host:1234")
+    assert TaskSettings().broker_url == "redis://env-host:1234/0"
+    assert TaskSettings(redis_url="redis://arg-host:1/").backend_url == "redis://arg-host:1/1"
+
+
+def test_dotenv_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("REDIS_URL=redis://from-dotenv:7000\n")
+    assert TaskSettings().broker_url == "redis://from-dotenv:7000/0"
+
+
+def test_password_is_merged_into_url_and_redacted() -> None:
+    s = TaskSettings(redis_url="redis://h:1", redis_password="pw")
+    assert s.broker_url == "redis://:pw@h:1/0"
+    assert s.redacted_broker_url == "redis://:***@h:1/0"
+    assert redact_url("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
+
+
+def test_tls_options() -> None:
+    import ssl
+
+    s = TaskSettings(redis_url="rediss://h:1", redis_ssl_ca_certs=Path("/ca.pem"))
+    opts = s.ssl_options()
+    assert opts is not None
+    assert opts["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+    assert opts["ssl_ca_certs"] == "/ca.pem"
+    assert TaskSettings(redis_url="redis://h:1").ssl_options() is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"visibility_timeout_s": 100, "task_time_limit_s": 200, "task_soft_time_limit_s": 100},
+        {"task_soft_time_limit_s": 400, "task_time_limit_s": 300},
+        {"redis_db_broker": 1, "redis_db_backend": 1},
+        {"redis_url": "http://nope"},
+        {"worker_heartbeat_s": 5, "worker_dead_after_s": 6},
+    ],
+)
+def test_unsafe_configurations_are_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        TaskSettings.model_validate(kwargs)
+
+
+def test_key_namespace() -> None:
+    assert TaskSettings(key_prefix="vb").key("task", "abc") == "vb:task:abc"
