@@ -22,13 +22,25 @@ from vocalborn_tasks.embedded import LocalServer
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_binary() -> str | None:
+    """Binary for tests that need servers of their own (restarts, odd configs).
+
+    None means the embedded Valkey; CI sets ``VOCALBORN_TEST_SERVER_BINARY`` to Debian's
+    redis-server for its second leg.
+    """
+    return os.environ.get("VOCALBORN_TEST_SERVER_BINARY") or None
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory, server_binary: str | None) -> Iterator[str]:
     """URL of the session's server (without a database number)."""
     external = os.environ.get("VOCALBORN_TEST_REDIS_URL")
     if external:
         yield external.rstrip("/")
         return
-    server = LocalServer(data_dir=tmp_path_factory.mktemp("valkey"), die_with_parent=True)
+    server = LocalServer(
+        binary=server_binary, data_dir=tmp_path_factory.mktemp("server"), die_with_parent=True
+    )
     server.start()
     try:
         yield server.url
