@@ -103,6 +103,9 @@ def create_celery_app(
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A redelivered message whose task already stored SUCCESS (its worker died between
+        # storing the result and acknowledging) is not run again.
+        "worker_deduplicate_successful_tasks": True,
         "task_track_started": True,
         "task_time_limit": settings.task_time_limit_s,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
@@ -136,11 +139,13 @@ def create_celery_app(
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
-        "worker_soft_shutdown_timeout": 10.0,
+        "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_s,
         "worker_enable_soft_shutdown_on_idle": False,
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": _beat_schedule(settings),
+        # Two beat processes started by mistake must not send every job twice: a Redis lock.
+        "beat_scheduler": "vocalborn_tasks.beat:LockedScheduler",
     }
     if ssl is not None:
         conf["broker_use_ssl"] = ssl
@@ -149,6 +154,9 @@ def create_celery_app(
     from .heartbeat import HeartbeatStep
 
     app.steps["worker"].add(HeartbeatStep)
+    from .stats import install_stats
+
+    install_stats(app)
     if register:
         from .tasks import register_builtin_tasks
 
@@ -157,6 +165,22 @@ def create_celery_app(
 
 
 def _beat_schedule(settings: TaskSettings) -> dict[str, dict[str, Any]]:
+    schedule = _default_beat_schedule(settings)
+    for name, entry in settings.beat_schedule.items():
+        if entry is None:
+            schedule.pop(name, None)
+            continue
+        queue = entry.queue or queue_for_task(entry.task)
+        schedule[name] = {
+            "task": entry.task,
+            "schedule": entry.every_s,
+            "kwargs": dict(entry.kwargs),
+            "options": {"queue": queue, "expires": entry.every_s},
+        }
+    return schedule
+
+
+def _default_beat_schedule(settings: TaskSettings) -> dict[str, dict[str, Any]]:
     return {
         "vocalborn-maintenance-cleanup": {
             "task": "vocalborn.maintenance.cleanup",

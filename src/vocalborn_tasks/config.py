@@ -12,10 +12,18 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["QUEUES", "TaskSettings", "redact_url"]
+__all__ = ["QUEUES", "BeatEntry", "TaskSettings", "redact_url"]
 
 #: The three queues, highest priority first.
 QUEUES: tuple[str, ...] = ("ai_analysis", "maintenance", "health")
@@ -32,6 +40,17 @@ def redact_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     netloc = f"{user}:***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class BeatEntry(BaseModel):
+    """One periodic job of ``vocalborn-tasks beat`` (see ``TaskSettings.beat_schedule``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    every_s: float = Field(gt=0)
+    queue: str | None = None
+    kwargs: dict[str, object] = Field(default_factory=dict)
 
 
 def _env(*names: str) -> AliasChoices:
@@ -159,6 +178,14 @@ class TaskSettings(BaseSettings):
         default=10.0, gt=0, validation_alias=_env("WORKER_DEAD_AFTER", "worker_dead_after_s")
     )
 
+    #: On SIGTERM a worker lets running tasks finish for this long, then hands the rest back
+    #: to the queue (acks late) and exits, well inside an orchestrator's grace period.
+    worker_soft_shutdown_s: float = Field(
+        default=10.0,
+        ge=0,
+        validation_alias=_env("WORKER_SOFT_SHUTDOWN_TIMEOUT", "worker_soft_shutdown_s"),
+    )
+
     # --- Recordings and analysis --------------------------------------------------------------
     #: Directories recordings may be read from. Empty means "any local path" (development);
     #: set it in production so a request cannot name /etc/shadow.
@@ -200,6 +227,111 @@ class TaskSettings(BaseSettings):
     )
     health_interval_s: float = Field(
         default=300.0, gt=0, validation_alias=_env("HEALTH_INTERVAL", "health_interval_s")
+    )
+
+    @field_validator("celery_log_level", mode="before")
+    @classmethod
+    def _log_level_name(cls, value: object) -> object:
+        # Celery exports CELERY_LOG_LEVEL as a number ("20") inside its worker processes, so
+        # TaskSettings() built there (by a host's sink or resolver) must accept that form too.
+        import logging
+
+        if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+            return logging.getLevelName(int(value))
+        return value.upper() if isinstance(value, str) else value
+
+    # --- Operations: statistics, health, alerts, beat, Flower ----------------------------------
+    #: Window over which failure/retry rates and p50/p95 durations are computed.
+    stats_window_s: float = Field(
+        default=3600.0, gt=0, validation_alias=_env("STATS_WINDOW", "stats_window_s")
+    )
+    #: Recent runs kept per task type (older ones are dropped as new ones finish).
+    stats_keep: int = Field(default=1000, ge=10, validation_alias=_env("STATS_KEEP", "stats_keep"))
+    #: Queues that must have a live worker; a queue without one makes health UNHEALTHY.
+    health_required_queues: list[str] = Field(
+        default_factory=lambda: list(QUEUES),
+        validation_alias=_env("HEALTH_REQUIRED_QUEUES", "health_required_queues"),
+    )
+    #: A queue whose oldest message and whose consumers' processed counts have not moved for
+    #: this long, while a consumer had a free slot, is "not draining" (UNHEALTHY).
+    health_stall_after_s: float = Field(
+        default=120.0, gt=0, validation_alias=_env("HEALTH_STALL_AFTER", "health_stall_after_s")
+    )
+    #: A waiting message older than this makes health DEGRADED.
+    health_max_message_age_s: float = Field(
+        default=900.0,
+        gt=0,
+        validation_alias=_env("HEALTH_MAX_MESSAGE_AGE", "health_max_message_age_s"),
+    )
+    #: Redis used memory above this share of ``maxmemory`` makes health DEGRADED.
+    health_max_memory_ratio: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        validation_alias=_env("HEALTH_MAX_MEMORY_RATIO", "health_max_memory_ratio"),
+    )
+
+    #: Alert rules (None disables a rule). See :mod:`vocalborn_tasks.alerts`.
+    alert_queue_backlog: int | None = Field(
+        default=500, ge=1, validation_alias=_env("ALERT_QUEUE_BACKLOG", "alert_queue_backlog")
+    )
+    alert_oldest_message_age_s: float | None = Field(
+        default=600.0,
+        gt=0,
+        validation_alias=_env("ALERT_OLDEST_MESSAGE_AGE", "alert_oldest_message_age_s"),
+    )
+    alert_no_workers: bool = Field(
+        default=True, validation_alias=_env("ALERT_NO_WORKERS", "alert_no_workers")
+    )
+    alert_failure_rate: float | None = Field(
+        default=0.25, gt=0, le=1, validation_alias=_env("ALERT_FAILURE_RATE", "alert_failure_rate")
+    )
+    #: The failure-rate rule needs at least this many runs in ``alert_failure_window_s``.
+    alert_failure_min_runs: int = Field(
+        default=10, ge=1, validation_alias=_env("ALERT_FAILURE_MIN_RUNS", "alert_failure_min_runs")
+    )
+    alert_failure_window_s: float = Field(
+        default=900.0, gt=0, validation_alias=_env("ALERT_FAILURE_WINDOW", "alert_failure_window_s")
+    )
+    alert_memory_ratio: float | None = Field(
+        default=0.8, gt=0, le=1, validation_alias=_env("ALERT_MEMORY_RATIO", "alert_memory_ratio")
+    )
+    #: After an alert (or its recovery notice) the same alert stays quiet this long: a flapping
+    #: condition does not page every minute.
+    alert_cooldown_s: float = Field(
+        default=900.0, ge=0, validation_alias=_env("ALERT_COOLDOWN", "alert_cooldown_s")
+    )
+    #: JSON POST target for alerts (e.g. a chat or paging webhook).
+    alert_webhook_url: SecretStr | None = Field(
+        default=None, validation_alias=_env("ALERT_WEBHOOK_URL", "alert_webhook_url")
+    )
+    alert_webhook_timeout_s: float = Field(
+        default=5.0, gt=0, validation_alias=_env("ALERT_WEBHOOK_TIMEOUT", "alert_webhook_timeout_s")
+    )
+    #: ``package.module:attr`` of further AlertSinks or callables ``fn(alert)``.
+    alert_sinks: list[str] = Field(
+        default_factory=list, validation_alias=_env("ALERT_SINKS", "alert_sinks")
+    )
+
+    #: Replaces or adds periodic jobs by name; ``null`` removes a default job. Defaults:
+    #: ``vocalborn-maintenance-cleanup`` and ``vocalborn-health-check``.
+    beat_schedule: dict[str, BeatEntry | None] = Field(
+        default_factory=dict, validation_alias=_env("BEAT_SCHEDULE", "beat_schedule")
+    )
+    #: A beat process holds a Redis lock this long (renewed while alive); a second beat waits.
+    beat_lock_ttl_s: float = Field(
+        default=30.0, gt=0, validation_alias=_env("BEAT_LOCK_TTL", "beat_lock_ttl_s")
+    )
+
+    #: ``user:password`` for Flower (required: Flower never runs without authentication).
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, validation_alias=_env("FLOWER_BASIC_AUTH", "flower_basic_auth")
+    )
+    flower_address: str = Field(
+        default="127.0.0.1", validation_alias=_env("FLOWER_ADDRESS", "flower_address")
+    )
+    flower_port: int = Field(
+        default=5555, ge=1, le=65535, validation_alias=_env("FLOWER_PORT", "flower_port")
     )
 
     @field_validator("recording_schemes")

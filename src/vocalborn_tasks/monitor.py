@@ -6,8 +6,10 @@ broker's own lists and settings, so none of its calls needs a broadcast to every
 
 from __future__ import annotations
 
+import heapq
+import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import TracebackType
@@ -18,11 +20,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._redis import async_client, redis_errors
 from .config import QUEUES, TaskSettings
 from .errors import ManagerClosedError
+from .stats import OUTCOMES, RunRecord, parse_run, percentile, running_tasks
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-__all__ = ["HealthLevel", "HealthReport", "Monitor", "QueueStats", "WorkerStats"]
+__all__ = [
+    "HealthLevel",
+    "HealthReport",
+    "Monitor",
+    "QueueStats",
+    "TaskPosition",
+    "TaskTypeStats",
+    "WorkerStats",
+    "queue_keys",
+]
 
 #: kombu's Redis transport keeps priorities 3, 6 and 9 of a queue in lists named like this.
 _PRIORITY_SEP = "\x06\x16"
@@ -59,6 +71,57 @@ class QueueStats(_Model):
     name: str
     length: int
     consumers: int
+    #: Waiting messages per kombu priority list (0 is the base list, consumed first).
+    priority_lengths: dict[int, int] = Field(default_factory=dict)
+    #: Pool processes of the live consumers (how many of its tasks can run at once).
+    consumer_processes: int = 0
+    #: Age of the oldest waiting message in seconds (None when the queue is empty).
+    oldest_age_s: float | None = None
+    #: False when the queue has work, a consumer with a free slot, and nothing moved for
+    #: ``health_stall_after_s``; None until two observations are far enough apart.
+    draining: bool | None = None
+
+
+class TaskPosition(_Model):
+    """Where a task stands: waiting (with its place in line), running, or not in a queue."""
+
+    task_id: str
+    #: ``waiting``, ``running`` or ``not_queued`` (finished, unknown, or held by a worker).
+    state: str
+    queue: str | None = None
+    #: 1 means "next to be taken"; None unless waiting.
+    position: int | None = None
+    #: Messages a worker will take before this one (position - 1 plus the ones workers hold).
+    ahead: int | None = None
+    queue_length: int | None = None
+    #: Pool processes of the live workers consuming the queue.
+    consumer_processes: int = 0
+    #: Seconds until a worker should start it, from recent durations; None without data
+    #: or without a consumer.
+    estimated_wait_s: float | None = None
+    #: Mean duration (s) of the queue's recent runs that the estimate is based on.
+    mean_duration_s: float | None = None
+
+
+class TaskTypeStats(_Model):
+    """Recent runs of one task type over a window (from the workers' run records)."""
+
+    task: str
+    queue: str
+    window_s: float
+    #: Runs (deliveries) that ended in the window, whatever their outcome.
+    runs: int
+    succeeded: int
+    failed: int
+    retried: int
+    revoked: int
+    #: failed / (succeeded + failed); None without finished runs.
+    failure_rate: float | None
+    #: retried / runs; None without runs.
+    retry_rate: float | None
+    p50_s: float | None
+    p95_s: float | None
+    mean_s: float | None
 
 
 class HealthLevel(StrEnum):
@@ -83,6 +146,10 @@ class HealthReport(_Model):
     persistence: bool | None = None
     maxmemory_policy: str | None = None
     used_memory_bytes: int | None = None
+    #: The server's ``maxmemory`` (0: no limit).
+    maxmemory_bytes: int | None = None
+    #: Age in seconds of the oldest message waiting in any queue.
+    oldest_message_age_s: float | None = None
     checked_at: datetime
 
     @property
@@ -206,18 +273,248 @@ class Monitor:
             results = await pipe.execute()
         return int(sum(results[: len(_PRIORITY_STEPS) + 1]))
 
+    async def get_queue_stats(self, queues: Iterable[str] = QUEUES) -> list[QueueStats]:
+        """Length (per priority list), consumers and oldest message age of each queue."""
+        names = list(queues)
+        workers = await self.get_worker_stats()
+        return await self._queue_stats(names, workers)
+
+    async def _queue_stats(
+        self, names: Sequence[str], workers: Sequence[WorkerStats]
+    ) -> list[QueueStats]:
+        broker, backend = self._clients()
+        s = self.settings
+        per = len(_PRIORITY_STEPS) + 1
+        async with redis_errors(s, "queue stats"):
+            pipe = broker.pipeline(transaction=False)
+            for name in names:
+                for key in queue_keys(name):
+                    pipe.llen(key)
+                    pipe.lindex(key, -1)
+            raw = await pipe.execute()
+            heads: dict[str, str | None] = {}
+            for i, name in enumerate(names):
+                for j, key in enumerate(queue_keys(name)):
+                    heads[key] = _message_id(raw[(i * per + j) * 2 + 1])
+            known = [(k, h) for k, h in heads.items() if h is not None]
+            ages = await self._message_ages(backend, known)
+        out = []
+        for i, name in enumerate(names):
+            lengths = {
+                step: int(raw[(i * per + j) * 2]) for j, step in enumerate((0, *_PRIORITY_STEPS))
+            }
+            key_ages = [ages[k] for k in queue_keys(name) if k in ages]
+            consumers = [w for w in workers if name in w.queues]
+            out.append(
+                QueueStats(
+                    name=name,
+                    length=sum(lengths.values()),
+                    consumers=len(consumers),
+                    priority_lengths=lengths,
+                    consumer_processes=sum(w.concurrency for w in consumers),
+                    oldest_age_s=round(max(key_ages), 3) if key_ages else None,
+                )
+            )
+        return out
+
+    async def _message_ages(
+        self, backend: aioredis.Redis, heads: list[tuple[str, str]]
+    ) -> dict[str, float]:
+        """Age of the oldest message of each list: submit time if known, else first sighting."""
+        if not heads:
+            return {}
+        s = self.settings
+        now = time.time()
+        pipe = backend.pipeline(transaction=False)
+        for key, task_id in heads:
+            pipe.hget(s.key("task", task_id), "t")
+            pipe.hmget(s.key("queue-head", key), "id", "seen")
+        raw = await pipe.execute()
+        ages: dict[str, float] = {}
+        update = backend.pipeline(transaction=False)
+        for n, (key, task_id) in enumerate(heads):
+            submitted, (seen_id, seen_at) = raw[2 * n], raw[2 * n + 1]
+            if submitted is not None:
+                ages[key] = max(0.0, now - float(_s(submitted)))
+                continue
+            # Sent by something other than TaskManager (beat, plain Celery): no submit time.
+            # Remember when we first saw this message at the head; its age is at least that.
+            if seen_id is not None and _s(seen_id) == task_id and seen_at is not None:
+                ages[key] = max(0.0, now - float(_s(seen_at)))
+            else:
+                ages[key] = 0.0
+                update.hset(s.key("queue-head", key), mapping={"id": task_id, "seen": repr(now)})
+                update.expire(s.key("queue-head", key), 7 * 86400)
+        if len(update):
+            await update.execute()
+        return ages
+
+    async def get_task_position(self, task_id: str) -> TaskPosition:
+        """Where ``task_id`` is: its place in line and an estimated wait, or that it runs.
+
+        The position counts the messages a worker takes first: earlier messages of the same
+        list, then the lists of higher priority. The wait estimate simulates the queue's
+        consumers' pool slots (each busy slot frees when its task reaches the recent mean
+        duration) taking the messages ahead, one mean duration each.
+        """
+        broker, backend = self._clients()
+        s = self.settings
+        async with redis_errors(s, f"position of task {task_id}"):
+            pipe = backend.pipeline(transaction=False)
+            pipe.hget(s.key("task", task_id), "queue")
+            pipe.hget(s.key("stats", "running"), task_id)
+            marker_queue, running = await pipe.execute()
+        if running is not None:
+            entry = running_tasks({task_id: running}).get(task_id, {})
+            return TaskPosition(task_id=task_id, state="running", queue=entry.get("q") or None)
+        candidates = [_s(marker_queue)] if marker_queue is not None else list(QUEUES)
+        found: tuple[str, int, int] | None = None
+        async with redis_errors(s, f"position of task {task_id}"):
+            script = broker.register_script(_POSITION_SCRIPT)
+            for queue in candidates:
+                where, ahead, total = (int(x) for x in await script(queue_keys(queue), [task_id]))
+                if where:
+                    found = (queue, ahead, total)
+                    break
+        if found is None:
+            return TaskPosition(
+                task_id=task_id,
+                state="not_queued",
+                queue=candidates[0] if marker_queue is not None else None,
+            )
+        queue, ahead, total = found
+        workers = [w for w in await self.get_worker_stats() if queue in w.queues]
+        mean = await self._mean_duration(queue)
+        wait = await self._estimate_wait(
+            workers, ahead + sum(w.reserved for w in workers), mean, queue
+        )
+        return TaskPosition(
+            task_id=task_id,
+            state="waiting",
+            queue=queue,
+            position=ahead + 1,
+            ahead=ahead + sum(w.reserved for w in workers),
+            queue_length=total,
+            consumer_processes=sum(w.concurrency for w in workers),
+            estimated_wait_s=None if wait is None else round(wait, 3),
+            mean_duration_s=None if mean is None else round(mean, 3),
+        )
+
+    async def _recent_runs(self, since: float) -> dict[str, tuple[str, list[RunRecord]]]:
+        """task name -> (queue, runs that ended since ``since``)."""
+        _, backend = self._clients()
+        s = self.settings
+        async with redis_errors(s, "task statistics"):
+            tasks = {
+                _s(k): _s(v) for k, v in (await backend.hgetall(s.key("stats", "tasks"))).items()
+            }
+            names = sorted(tasks)
+            pipe = backend.pipeline(transaction=False)
+            for name in names:
+                pipe.zrangebyscore(s.key("stats", "runs", name), since, "+inf")
+            members = await pipe.execute()
+        out: dict[str, tuple[str, list[RunRecord]]] = {}
+        for name, raw in zip(names, members, strict=True):
+            runs = [r for r in (parse_run(name, m) for m in raw) if r is not None]
+            out[name] = (tasks[name], runs)
+        return out
+
+    async def _mean_duration(self, queue: str) -> float | None:
+        runs = await self._recent_runs(time.time() - self.settings.stats_window_s)
+        # The most recent runs describe the current backlog best: use the last 50.
+        durations = sorted(
+            (
+                r
+                for q_runs in runs.values()
+                for r in q_runs[1]
+                if r.queue == queue or q_runs[0] == queue
+            ),
+            key=lambda r: r.finished,
+        )
+        values = [r.duration_s for r in durations if r.outcome != "revoked"][-50:]
+        return sum(values) / len(values) if values else None
+
+    async def _estimate_wait(
+        self, workers: Sequence[WorkerStats], ahead: int, mean: float | None, queue: str
+    ) -> float | None:
+        if mean is None or not workers:
+            return None
+        _, backend = self._clients()
+        async with redis_errors(self.settings, "running tasks"):
+            running = running_tasks(await backend.hgetall(self.settings.key("stats", "running")))
+        now = time.time()
+        slots: list[float] = []
+        for w in workers:
+            busy = [
+                max(0.0, mean - (now - float(e.get("s", now))))
+                for e in running.values()
+                if e.get("w") == w.hostname
+                and now - float(e.get("s", now)) < self.settings.task_time_limit_s
+            ][: max(w.concurrency, 0)]
+            slots.extend(busy + [0.0] * max(w.concurrency - len(busy), 0))
+        if not slots:
+            return None
+        heapq.heapify(slots)
+        for _ in range(ahead):
+            heapq.heappush(slots, heapq.heappop(slots) + mean)
+        return slots[0]
+
+    async def get_task_type_stats(self, window_s: float | None = None) -> list[TaskTypeStats]:
+        """Per task type: runs, failure and retry rates, p50/p95 durations over a window.
+
+        Args:
+            window_s: how far back to look; ``stats_window_s`` (one hour) by default.
+        """
+        window = window_s if window_s is not None else self.settings.stats_window_s
+        runs = await self._recent_runs(time.time() - window)
+        out = []
+        for name, (queue, records) in sorted(runs.items()):
+            counts = {o: sum(1 for r in records if r.outcome == o) for o in OUTCOMES}
+            finished = counts["success"] + counts["failure"]
+            durations = [r.duration_s for r in records if r.outcome in ("success", "failure")]
+            p50, p95 = percentile(durations, 0.5), percentile(durations, 0.95)
+            out.append(
+                TaskTypeStats(
+                    task=name,
+                    queue=queue,
+                    window_s=window,
+                    runs=len(records),
+                    succeeded=counts["success"],
+                    failed=counts["failure"],
+                    retried=counts["retry"],
+                    revoked=counts["revoked"],
+                    failure_rate=counts["failure"] / finished if finished else None,
+                    retry_rate=counts["retry"] / len(records) if records else None,
+                    p50_s=None if p50 is None else round(p50, 4),
+                    p95_s=None if p95 is None else round(p95, 4),
+                    mean_s=round(sum(durations) / len(durations), 4) if durations else None,
+                )
+            )
+        return out
+
     async def health(self) -> HealthReport:
         """Check the server, the workers and the queues; never raises for an unreachable server.
 
-        UNHEALTHY: the server is unreachable, or a queue has waiting work and no live consumer.
-        DEGRADED: no persistence, an evicting ``maxmemory-policy``, or no workers while idle.
+        UNHEALTHY: the server is unreachable, it may evict queued work (``maxmemory-policy``
+        other than ``noeviction``), a required queue (``health_required_queues``) or a queue
+        with waiting work has no live worker, or a queue is not draining.
+        DEGRADED: no persistence, memory near ``maxmemory``, or a waiting message older than
+        ``health_max_message_age_s``.
         """
         broker, backend = self._clients()
+        s = self.settings
         reasons: list[str] = []
         level = HealthLevel.HEALTHY
+
+        def worse(new: HealthLevel, reason: str) -> None:
+            nonlocal level
+            reasons.append(reason)
+            if _SEVERITY[new] > _SEVERITY[level]:
+                level = new
+
         now = datetime.now(UTC)
         try:
-            async with redis_errors(self.settings, "health"):
+            async with redis_errors(s, "health"):
                 t0 = time.perf_counter()
                 await broker.ping()
                 broker_ms = (time.perf_counter() - t0) * 1000
@@ -226,43 +523,166 @@ class Monitor:
                 backend_ms = (time.perf_counter() - t0) * 1000
                 persistence_info = await broker.info("persistence")
                 memory_info = await broker.info("memory")
+            workers = await self.get_worker_stats()
+            stats = await self._queue_stats(QUEUES, workers)
+            stats = await self._with_drain_verdicts(stats, workers)
         except Exception as exc:
             return HealthReport(
                 level=HealthLevel.UNHEALTHY, reasons=[str(exc)], reachable=False, checked_at=now
             )
         persistence = bool(int(persistence_info.get("aof_enabled", 0)))
         if not persistence:
-            reasons.append(
-                "the server has no AOF persistence: a restart loses queued tasks (appendonly yes)"
+            worse(
+                HealthLevel.DEGRADED,
+                "the server has no AOF persistence: a restart loses queued tasks (appendonly yes)",
             )
-            level = HealthLevel.DEGRADED
         policy = _s(memory_info.get("maxmemory_policy", "unknown"))
         if policy != "noeviction":
-            reasons.append(
-                f"maxmemory-policy is {policy}: the server may evict queued tasks (use noeviction)"
+            worse(
+                HealthLevel.UNHEALTHY,
+                f"maxmemory-policy is {policy}: the server may evict queued tasks (use noeviction)",
             )
-            level = HealthLevel.DEGRADED
-        workers = await self.get_worker_stats()
-        lengths = await self.get_queue_lengths()
-        queues = []
-        for name, length in lengths.items():
-            consumers = sum(1 for w in workers if name in w.queues)
-            queues.append(QueueStats(name=name, length=length, consumers=consumers))
-            if consumers == 0 and length > 0:
-                reasons.append(f"queue {name} has {length} waiting tasks and no live worker")
-                level = HealthLevel.UNHEALTHY
-        if not workers and level is HealthLevel.HEALTHY:
-            reasons.append("no worker is alive")
-            level = HealthLevel.DEGRADED
+        used = int(memory_info.get("used_memory", 0))
+        maxmemory = int(memory_info.get("maxmemory", 0))
+        if maxmemory and used > s.health_max_memory_ratio * maxmemory:
+            worse(
+                HealthLevel.DEGRADED,
+                f"memory use {used / maxmemory:.0%} of maxmemory ({used} of {maxmemory} bytes)",
+            )
+        for q in stats:
+            if q.consumers == 0 and (q.length > 0 or q.name in s.health_required_queues):
+                worse(
+                    HealthLevel.UNHEALTHY,
+                    f"queue {q.name} has no live worker ({q.length} waiting)",
+                )
+            elif q.draining is False:
+                worse(
+                    HealthLevel.UNHEALTHY,
+                    f"queue {q.name} is not draining: {q.length} waiting and nothing taken for "
+                    f"{s.health_stall_after_s:g} s although a worker has a free slot",
+                )
+            if q.oldest_age_s is not None and q.oldest_age_s > s.health_max_message_age_s:
+                worse(
+                    HealthLevel.DEGRADED,
+                    f"queue {q.name}: oldest waiting message is {q.oldest_age_s:.0f} s old",
+                )
+        ages = [q.oldest_age_s for q in stats if q.oldest_age_s is not None]
         return HealthReport(
             level=level,
             reasons=reasons,
             broker_latency_ms=round(broker_ms, 3),
             backend_latency_ms=round(backend_ms, 3),
             workers=len(workers),
-            queues=queues,
+            queues=stats,
             persistence=persistence,
             maxmemory_policy=policy,
-            used_memory_bytes=int(memory_info.get("used_memory", 0)),
+            used_memory_bytes=used,
+            maxmemory_bytes=maxmemory,
+            oldest_message_age_s=max(ages) if ages else None,
             checked_at=now,
         )
+
+    async def _with_drain_verdicts(
+        self, stats: list[QueueStats], workers: Sequence[WorkerStats]
+    ) -> list[QueueStats]:
+        """Compare each queue with the previous observation (kept in Redis between checks).
+
+        A ping only proves a worker process is alive; workers have been seen to stop consuming
+        after a reconnect while still answering. A queue is judged not draining when, over at
+        least ``health_stall_after_s``, it had waiting work, its next message stayed the same,
+        its consumers' processed counts did not move, and one of them had a free slot.
+        """
+        broker, backend = self._clients()
+        s = self.settings
+        now = time.time()
+        async with redis_errors(s, "drain check"):
+            pipe = broker.pipeline(transaction=False)
+            for q in stats:
+                for key in queue_keys(q.name):
+                    pipe.lindex(key, -1)
+            heads_raw = await pipe.execute()
+            pipe = backend.pipeline(transaction=False)
+            for q in stats:
+                pipe.hgetall(s.key("drain", q.name))
+            previous = await pipe.execute()
+            out: list[QueueStats] = []
+            update = backend.pipeline(transaction=False)
+            per = len(_PRIORITY_STEPS) + 1
+            for i, q in enumerate(stats):
+                ids = [_message_id(r) for r in heads_raw[i * per : (i + 1) * per]]
+                head = next((h for h in ids if h is not None), "")
+                consumers = [w for w in workers if q.name in w.queues]
+                processed = sum(w.processed for w in consumers)
+                free_slot = any(w.active + w.reserved < w.concurrency for w in consumers)
+                prev = {_s(k): _s(v) for k, v in previous[i].items()}
+                verdict: bool | None
+                snapshot = True
+                if q.length == 0:
+                    verdict = True
+                elif not prev or prev.get("head") != head or not consumers:
+                    verdict = None if not prev or not consumers else True
+                elif now - float(prev.get("ts", now)) < s.health_stall_after_s:
+                    verdict = {"1": True, "0": False}.get(prev.get("verdict", ""))
+                    snapshot = False  # keep the older observation to compare against
+                else:
+                    moved = str(processed) != prev.get("processed")
+                    verdict = moved or not free_slot
+                if snapshot:
+                    key = s.key("drain", q.name)
+                    update.hset(
+                        key,
+                        mapping={
+                            "head": head,
+                            "processed": str(processed),
+                            "ts": repr(now),
+                            "verdict": {True: "1", False: "0", None: ""}[verdict],
+                        },
+                    )
+                    update.expire(key, int(max(s.health_stall_after_s * 10, 3600)))
+                out.append(q.model_copy(update={"draining": verdict}))
+            if len(update):
+                await update.execute()
+        return out
+
+
+_SEVERITY = {HealthLevel.HEALTHY: 0, HealthLevel.DEGRADED: 1, HealthLevel.UNHEALTHY: 2}
+
+#: Find a task id in a queue's lists, in the order workers consume them.
+#: KEYS: the lists (base first); ARGV: task id. Returns {list index (0 = absent), ahead, total}.
+_POSITION_SCRIPT = """
+local ahead = 0
+local found = 0
+local total = 0
+for i, key in ipairs(KEYS) do
+  local n = redis.call('LLEN', key)
+  total = total + n
+  if found == 0 and n > 0 then
+    local items = redis.call('LRANGE', key, 0, -1)
+    for j = #items, 1, -1 do
+      local raw = items[j]
+      if found == 0 and string.find(raw, ARGV[1], 1, true) then
+        local ok, msg = pcall(cjson.decode, raw)
+        if ok and type(msg) == 'table' and type(msg['headers']) == 'table'
+            and msg['headers']['id'] == ARGV[1] then
+          found = i
+          ahead = ahead + (#items - j)
+        end
+      end
+    end
+    if found == 0 then ahead = ahead + #items end
+  end
+end
+return {found, ahead, total}
+"""
+
+
+def _message_id(raw: Any) -> str | None:
+    """The task id in a kombu message envelope (None for an empty list or a foreign message)."""
+    if raw is None:
+        return None
+    try:
+        msg = json.loads(raw)
+        task_id = msg.get("headers", {}).get("id")
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return str(task_id) if task_id else None
