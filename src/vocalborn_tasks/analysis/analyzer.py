@@ -152,6 +152,7 @@ class BuiltinAnalyzer:
         metrics: dict[str, JsonValue] = {
             "alignment_cost": _clean(cmp.cost),
             "worst_window_cost": _clean(cmp.worst.value),
+            "worst_window_peak": _clean(cmp.peak),
             "worst_window_s": [round(cmp.worst.start_s, 2), round(cmp.worst.end_s, 2)],
             "coverage": _clean(cmp.coverage),
             "missing_start": _clean(cmp.missing_start),

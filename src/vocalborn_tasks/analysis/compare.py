@@ -40,15 +40,20 @@ class Comparison:
 
     Attributes:
         warp: VTLN factor that matched best.
-        cost: mean alignment distance (0 identical; about 1.2 unrelated speech).
+        cost: mean alignment distance (0 identical; about 1.0 unrelated speech).
         worst: the window of the sample with the highest mean distance.
+        peak: how far the worst window rises above the median window: a local mismatch (one
+            wrong word) against the pair's own baseline, which a voice difference raises
+            evenly.
         coverage: share of the reference's speech spanned by the alignment (0..1).
         missing_start: share of the reference before the aligned part.
         missing_end: share of the reference after the aligned part.
-        tempo: sample speaking time over the reference's for the part read (>1 is slower).
+        tempo: sample speaking time (extra pauses left out) over the reference's for the part
+            read (>1 is slower).
         extra_pauses: sample pauses the reference does not have, or that last much longer.
         rhythm_dev: mean absolute log2 deviation of the local tempo from its median.
-        pitch_dev: mean absolute semitone difference of the aligned, median-centred contours.
+        pitch_dev: mean absolute semitone difference of the aligned contours, each centred on
+            its speaker's median and the sample's scaled to the reference's range.
         pitch_worst: the window with the largest pitch difference.
         pitch_pairs: aligned frames voiced in both recordings.
     """
@@ -56,6 +61,7 @@ class Comparison:
     warp: float
     cost: float
     worst: Span
+    peak: float
     coverage: float
     missing_start: float
     missing_end: float
@@ -82,6 +88,22 @@ def features_pair(
     return a, b
 
 
+COST_NORM = "none"
+
+
+def _normalise_costs(c: NDArray[np.float64]) -> NDArray[np.float64]:
+    if COST_NORM == "row":
+        return np.asarray(c / np.median(c, axis=1, keepdims=True), dtype=np.float64)
+    if COST_NORM == "rowcol":
+        r = np.median(c, axis=1, keepdims=True)
+        k = np.median(c, axis=0, keepdims=True)
+        return np.asarray(c / np.sqrt(r * k), dtype=np.float64)
+    if COST_NORM == "rowq":
+        r = np.percentile(c, 10, axis=1, keepdims=True)
+        return np.asarray(c - r, dtype=np.float64)
+    return c
+
+
 def _align_best(sample: Profile, ref: Profile) -> tuple[float, Alignment, int]:
     warps = list(sample.mel)
     n, m = sample.kept.size, ref.kept.size
@@ -89,20 +111,25 @@ def _align_best(sample: Profile, ref: Profile) -> tuple[float, Alignment, int]:
     costs = []
     for w in warps:
         a, b = features_pair(sample, ref, w)
-        costs.append(local_costs(pool_frames(a, factor), pool_frames(b, factor)))
+        costs.append(_normalise_costs(local_costs(pool_frames(a, factor), pool_frames(b, factor))))
     results = align_many(np.stack(costs))
     k = int(np.argmin([r.cost for r in results]))
     return warps[k], results[k], factor
 
 
+def _window_means(values: NDArray[np.float64], win: int) -> NDArray[np.float64]:
+    if values.size <= win:
+        return np.array([float(values.mean())])
+    csum = np.concatenate([[0.0], np.cumsum(values)])
+    return np.asarray((csum[win:] - csum[:-win]) / win, dtype=np.float64)
+
+
 def _worst_window(values: NDArray[np.float64], times: NDArray[np.float64]) -> Span:
     win = max(1, round(WINDOW_S / FRAME_S))
-    if values.size <= win:
-        return Span(float(times[0]), float(times[-1]) + FRAME_S, float(values.mean()))
-    csum = np.concatenate([[0.0], np.cumsum(values)])
-    means = (csum[win:] - csum[:-win]) / win
+    means = _window_means(values, win)
     k = int(np.argmax(means))
-    return Span(float(times[k]), float(times[k + win - 1]) + FRAME_S, float(means[k]))
+    end = min(k + win - 1, times.size - 1)
+    return Span(float(times[k]), float(times[end]) + FRAME_S, float(means[k]))
 
 
 def compare(sample: Profile, ref: Profile) -> Comparison:
@@ -119,21 +146,23 @@ def compare(sample: Profile, ref: Profile) -> Comparison:
     s_times = np.asarray(s_frames * FRAME_S, dtype=np.float64)
 
     worst = _worst_window(frame_cost, s_times)
+    baseline = float(np.median(_window_means(frame_cost, max(1, round(WINDOW_S / FRAME_S)))))
     start_k, end_k = int(r_kept_idx[0]), int(r_kept_idx[-1])
     coverage = (end_k - start_k + 1) / m_r
     missing_start = start_k / m_r
     missing_end = (m_r - 1 - end_k) / m_r
 
     ref_span_s = (ref.kept[end_k] - ref.kept[start_k] + 1) * FRAME_S
-    tempo = sample.active_s / max(ref_span_s, 0.2)
-
     extra = _extra_pauses(sample, ref, s_frames, r_frames)
+    spoken_s = sample.active_s - sum(p.value for p in extra)
+    tempo = spoken_s / max(ref_span_s, 0.2)
     rhythm = _rhythm(s_frames, r_frames)
     pitch_dev, pitch_worst, pairs = _pitch(sample, ref, s_frames, r_frames)
     return Comparison(
         warp=warp,
         cost=float(frame_cost.mean()),
         worst=worst,
+        peak=worst.value - baseline,
         coverage=float(coverage),
         missing_start=float(missing_start),
         missing_end=float(missing_end),
@@ -201,8 +230,12 @@ def _pitch(
         return float("nan"), None, pairs
     a = st_s[both] - np.median(st_s[both])
     b = st_r[both] - np.median(st_r[both])
-    diff = np.abs(a - b)
-    diff = np.minimum(diff, 12.0)
+    # Voices differ in pitch range as well as in pitch: bring the sample's contour to the
+    # reference's range (within a factor of two) so only the shape is compared.
+    spread_a = float(np.subtract(*np.percentile(a, [90, 10])))
+    spread_b = float(np.subtract(*np.percentile(b, [90, 10])))
+    scale = float(np.clip(spread_b / max(spread_a, 0.5), 0.5, 2.0))
+    diff = np.minimum(np.abs(scale * a - b), 12.0)
     worst = _worst_window(diff, np.asarray(s_frames[both] * FRAME_S, dtype=np.float64))
     return float(np.mean(diff)), worst, pairs
 

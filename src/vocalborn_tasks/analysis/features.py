@@ -37,7 +37,7 @@ HOP = 160  # 10 ms
 FRAME_LEN = 400  # 25 ms
 N_FFT = 512
 N_MELS = 32
-N_CEPS = 13
+N_CEPS = 8
 _EPS = 1e-10
 _FLOOR_DB = -100.0
 
@@ -115,17 +115,21 @@ def runs(mask: NDArray[np.bool_]) -> list[tuple[int, int]]:
 def speech_mask(sp: Spectra, *, min_gap_frames: int = 8) -> NDArray[np.bool_]:
     """Frames that hold speech.
 
-    A frame is speech when its energy in the speech band (250-4000 Hz) rises well above the
-    recording's own noise floor: the threshold sits a third of the way from the floor to the
-    loud end, and at least 6 dB above the floor. Gaps shorter than ``min_gap_frames`` are filled
-    (stop closures are not pauses) and blips shorter than 40 ms are dropped.
+    A frame is speech when its energy in the band of voiced speech (100-1500 Hz, where even a
+    noisy recording keeps most of its speech-to-noise ratio) rises above the recording's own
+    noise floor: the threshold sits a quarter of the way from the floor to the loud end, at
+    least 2 dB above the floor, and above the frame-to-frame wander of the noise itself.
+    Gaps shorter than ``min_gap_frames`` are filled (stop closures are not pauses) and blips
+    shorter than 40 ms are dropped.
     """
-    lo, hi = int(250 * N_FFT / SAMPLE_RATE), int(4000 * N_FFT / SAMPLE_RATE)
+    lo, hi = int(100 * N_FFT / SAMPLE_RATE), int(1500 * N_FFT / SAMPLE_RATE)
     band = sp.power[:, lo:hi].sum(axis=1) / (hi - lo)
     band_db = np.maximum(10.0 * np.log10(band + _EPS), _FLOOR_DB)
     loud = float(np.percentile(band_db, 95))
-    floor = max(float(np.percentile(band_db, 10)), loud - 55.0)
-    threshold = floor + max(6.0, 0.33 * (loud - floor))
+    p5, p10, p20 = (float(v) for v in np.percentile(band_db, [5, 10, 20]))
+    floor = max(p10, loud - 55.0)
+    # The low tail's own spread says how much the noise energy wanders from frame to frame.
+    threshold = floor + max(2.0, 3.0 * (p20 - p5), 0.25 * (loud - floor))
     mask = band_db > threshold
     mask = binary_closing(mask, structure=np.ones(min_gap_frames, dtype=bool))
     mask = binary_opening(mask, structure=np.ones(4, dtype=bool))

@@ -20,14 +20,15 @@ from .io import SAMPLE_RATE
 
 __all__ = ["PitchTrack", "semitones", "track_pitch"]
 
-F0_MIN = 75.0
-F0_MAX = 600.0
+F0_MIN = 60.0
+F0_MAX = 900.0
 _WIN = 384  # integration window: 24 ms
 _TAU_MIN = int(SAMPLE_RATE / F0_MAX)
 _TAU_MAX = int(np.ceil(SAMPLE_RATE / F0_MIN))
-_NFFT = 1024
+_TYPICAL_TAU = 100
+_NFFT = 1080  # >= window + frame - 1, and 5-smooth for a fast FFT
 _THRESHOLD = 0.15
-_VOICED_MAX = 0.35
+_VOICED_MAX = 0.45
 _EPS = 1e-12
 
 
@@ -61,7 +62,10 @@ def track_pitch(x: NDArray[np.float64], speech: NDArray[np.bool_] | None = None)
         speech: optional speech mask on the same frame grid; frames outside it are unvoiced.
     """
     length = _WIN + _TAU_MAX + 2
-    frames = frame_signal(x, length, HOP)
+    # Frames are centred on k * HOP; the lag-tau comparison spans [0, WIN + tau), so shift the
+    # signal to centre that span for a typical period (~160 Hz) rather than the longest one.
+    offset = length // 2 - (_WIN + _TYPICAL_TAU) // 2
+    frames = frame_signal(np.concatenate([x[offset:], np.zeros(offset)]), length, HOP)
     frames = frames - frames.mean(axis=1, keepdims=True)
     n = frames.shape[0]
     head = np.zeros_like(frames)
@@ -97,7 +101,7 @@ def track_pitch(x: NDArray[np.float64], speech: NDArray[np.bool_] | None = None)
 
     corr = r[rows, best] / np.sqrt(np.maximum(e0[:, 0] * e_tau[rows, best], _EPS))
     periodicity = np.clip(corr, 0.0, 1.0)
-    voiced = (aperiodicity < _VOICED_MAX) & (periodicity > 0.5) & (e0[:, 0] > _EPS)
+    voiced = (aperiodicity < _VOICED_MAX) & (periodicity > 0.4) & (e0[:, 0] > _EPS)
     if speech is not None:
         m = min(speech.size, n)
         mask = np.zeros(n, dtype=bool)

@@ -23,7 +23,7 @@ FRAME_S = HOP / SAMPLE_RATE
 #: Internal silences at least this long are pauses: dropped before alignment, counted for fluency.
 PAUSE_FRAMES = 15
 #: Speaker warps tried for the sample (VTLN); the reference is kept at 1.0.
-WARPS: tuple[float, ...] = (0.88, 0.94, 1.0, 1.06, 1.13)
+WARPS: tuple[float, ...] = (0.80, 0.86, 0.93, 1.0, 1.07, 1.15, 1.24)
 _MIN_SPEECH_FRAMES = 15
 
 

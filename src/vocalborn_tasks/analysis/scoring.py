@@ -16,14 +16,21 @@ from .profile import Profile
 
 __all__ = ["Scores", "is_tonal", "level_for", "ramp", "score"]
 
-# Pronunciation: alignment distance (per-dimension RMS of normalised cepstra).
-PRON_COST = (0.75, 0.98)
-PRON_WORST = (0.90, 1.20)
+# Pronunciation: mean alignment distance (per-dimension RMS of normalised cepstra), which
+# separates the right sentence from a wrong one, and the worst window's rise above the
+# pair's own median window, which points at one wrong word and costs at most PRON_PEAK_WEIGHT.
+# Distance -> score knots: 100 up to the first, 20 at the second, 0 at the third. The steep
+# part separates the right sentence from a wrong one; the gentle tail keeps ranking noisy
+# attempts instead of flattening them all to 0.
+PRON_COST = (0.78, 0.84, 1.0)
+PRON_PEAK = (0.0, 1.0)
+PRON_PEAK_WEIGHT = 0.3
 # Completeness: share of the reference spanned by the alignment.
 COVERAGE = (0.90, 0.40)
-# Tone: mean and worst-window absolute semitone difference of the aligned contours.
-TONE_MEAN = (0.6, 2.0)
-TONE_WORST = (1.0, 3.5)
+# Tone: points lost per semitone of mean and of worst-window difference of the aligned
+# contours. Deliberately without a flat "perfect" zone, so the score keeps ranking attempts.
+TONE_PER_ST_MEAN = 4.0
+TONE_PER_ST_WORST = 3.0
 # Fluency.
 PAUSE_PENALTY = 12.0  # per extra pause
 PAUSE_TIME_PENALTY = 15.0  # per second of extra pause
@@ -40,7 +47,7 @@ CLIP_PENALTY = 2000.0  # per unit fraction of clipped samples (1 % costs 20 poin
 MIN_SNR_DB = 8.0
 MAX_CLIPPED = 0.005
 # How far the overall score may rise above the weaker of pronunciation and completeness.
-GATE_MARGIN = 15.0
+GATE_MARGIN = 10.0
 LEVEL_BOUNDS = (85.0, 70.0, 55.0, 40.0)
 
 _TONAL_PREFIXES = ("zh", "cmn", "yue", "th", "vi")
@@ -94,12 +101,19 @@ def _weights(tonal: bool) -> dict[str, float]:
 
 def score(cmp: Comparison, sample: Profile, *, language: str | None) -> Scores:
     """Score one sample against its reference."""
-    pron = 0.6 * ramp(cmp.cost, *PRON_COST) + 0.4 * ramp(cmp.worst.value, *PRON_WORST)
+    local = ramp(cmp.peak, *PRON_PEAK) / 100.0
+    good, knee, bad = PRON_COST
+    if cmp.cost <= knee:
+        global_score = 20.0 + 0.8 * ramp(cmp.cost, good, knee)
+    else:
+        global_score = 0.2 * ramp(cmp.cost, knee, bad)
+    pron = global_score * (1.0 - PRON_PEAK_WEIGHT * (1.0 - local))
     completeness = ramp(cmp.coverage, *COVERAGE)
 
     if cmp.pitch_pairs >= 10:
-        tone = 0.5 * ramp(cmp.pitch_dev, *TONE_MEAN)
-        tone += 0.5 * ramp(cmp.pitch_worst.value if cmp.pitch_worst else cmp.pitch_dev, *TONE_WORST)
+        worst = cmp.pitch_worst.value if cmp.pitch_worst else cmp.pitch_dev
+        tone = 100.0 - TONE_PER_ST_MEAN * cmp.pitch_dev - TONE_PER_ST_WORST * worst
+        tone = max(0.0, min(100.0, tone))
     else:
         tone = 50.0
 
