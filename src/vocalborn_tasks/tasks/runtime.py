@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+import uuid
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Ignore
 from pydantic import ValidationError
 
-from ..errors import DeliveryLimitError, InvalidRequestError, is_retryable
+from ..errors import DeliveryLimitError, InvalidRequestError, RetryableTaskError, is_retryable
 from ..recordings import FileRecordingResolver, RecordingResolver
 from ..sinks import ResultSink, as_result_sink
 from .definition import TaskContext, TaskDefinition
@@ -32,6 +34,12 @@ __all__ = ["WorkerRuntime", "execute_definition", "register_task", "runtime_for"
 logger = logging.getLogger(__name__)
 
 _RUNTIME_ATTR = "_vocalborn_runtime"
+
+#: Delete a sink claim only if it is still the caller's (KEYS: claim key; ARGV: token).
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class WorkerRuntime:
@@ -98,17 +106,43 @@ class WorkerRuntime:
         return int(count), revoked is not None
 
     def deliver_once(self, task_id: str, deliver: Any) -> bool:
-        """Call ``deliver()`` unless a previous run of this task already had it acknowledged.
+        """Call ``deliver()`` unless a run of this task already had it acknowledged.
+
+        Two runs of one task can overlap (a worker's main process was killed while its pool
+        child went on; the message was handed to another worker). A claim key makes them take
+        turns: the first run claims, delivers, then marks the key ``acked``; a run that finds
+        ``acked`` skips the sink, and one that finds a live claim waits for its outcome. A run
+        that dies between claiming and acknowledging leaves a claim that expires after the
+        hard time limit; until then others retry (retryable error, with backoff).
 
         Returns:
             True if ``deliver`` ran now, False if it had already been acknowledged.
+
+        Raises:
+            RetryableTaskError: another run has held the claim for too long.
         """
-        key = self.settings.key("sink-acked", task_id)
-        if self.redis.exists(key):
-            logger.info("task %s: result already stored by the sink; not storing again", task_id)
-            return False
-        deliver()
-        self.redis.set(key, "1", ex=int(self.settings.result_expires_s * 2))
+        s = self.settings
+        key = s.key("sink-acked", task_id)
+        token = f"claim:{uuid.uuid4()}"
+        claim_ttl = max(1, int(s.task_time_limit_s))
+        deadline = time.monotonic() + min(30.0, s.task_soft_time_limit_s)
+        while not self.redis.set(key, token, nx=True, ex=claim_ttl):
+            current = self.redis.get(key)
+            if current in (b"1", b"acked", "1", "acked"):
+                logger.info("task %s: the sink already stored its result; skipping", task_id)
+                return False
+            if time.monotonic() > deadline:
+                raise RetryableTaskError(
+                    f"task {task_id}: another run is still handing its result to the sink"
+                )
+            time.sleep(0.1)
+        try:
+            deliver()
+        except BaseException:
+            # Give the claim back at once, but only if it is still ours.
+            self.redis.eval(_RELEASE_SCRIPT, 1, key, token)
+            raise
+        self.redis.set(key, "acked", ex=int(s.result_expires_s * 2))
         return True
 
     def backoff(self, retries: int) -> float:

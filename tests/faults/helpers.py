@@ -1,0 +1,107 @@
+"""Host-side doubles the fault tests load into real workers by import path.
+
+* :class:`FaultAnalyzer` (``ANALYZER=faults.helpers:FaultAnalyzer``) runs the real built-in
+  analysis, but first counts the execution in Redis, can stretch itself over
+  ``FAULTS_ANALYSIS_DELAY`` seconds (so a test can kill a worker half-way), and SIGKILLs its own
+  process for any recording whose file name contains ``poison``.
+* :func:`counting_sink` (``RESULT_SINK=faults.helpers:counting_sink``) counts each call per task
+  id in Redis, so a test can prove the sink saw every result exactly once.
+* :data:`count` is a task definition for the load test: it counts its executions per task id,
+  hands its value to the sink through the library's real ``deliver_once`` path, and returns.
+  ``python -m faults.helpers worker ...`` runs a worker with it registered.
+
+Every counter lives in the result-backend database under ``faults:``; the test reads it there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from vocalborn_tasks import AnalysisResult, TaskSettings, create_celery_app, register_task
+from vocalborn_tasks.analysis import load_analyzer
+from vocalborn_tasks.tasks import TaskContext, task_definition
+
+EXEC_KEY = "faults:exec"  # hash: key (task id or recording name) -> executions started
+SINK_KEY = "faults:sink"  # hash: task id -> sink calls
+
+
+@cache
+def _client() -> redis.Redis:
+    settings = TaskSettings()
+    return redis.Redis.from_url(settings.backend_url, **settings.redis_client_kwargs())  # type: ignore[arg-type]
+
+
+class FaultAnalyzer:
+    """The built-in analyzer, slowed down, counted, and poisoned on request."""
+
+    name = "fault-analyzer"
+    version = "1"
+
+    def __init__(self) -> None:
+        self._inner = load_analyzer(None)
+        self._delay = float(os.environ.get("FAULTS_ANALYSIS_DELAY", "0"))
+
+    def analyze(self, recording: Any, reference: Any, **kwargs: Any) -> AnalysisResult:
+        name = Path(str(recording)).name
+        _client().hincrby(EXEC_KEY, name, 1)
+        if "poison" in name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        on_progress = kwargs.get("on_progress")
+        steps = 10
+        for i in range(steps):
+            if on_progress is not None:
+                on_progress("fault-delay", 100.0 * i / steps)
+            time.sleep(self._delay / steps)
+        return self._inner.analyze(recording, reference, **kwargs)
+
+
+def counting_sink(task_id: str, result: Any) -> None:
+    """A result sink that counts its calls per task id."""
+    _client().hincrby(SINK_KEY, task_id, 1)
+
+
+@task_definition(name="faults.count", queue="ai_analysis")
+def count(ctx: TaskContext, n: int, delay_s: float = 0.0) -> int:
+    """Count this execution, sleep a little, give ``n`` to the sink once, return ``n``."""
+    client = _client()
+    client.hincrby(EXEC_KEY, ctx.task_id, 1)
+    if delay_s:
+        time.sleep(delay_s)
+    assert ctx.runtime is not None
+    ctx.runtime.deliver_once(ctx.task_id, lambda: client.hincrby(SINK_KEY, ctx.task_id, 1))
+    return n
+
+
+def main(argv: list[str]) -> None:
+    """``python -m faults.helpers worker --queues ... --pool ...``: a host worker with ``count``."""
+    from vocalborn_tasks.worker import prepare_worker_environment, worker_argv
+
+    prepare_worker_environment()
+    settings = TaskSettings()
+    app = create_celery_app(settings)
+    register_task(app, count)
+    options: dict[str, Any] = {}
+    args = argv[1:]
+    for flag, key in (("--queues", "queues"), ("--concurrency", "concurrency")):
+        if flag in args:
+            options[key] = args[args.index(flag) + 1]
+    for flag, key in (("--pool", "pool"), ("--hostname", "hostname")):
+        if flag in args:
+            options[key] = args[args.index(flag) + 1]
+    if "queues" in options:
+        options["queues"] = options["queues"].split(",")
+    if "concurrency" in options:
+        options["concurrency"] = int(options["concurrency"])
+    app.worker_main(worker_argv(settings, **options))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
