@@ -349,8 +349,13 @@ class Monitor:
             await update.execute()
         return ages
 
-    async def get_task_position(self, task_id: str) -> TaskPosition:
+    async def get_task_position(self, task_id: str, queue: str | None = None) -> TaskPosition:
         """Where ``task_id`` is: its place in line and an estimated wait, or that it runs.
+
+        Args:
+            task_id: the task.
+            queue: where to look when the task was not sent by a TaskManager (which records
+                its queue); the library's queues by default.
 
         The position counts the messages a worker takes first: earlier messages of the same
         list, then the lists of higher priority. The wait estimate simulates the queue's
@@ -367,7 +372,10 @@ class Monitor:
         if running is not None:
             entry = running_tasks({task_id: running}).get(task_id, {})
             return TaskPosition(task_id=task_id, state="running", queue=entry.get("q") or None)
-        candidates = [_s(marker_queue)] if marker_queue is not None else list(QUEUES)
+        if marker_queue is not None:
+            candidates = [_s(marker_queue)]
+        else:
+            candidates = [queue] if queue is not None else list(QUEUES)
         found: tuple[str, int, int] | None = None
         async with redis_errors(s, f"position of task {task_id}"):
             script = broker.register_script(_POSITION_SCRIPT)
@@ -380,20 +388,20 @@ class Monitor:
             return TaskPosition(
                 task_id=task_id,
                 state="not_queued",
-                queue=candidates[0] if marker_queue is not None else None,
+                queue=candidates[0] if len(candidates) == 1 else None,
             )
         queue, ahead, total = found
         workers = [w for w in await self.get_worker_stats() if queue in w.queues]
         mean = await self._mean_duration(queue)
-        wait = await self._estimate_wait(
-            workers, ahead + sum(w.reserved for w in workers), mean, queue
-        )
+        # Celery counts running requests among the reserved ones: only the rest wait.
+        held = sum(max(w.reserved - w.active, 0) for w in workers)
+        wait = await self._estimate_wait(workers, ahead + held, mean, queue)
         return TaskPosition(
             task_id=task_id,
             state="waiting",
             queue=queue,
             position=ahead + 1,
-            ahead=ahead + sum(w.reserved for w in workers),
+            ahead=ahead + held,
             queue_length=total,
             consumer_processes=sum(w.concurrency for w in workers),
             estimated_wait_s=None if wait is None else round(wait, 3),

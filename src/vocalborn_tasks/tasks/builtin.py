@@ -116,11 +116,17 @@ class HealthPing(BaseModel):
     pid: int
     backend_latency_ms: float
     checked_at: datetime
+    #: Keys of the alert notices this check sent (see :mod:`vocalborn_tasks.alerts`).
+    alerts: list[str] = Field(default_factory=list)
 
 
 @task_definition(name="vocalborn.health.check", queue="health")
 def health_check(ctx: TaskContext) -> HealthPing:
-    """Run on the health queue: a worker consumed it, and it writes and reads the backend."""
+    """Run on the health queue: a worker consumed it, and it writes and reads the backend.
+
+    Then evaluate the alert rules against a full health report and notify the alert sinks of
+    what changed (one notice per outage, one on recovery).
+    """
     runtime = _runtime(ctx)
     key = runtime.settings.key("health", ctx.task_id)
     started = time.perf_counter()
@@ -130,11 +136,15 @@ def health_check(ctx: TaskContext) -> HealthPing:
     pipe.delete(key)
     pipe.execute()
     latency = (time.perf_counter() - started) * 1000
+    from ..alerts import evaluate_alerts_sync
+
+    notices = evaluate_alerts_sync(runtime.settings)
     return HealthPing(
         worker=socket.gethostname(),
         pid=os.getpid(),
         backend_latency_ms=round(latency, 3),
         checked_at=datetime.now(UTC),
+        alerts=[f"{n.status.value}:{n.key}" for n in notices],
     )
 
 

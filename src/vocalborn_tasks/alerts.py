@@ -1,0 +1,421 @@
+"""Alerting: rules over the health report, sinks, and one notice per outage.
+
+The periodic health task (``vocalborn.health.check``, sent by beat) calls
+:func:`evaluate_alerts`. Each rule of :class:`~vocalborn_tasks.config.TaskSettings` yields the
+alerts that hold now, each with a stable key (``no_workers:ai_analysis``). Their state lives in
+Redis (``<prefix>:alerts:state``), so it is shared by every worker and survives restarts:
+
+* an alert that starts holding is sent once (``firing``), not at every evaluation;
+* when it stops holding, one ``resolved`` notice follows;
+* within ``alert_cooldown_s`` of its last notice, a flapping alert stays quiet: it is neither
+  re-sent nor resolved until the cool-down has passed (the next evaluation after that catches
+  up with the current truth).
+
+Evaluations are serialised by a short Redis lock, so two health tasks running at once (two
+workers) never both send the same notice.
+
+Rules: queue backlog (``alert_queue_backlog``), oldest waiting message
+(``alert_oldest_message_age_s``), a queue without live workers (``alert_no_workers``), task
+failure rate over a window (``alert_failure_rate``), Redis memory share of ``maxmemory``
+(``alert_memory_ratio``), and the server being unreachable.
+
+Sinks: :class:`LoggingSink` (always), :class:`WebhookSink` (``alert_webhook_url``, JSON POST)
+and anything in ``alert_sinks`` (an :class:`AlertSink` or a plain callable ``fn(alert)``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._redis import redis_errors
+from .config import TaskSettings
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .monitor import HealthReport, Monitor, TaskTypeStats
+
+__all__ = [
+    "Alert",
+    "AlertSink",
+    "AlertStatus",
+    "CallableAlertSink",
+    "LoggingSink",
+    "WebhookSink",
+    "alert_sinks",
+    "as_alert_sink",
+    "current_alerts",
+    "evaluate_alerts",
+    "evaluate_alerts_sync",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class AlertStatus(StrEnum):
+    """Whether a notice opens or closes an alert."""
+
+    FIRING = "firing"  # the condition started to hold
+    RESOLVED = "resolved"  # it stopped holding
+
+
+class Alert(BaseModel):
+    """One notice sent to the sinks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: Stable identity, e.g. ``no_workers:ai_analysis``; firing and resolved share it.
+    key: str
+    #: The rule: ``queue_backlog``, ``oldest_message_age``, ``no_workers``, ``failure_rate``,
+    #: ``redis_memory`` or ``redis_unreachable``.
+    rule: str
+    status: AlertStatus
+    message: str
+    #: When the condition was first seen holding.
+    since: datetime
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+@runtime_checkable
+class AlertSink(Protocol):
+    """Receives alert notices. Raising is logged and does not stop the other sinks."""
+
+    def send(self, alert: Alert) -> None:
+        """Deliver one notice."""
+        ...
+
+
+class LoggingSink:
+    """Logs notices on ``vocalborn_tasks.alerts`` (WARNING when firing, INFO when resolved)."""
+
+    def send(self, alert: Alert) -> None:
+        level = logging.WARNING if alert.status is AlertStatus.FIRING else logging.INFO
+        logger.log(level, "alert %s %s: %s", alert.status.value, alert.key, alert.message)
+
+
+class WebhookSink:
+    """POSTs each notice as JSON (``Alert.model_dump(mode="json")``) to a URL.
+
+    Args:
+        url: the endpoint (may embed a token: it is never logged).
+        timeout: seconds before the POST is abandoned.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigurationError("ALERT_WEBHOOK_URL must be an http:// or https:// URL")
+        self._url = url
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return "<WebhookSink ***>"
+
+    def send(self, alert: Alert) -> None:
+        body = alert.model_dump_json().encode()
+        request = urllib.request.Request(
+            self._url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "vocalborn-tasks"},
+        )
+        with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            response.read()
+
+
+class CallableAlertSink:
+    """Adapts a plain function ``fn(alert)`` to :class:`AlertSink`."""
+
+    def __init__(self, fn: Callable[[Alert], object]) -> None:
+        self._fn = fn
+
+    def send(self, alert: Alert) -> None:
+        self._fn(alert)
+
+
+def as_alert_sink(obj: object) -> AlertSink:
+    """Accept an AlertSink or any one-argument callable.
+
+    Raises:
+        TypeError: ``obj`` is neither.
+    """
+    if isinstance(obj, AlertSink):
+        return obj
+    if callable(obj):
+        return CallableAlertSink(obj)
+    raise TypeError(f"{type(obj).__name__} is not an AlertSink nor a callable")
+
+
+def alert_sinks(settings: TaskSettings) -> list[AlertSink]:
+    """The sinks the settings configure: logging, the webhook if set, then ``alert_sinks``."""
+    sinks: list[AlertSink] = [LoggingSink()]
+    if settings.alert_webhook_url is not None:
+        sinks.append(
+            WebhookSink(
+                settings.alert_webhook_url.get_secret_value(),
+                timeout=settings.alert_webhook_timeout_s,
+            )
+        )
+    from ._imports import load_object
+
+    for path in settings.alert_sinks:
+        obj = load_object(path, "ALERT_SINKS")
+        try:
+            sinks.append(as_alert_sink(obj))
+        except TypeError as exc:
+            raise ConfigurationError(f"ALERT_SINKS: {path}: {exc}") from exc
+    return sinks
+
+
+# --- rules --------------------------------------------------------------------------------------
+
+
+class _Holding(BaseModel):
+    """An alert condition that holds now."""
+
+    key: str
+    rule: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+def current_alerts(
+    settings: TaskSettings, report: HealthReport, task_stats: Sequence[TaskTypeStats] = ()
+) -> list[_Holding]:
+    """The alert conditions that hold in ``report`` (and the recent task statistics)."""
+    s = settings
+    out: list[_Holding] = []
+    if not report.reachable:
+        reason = report.reasons[0] if report.reasons else "unreachable"
+        out.append(_Holding(key="redis_unreachable", rule="redis_unreachable", message=reason))
+        return out
+    for q in report.queues:
+        if (
+            s.alert_no_workers
+            and q.consumers == 0
+            and (q.length > 0 or q.name in s.health_required_queues)
+        ):
+            out.append(
+                _Holding(
+                    key=f"no_workers:{q.name}",
+                    rule="no_workers",
+                    message=f"queue {q.name} has no live worker ({q.length} waiting)",
+                    details={"queue": q.name, "length": q.length},
+                )
+            )
+        if s.alert_queue_backlog is not None and q.length >= s.alert_queue_backlog:
+            out.append(
+                _Holding(
+                    key=f"queue_backlog:{q.name}",
+                    rule="queue_backlog",
+                    message=f"queue {q.name} has {q.length} waiting tasks "
+                    f"(threshold {s.alert_queue_backlog})",
+                    details={"queue": q.name, "length": q.length},
+                )
+            )
+        if (
+            s.alert_oldest_message_age_s is not None
+            and q.oldest_age_s is not None
+            and q.oldest_age_s >= s.alert_oldest_message_age_s
+        ):
+            out.append(
+                _Holding(
+                    key=f"oldest_message_age:{q.name}",
+                    rule="oldest_message_age",
+                    message=f"queue {q.name}: oldest waiting task is {q.oldest_age_s:.0f} s old "
+                    f"(threshold {s.alert_oldest_message_age_s:g} s)",
+                    details={"queue": q.name, "age_s": q.oldest_age_s},
+                )
+            )
+    if s.alert_failure_rate is not None:
+        for t in task_stats:
+            finished = t.succeeded + t.failed
+            if (
+                finished >= s.alert_failure_min_runs
+                and t.failure_rate is not None
+                and t.failure_rate >= s.alert_failure_rate
+            ):
+                out.append(
+                    _Holding(
+                        key=f"failure_rate:{t.task}",
+                        rule="failure_rate",
+                        message=f"{t.task}: {t.failure_rate:.0%} of {finished} runs failed in the "
+                        f"last {t.window_s:g} s (threshold {s.alert_failure_rate:.0%})",
+                        details={"task": t.task, "failure_rate": t.failure_rate, "runs": finished},
+                    )
+                )
+    if (
+        s.alert_memory_ratio is not None
+        and report.maxmemory_bytes
+        and report.used_memory_bytes is not None
+        and report.used_memory_bytes >= s.alert_memory_ratio * report.maxmemory_bytes
+    ):
+        ratio = report.used_memory_bytes / report.maxmemory_bytes
+        out.append(
+            _Holding(
+                key="redis_memory",
+                rule="redis_memory",
+                message=f"Redis uses {ratio:.0%} of maxmemory (threshold "
+                f"{s.alert_memory_ratio:.0%})",
+                details={"used": report.used_memory_bytes, "maxmemory": report.maxmemory_bytes},
+            )
+        )
+    return out
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+async def evaluate_alerts(
+    monitor: Monitor, sinks: Iterable[AlertSink] | None = None
+) -> list[Alert]:
+    """Check every rule once, notify the sinks of what changed, and return those notices.
+
+    Args:
+        monitor: an open Monitor (its settings hold the rules).
+        sinks: where notices go; :func:`alert_sinks` of the monitor's settings if omitted.
+
+    Returns:
+        The notices sent now (empty when nothing changed, or another evaluation is running).
+    """
+    s = monitor.settings
+    targets = list(sinks) if sinks is not None else alert_sinks(s)
+    report = await monitor.health()
+    stats: Sequence[TaskTypeStats] = ()
+    if report.reachable and s.alert_failure_rate is not None:
+        stats = await monitor.get_task_type_stats(s.alert_failure_window_s)
+    holding = {h.key: h for h in current_alerts(s, report, stats)}
+    if not report.reachable:
+        # Alert state lives in Redis: without it, tell the sinks directly (no de-duplication).
+        notices = [_notice(h, AlertStatus.FIRING, datetime.now(UTC)) for h in holding.values()]
+        _deliver(targets, notices)
+        return notices
+    _, backend = monitor._clients()
+    state_key, lock_key = s.key("alerts", "state"), s.key("alerts", "lock")
+    token = uuid.uuid4().hex
+    async with redis_errors(s, "alerts"):
+        if not await backend.set(lock_key, token, nx=True, px=30_000):
+            logger.info("alerts: another evaluation is running; skipping this one")
+            return []
+        try:
+            raw = await backend.hgetall(state_key)
+            state: dict[str, dict[str, Any]] = {}
+            for k, v in raw.items():
+                try:
+                    state[_text(k)] = dict(json.loads(_text(v)))
+                except ValueError:
+                    continue
+            notices, changed, removed = _transitions(s, state, holding, time.time())
+            _deliver(targets, notices)
+            pipe = backend.pipeline(transaction=False)
+            if changed:
+                pipe.hset(state_key, mapping={k: json.dumps(v) for k, v in changed.items()})
+            if removed:
+                pipe.hdel(state_key, *removed)
+            if changed or removed:
+                await pipe.execute()
+        finally:
+            await backend.eval(_RELEASE, 1, lock_key, token)
+    return notices
+
+
+def _transitions(
+    settings: TaskSettings,
+    state: dict[str, dict[str, Any]],
+    holding: dict[str, _Holding],
+    now: float,
+) -> tuple[list[Alert], dict[str, dict[str, Any]], list[str]]:
+    """Decide the notices. State per key: since, notified (bool), last (time of last notice)."""
+    cooldown = settings.alert_cooldown_s
+    notices: list[Alert] = []
+    changed: dict[str, dict[str, Any]] = {}
+    removed: list[str] = []
+    for key, h in holding.items():
+        entry = state.get(key)
+        if entry is None:
+            entry = {"since": now, "notified": False, "last": 0.0, "holding": True}
+        entry = {**entry, "holding": True, "rule": h.rule, "message": h.message}
+        quiet = now - float(entry.get("last", 0.0)) < cooldown
+        if not entry.get("notified") and not quiet:
+            notices.append(
+                _notice(h, AlertStatus.FIRING, datetime.fromtimestamp(entry["since"], UTC))
+            )
+            entry.update(notified=True, last=now)
+        changed[key] = entry
+    for key, entry in state.items():
+        if key in holding:
+            continue
+        quiet = now - float(entry.get("last", 0.0)) < cooldown
+        if entry.get("notified"):
+            if quiet:
+                # Within the cool-down: keep it open; the recovery notice comes after it.
+                if entry.get("holding"):
+                    changed[key] = {**entry, "holding": False}
+                continue
+            h = _Holding(
+                key=key,
+                rule=str(entry.get("rule", key.split(":", 1)[0])),
+                message=f"resolved: {entry.get('message', key)}",
+            )
+            notices.append(
+                _notice(h, AlertStatus.RESOLVED, datetime.fromtimestamp(entry["since"], UTC))
+            )
+            if cooldown > 0:
+                # Remember the notice time so a relapse inside the cool-down stays quiet.
+                changed[key] = {"since": now, "notified": False, "last": now, "holding": False}
+            else:
+                removed.append(key)
+        elif not quiet:
+            removed.append(key)
+    return notices, changed, removed
+
+
+def _notice(h: _Holding, status: AlertStatus, since: datetime) -> Alert:
+    return Alert(
+        key=h.key, rule=h.rule, status=status, message=h.message, since=since, details=h.details
+    )
+
+
+def _deliver(sinks: Sequence[AlertSink], notices: Sequence[Alert]) -> None:
+    for notice in notices:
+        for sink in sinks:
+            try:
+                sink.send(notice)
+            except Exception as exc:
+                logger.error(
+                    "alert sink %s failed for %s: %s", type(sink).__name__, notice.key, exc
+                )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def evaluate_alerts_sync(settings: TaskSettings) -> list[Alert]:
+    """Run :func:`evaluate_alerts` from synchronous code (the periodic health task).
+
+    Not for use inside a running event loop (it starts its own).
+    """
+    import asyncio
+
+    from .monitor import Monitor
+
+    async def run() -> list[Alert]:
+        async with Monitor(settings) as monitor:
+            return await evaluate_alerts(monitor)
+
+    return asyncio.run(run())

@@ -1,0 +1,243 @@
+"""Monitor against a real server and a real worker: exact queue lengths and positions, the wait
+estimate against the measured wait, task statistics, and health verdicts.
+
+The module works in its own databases (2 and 3) of the session server, so stopping its
+worker or filling its queues never disturbs other modules. The eviction-policy test runs its
+own server.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import redis
+
+from support import WorkerProcess, flush, wait_until
+from vocalborn_tasks import HealthLevel, Monitor, TaskManager, TaskSettings, task_definition
+from vocalborn_tasks.app import create_celery_app
+from vocalborn_tasks.embedded import LocalServer
+from vocalborn_tasks.stats import parse_run
+from vocalborn_tasks.tasks import TaskContext, echo
+
+pytestmark = pytest.mark.integration
+
+#: A queue no worker consumes: its backlog stays exactly as built.
+HELD = "ops-monitor-held"
+
+
+@task_definition(name="tests.monitor.held", queue=HELD)
+def held(ctx: TaskContext, n: int) -> None:
+    """Never runs (nobody consumes HELD)."""
+
+
+@pytest.fixture(scope="module")
+def settings(redis_url: str) -> TaskSettings:
+    s = TaskSettings(
+        redis_url=redis_url,
+        redis_db_broker=2,
+        redis_db_backend=3,
+        celery_log_level="INFO",
+        worker_heartbeat_s=0.5,
+        worker_dead_after_s=3.0,
+    )
+    flush(s)
+    return s
+
+
+@pytest.fixture(scope="module")
+def worker(
+    settings: TaskSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """One worker, one pool process, every queue: a steady, predictable consumer."""
+    proc = WorkerProcess(
+        settings, name="monitor", concurrency=1, log_dir=tmp_path_factory.mktemp("logs")
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+async def monitor(settings: TaskSettings) -> AsyncIterator[Monitor]:
+    async with Monitor(settings) as m:
+        yield m
+
+
+async def test_queue_lengths_and_positions_are_exact(
+    settings: TaskSettings, monitor: Monitor
+) -> None:
+    """5 tasks on the base list, 2 at priority 3 and 1 at priority 9 (sent by Celery itself)."""
+    async with TaskManager(settings) as manager:
+        base = [(await manager.submit(held, i)).id for i in range(5)]
+    app = create_celery_app(settings)
+
+    def send(priority: int) -> str:
+        return str(
+            app.send_task("tests.monitor.held", kwargs={"n": 0}, queue=HELD, priority=priority).id
+        )
+
+    try:
+        pri3 = [await anyio.to_thread.run_sync(send, 4) for _ in range(2)]
+        pri9 = [await anyio.to_thread.run_sync(send, 9)]
+    finally:
+        app.close()
+    try:
+        assert await monitor.get_queue_length(HELD) == 8
+        (stats,) = await monitor.get_queue_stats([HELD])
+        assert stats.length == 8
+        assert stats.priority_lengths == {0: 5, 3: 2, 6: 0, 9: 1}
+        assert stats.consumers == 0
+        assert stats.oldest_age_s is not None and stats.oldest_age_s >= 0
+
+        # Workers pop the base list from the right (first submitted first), then priority 3, 6, 9.
+        for expected, task_id in enumerate([*base, *pri3, *pri9], start=1):
+            pos = await monitor.get_task_position(task_id, queue=HELD)
+            assert pos.state == "waiting", pos
+            assert pos.queue == HELD
+            assert pos.position == expected, (task_id, pos)
+            assert pos.queue_length == 8
+            assert pos.estimated_wait_s is None  # nobody consumes this queue
+        missing = await monitor.get_task_position(str(uuid.uuid4()))
+        assert missing.state == "not_queued" and missing.position is None
+    finally:
+        assert await monitor.purge_queue(HELD) == 8
+    assert await monitor.get_queue_length(HELD) == 0
+
+
+def _run_record(settings: TaskSettings, task_id: str) -> object:
+    client = redis.Redis.from_url(settings.backend_url)
+    try:
+        for member in client.zrange(settings.key("stats", "runs", echo.name), 0, -1):
+            run = parse_run(echo.name, member)
+            if run is not None and run.task_id == task_id:
+                return run
+        return None
+    finally:
+        client.close()
+
+
+async def test_wait_estimate_within_30_percent_and_task_stats(
+    settings: TaskSettings, worker: WorkerProcess, monitor: Monitor
+) -> None:
+    delay = 0.4
+    async with TaskManager(settings) as manager:
+        # Warm up: the estimate is built from recent durations, so give it some.
+        warm = [await manager.submit(echo, f"warm{i}", delay_s=delay) for i in range(3)]
+        for handle in warm:
+            await manager.wait_for_result(handle, timeout=30)
+
+        backlog = [await manager.submit(echo, f"b{i}", delay_s=delay) for i in range(7)]
+        last = backlog[-1]
+        pos = await monitor.get_task_position(last.id)
+        estimated_at = time.time()
+        assert pos.state == "waiting", pos
+        assert pos.queue == "health"
+        assert pos.consumer_processes == 1
+        assert pos.position is not None and pos.position >= 5
+        assert pos.estimated_wait_s is not None and pos.mean_duration_s is not None
+
+        await manager.wait_for_result(last, timeout=60)
+        run = wait_until(lambda: _run_record(settings, last.id), 10, what="run record")
+        measured = run.started - estimated_at  # type: ignore[attr-defined]
+        assert measured > 1.0  # a real backlog stood in front of it
+        print(f"estimated {pos.estimated_wait_s:.3f} s, measured {measured:.3f} s ({pos})")
+        assert abs(pos.estimated_wait_s - measured) <= 0.3 * measured, (pos, measured)
+
+        # Two permanent failures (an argument the worker's validation refuses).
+        bad = [await manager.submit(echo, "bad", delay_s="soon") for _ in range(2)]  # type: ignore[arg-type]
+        for handle in bad:
+            with pytest.raises(Exception):  # noqa: B017, PT011 - TaskFailedError or InvalidRequestError
+                await manager.wait_for_result(handle, timeout=30)
+
+    stats = {t.task: t for t in await monitor.get_task_type_stats()}
+    echo_stats = stats[echo.name]
+    assert echo_stats.queue == "health"
+    assert echo_stats.failed == 2
+    assert echo_stats.succeeded >= 10
+    assert echo_stats.failure_rate == pytest.approx(2 / (echo_stats.succeeded + 2))
+    assert echo_stats.retry_rate == 0
+    assert echo_stats.p50_s is not None and echo_stats.p95_s is not None
+    assert echo_stats.p50_s <= echo_stats.p95_s
+    assert delay <= echo_stats.p95_s < delay * 3
+
+    workers = await monitor.get_worker_stats()
+    assert [w.hostname for w in workers] == [worker.hostname]
+    assert workers[0].concurrency == 1 and workers[0].rss_kb > 0
+    assert workers[0].processed >= 10  # the heartbeat may lag the last runs
+
+
+async def test_health_unhealthy_without_worker_and_healthy_again(
+    settings: TaskSettings, worker: WorkerProcess, monitor: Monitor
+) -> None:
+    report = await monitor.health()
+    assert report.level is not HealthLevel.UNHEALTHY, report.reasons
+    assert report.workers == 1
+    assert report.broker_latency_ms is not None and report.backend_latency_ms is not None
+    assert report.maxmemory_policy == "noeviction"
+    assert {q.name: q.consumers for q in report.queues} == {
+        "ai_analysis": 1,
+        "maintenance": 1,
+        "health": 1,
+    }
+
+    worker.stop()
+    try:
+        # A cold stop may leave its last heartbeat until it expires (worker_dead_after_s).
+        deadline = time.monotonic() + settings.worker_dead_after_s + 5
+        for _ in range(200):
+            report = await monitor.health()
+            if not report.workers or time.monotonic() > deadline:
+                break
+            await anyio.sleep(0.2)
+        assert report.level is HealthLevel.UNHEALTHY
+        assert report.workers == 0
+        assert any("queue ai_analysis has no live worker" in r for r in report.reasons), report
+    finally:
+        worker.start()
+    report = await monitor.health()
+    assert report.level is not HealthLevel.UNHEALTHY, report.reasons
+    assert report.workers == 1
+
+
+def _server_binary() -> str | None:
+    """The same kind of server the session runs: Debian redis-server when CI selects it."""
+    if os.environ.get("VOCALBORN_TEST_REDIS_URL") and Path("/usr/bin/redis-server").exists():
+        return "/usr/bin/redis-server"
+    return None
+
+
+async def test_health_unhealthy_with_an_evicting_policy(tmp_path: Path) -> None:
+    server = LocalServer(
+        binary=_server_binary(),
+        data_dir=tmp_path / "lru",
+        config={"maxmemory-policy": "allkeys-lru"},
+        die_with_parent=True,
+    )
+    server.start()
+    try:
+        # No worker is needed for this check: only the server's own settings are judged.
+        settings = TaskSettings(redis_url=server.url, health_required_queues=[])
+        async with Monitor(settings) as m:
+            report = await m.health()
+            assert report.level is HealthLevel.UNHEALTHY
+            assert report.maxmemory_policy == "allkeys-lru"
+            assert any("allkeys-lru" in r for r in report.reasons), report.reasons
+
+            client = redis.Redis.from_url(server.url)
+            try:
+                client.config_set("maxmemory-policy", "noeviction")
+            finally:
+                client.close()
+            report = await m.health()
+            assert report.level is HealthLevel.HEALTHY, report.reasons
+            assert report.persistence is True
+    finally:
+        server.close()
