@@ -13,15 +13,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from .config import TaskSettings
 from .errors import BrokerAuthError, BrokerUnavailableError
 
 __all__ = ["async_client", "pubsub_connection_factory", "redis_errors"]
+
+#: Time kept back from a call's limit for raising and unwinding (see :func:`redis_errors`).
+_UNWIND_MARGIN_S = 0.1
 
 
 def _kwargs(settings: TaskSettings, *, pubsub: bool = False) -> dict[str, Any]:
@@ -74,13 +77,15 @@ async def redis_errors(
 
     Args:
         action: what we were doing, for the message ("submit", "status of task ...").
-        timeout: seconds before giving up; defaults to the connect timeout.
+        timeout: seconds the block may take, raising included; defaults to the connect
+            timeout (``REDIS_CONNECT_TIMEOUT``, 5 s).
         bounded: False to only translate errors (the caller bounds the time itself).
     """
     limit = settings.redis_connect_timeout_s if timeout is None else timeout
     where = settings.server_address
     try:
-        async with asyncio.timeout(limit if bounded else None):
+        # Stop a little early so the whole call, unwinding included, stays within the limit.
+        async with asyncio.timeout(max(limit - _UNWIND_MARGIN_S, limit / 2) if bounded else None):
             yield
     except TimeoutError as exc:
         raise BrokerUnavailableError(

@@ -84,6 +84,7 @@ if cur then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('PUBLISH', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'done', 'REVOKED') end
 return 1
 """
 
@@ -544,7 +545,12 @@ class TaskManager:
             pipe = self._backend.pipeline(transaction=False)
             pipe.zadd(settings.key("revoked"), {task_id: time.time()})
             pipe.eval(
-                _REVOKE_SCRIPT, 1, META_PREFIX + task_id, meta, int(settings.result_expires_s)
+                _REVOKE_SCRIPT,
+                2,
+                META_PREFIX + task_id,
+                self._marker_key(task_id),
+                meta,
+                int(settings.result_expires_s),
             )
             await pipe.execute()
         if terminate and status.state in (TaskState.STARTED, TaskState.PROGRESS, TaskState.RETRY):
