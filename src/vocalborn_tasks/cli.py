@@ -11,6 +11,7 @@ configuration error, 3 Redis unreachable or refused us.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -211,6 +212,12 @@ def health(ctx: click.Context, as_json: bool) -> None:
             console.print(
                 f"  broker round trip {report.broker_latency_ms:.2f} ms, workers {report.workers}"
             )
+            for q in report.queues:
+                console.print(
+                    f"  queue {q.name}: {q.length} waiting, {q.consumers} workers, oldest "
+                    f"{_seconds(q.oldest_age_s)}",
+                    highlight=False,
+                )
     if report.level is HealthLevel.UNHEALTHY:
         sys.exit(EXIT_NOT_OK)
 
@@ -219,35 +226,155 @@ def health(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 @handle_errors
 def status(ctx: click.Context) -> None:
-    """Workers and queues, as tables."""
+    """Workers, queues and recent task statistics, as tables."""
+    snap = run_async(_snapshot(_settings(ctx)))
+    for table in _dashboard_tables(snap):
+        console.print(table)
+
+
+class _Snapshot:
+    """What one refresh of ``status``/``monitor`` shows."""
+
+    def __init__(self, workers: Any, queues: Any, types: Any, report: Any) -> None:
+        self.workers = workers
+        self.queues = queues
+        self.types = types
+        self.report = report
+
+
+async def _snapshot(settings: TaskSettings, *, with_health: bool = False) -> _Snapshot:
     from .monitor import Monitor
 
-    async def read() -> tuple[Any, Any]:
-        async with Monitor(_settings(ctx)) as monitor:
-            return await monitor.get_worker_stats(), await monitor.get_queue_lengths()
+    async with Monitor(settings) as monitor:
+        report = await monitor.health() if with_health else None
+        workers = await monitor.get_worker_stats()
+        queues = report.queues if report is not None else await monitor.get_queue_stats()
+        types = await monitor.get_task_type_stats()
+        return _Snapshot(workers, queues, types, report)
 
-    workers, lengths = run_async(read())
-    table = Table(title="Workers")
-    for col in ("worker", "pid", "pool", "queues", "active", "processed", "memory"):
-        table.add_column(col)
-    for w in workers:
-        table.add_row(
-            w.hostname,
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.2f} s"
+    if value < 600:
+        return f"{value:.0f} s"
+    return f"{value / 60:.0f} min"
+
+
+def _dashboard_tables(snap: _Snapshot) -> list[Table]:
+    workers = Table(title="Workers", title_justify="left")
+    for col in ("worker", "pid", "pool", "queues", "active", "reserved", "processed", "memory"):
+        workers.add_column(col, justify="right" if col in ("active", "reserved") else "left")
+    for w in snap.workers:
+        workers.add_row(
+            escape(w.hostname),
             str(w.pid),
             str(w.concurrency),
             ",".join(w.queues),
             str(w.active),
+            str(max(w.reserved - w.active, 0)),
             str(w.processed),
             f"{w.rss_kb / 1024:.0f} MiB",
         )
-    console.print(table)
-    queues = Table(title="Queues")
-    queues.add_column("queue")
-    queues.add_column("waiting", justify="right")
-    queues.add_column("consumers", justify="right")
-    for name, length in lengths.items():
-        queues.add_row(name, str(length), str(sum(1 for w in workers if name in w.queues)))
-    console.print(queues)
+    if not snap.workers:
+        workers.add_row("[red]no live worker[/]", "", "", "", "", "", "", "")
+    queues = Table(title="Queues", title_justify="left")
+    for col in ("queue", "waiting", "by priority 0/3/6/9", "consumers", "oldest", "draining"):
+        queues.add_column(col, justify="left" if col == "queue" else "right")
+    for q in snap.queues:
+        by_pri = "/".join(str(q.priority_lengths.get(p, 0)) for p in (0, 3, 6, 9))
+        consumers = f"{q.consumers} ({q.consumer_processes} proc)"
+        if q.consumers == 0:
+            consumers = f"[red]{consumers}[/]"
+        draining = {True: "yes", False: "[red]NO[/]", None: "-"}[q.draining]
+        queues.add_row(q.name, str(q.length), by_pri, consumers, _seconds(q.oldest_age_s), draining)
+    types = Table(title="Tasks (last hour)", title_justify="left")
+    for col in ("task", "queue", "runs", "ok", "failed", "retried", "fail %", "p50", "p95"):
+        types.add_column(col, justify="left" if col in ("task", "queue") else "right")
+    for t in snap.types:
+        rate = "-" if t.failure_rate is None else f"{t.failure_rate:.0%}"
+        types.add_row(
+            t.task,
+            t.queue,
+            str(t.runs),
+            str(t.succeeded),
+            str(t.failed),
+            str(t.retried),
+            rate,
+            _seconds(t.p50_s),
+            _seconds(t.p95_s),
+        )
+    tables = [workers, queues, types]
+    return tables
+
+
+def _health_line(report: Any) -> str:
+    colour = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}[report.level.value]
+    line = f"[bold {colour}]{report.level.value}[/]"
+    if report.broker_latency_ms is not None:
+        line += (
+            f"  broker {report.broker_latency_ms:.1f} ms, backend "
+            f"{report.backend_latency_ms:.1f} ms, memory "
+            f"{(report.used_memory_bytes or 0) / 2**20:.1f} MiB, policy {report.maxmemory_policy}"
+        )
+    for reason in report.reasons:
+        line += f"\n  - {escape(reason)}"
+    return line
+
+
+def _monitor_view(settings: TaskSettings, snap: _Snapshot) -> Any:
+    from datetime import UTC, datetime
+
+    from rich.console import Group
+    from rich.panel import Panel
+
+    header = (
+        f"[bold]vocalborn-tasks monitor[/]  {escape(settings.redacted_broker_url)}  "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    )
+    parts: list[Any] = [header]
+    if snap.report is not None:
+        parts.append(Panel(_health_line(snap.report), title="health", title_align="left"))
+    parts.extend(_dashboard_tables(snap))
+    return Group(*parts)
+
+
+@main.command("monitor")
+@click.option(
+    "--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes."
+)
+@click.option("--once", is_flag=True, help="Print one refresh and exit.")
+@click.pass_context
+@handle_errors
+def monitor_cmd(ctx: click.Context, interval: float, once: bool) -> None:
+    """Live view of health, workers, queues and task statistics (Ctrl+C quits)."""
+    from rich.live import Live
+
+    settings = _settings(ctx)
+
+    async def loop() -> None:
+        snap = await _snapshot(settings, with_health=True)
+        if once:
+            console.print(_monitor_view(settings, snap))
+            return
+        with Live(
+            _monitor_view(settings, snap), console=console, screen=False, auto_refresh=False
+        ) as live:
+            while True:
+                await asyncio.sleep(max(interval, 0.2))
+                try:
+                    snap = await _snapshot(settings, with_health=True)
+                    live.update(_monitor_view(settings, snap), refresh=True)
+                except BrokerUnavailableError as exc:
+                    live.update(f"[bold red]Redis unreachable:[/] {escape(str(exc))}", refresh=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(loop())
+
+
+main.add_command(monitor_cmd, "monitor-cmd")
 
 
 @main.command("task")
@@ -259,20 +386,42 @@ def task_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
     """Show one task: state, progress, result or error."""
     from .manager import TaskManager
     from .models import TaskState
+    from .monitor import Monitor
 
-    async def read() -> Any:
-        async with TaskManager(_settings(ctx)) as manager:
-            return await manager.get_task_status(task_id)
+    async def read() -> tuple[Any, Any]:
+        settings = _settings(ctx)
+        async with TaskManager(settings) as manager, Monitor(settings) as monitor:
+            st = await manager.get_task_status(task_id)
+            position = None
+            if not st.is_final:
+                position = await monitor.get_task_position(task_id, queue=st.queue)
+            return st, position
 
-    st = run_async(read())
+    st, position = run_async(read())
     if as_json:
-        click.echo(st.model_dump_json(indent=2))
+        data = st.model_dump(mode="json")
+        data["position"] = position.model_dump(mode="json") if position is not None else None
+        click.echo(json.dumps(data, indent=2))
     else:
         console.print(f"[bold]{st.task_id}[/] {st.state.value}", highlight=False)
         if st.task_name:
             console.print(f"  task: {st.task_name} (queue {st.queue or '?'})", highlight=False)
         if st.progress is not None:
             console.print(f"  progress: {st.progress:.0f}% {st.step or ''}", highlight=False)
+        if position is not None and position.state == "waiting":
+            wait = position.estimated_wait_s
+            console.print(
+                f"  position: {position.position} of {position.queue_length} in {position.queue}"
+                f" ({position.ahead} ahead, {position.consumer_processes} worker processes)",
+                highlight=False,
+            )
+            console.print(
+                "  estimated wait: "
+                + (_seconds(wait) if wait is not None else "unknown (no recent runs or no worker)"),
+                highlight=False,
+            )
+        elif position is not None and position.state == "running":
+            console.print("  running now", highlight=False)
         if st.error is not None:
             console.print(
                 escape(f"  error: {st.error.type}: {st.error.message} [{st.error.code or '-'}]"),
@@ -282,6 +431,52 @@ def task_cmd(ctx: click.Context, task_id: str, as_json: bool) -> None:
             console.print_json(json.dumps(st.result))
     if st.state in (TaskState.FAILURE, TaskState.NOT_FOUND, TaskState.EXPIRED, TaskState.LOST):
         sys.exit(EXIT_NOT_OK)
+
+
+# --- serving -----------------------------------------------------------------------------------
+
+
+def _wait_for_stop_signal() -> None:
+    import signal
+
+    with contextlib.suppress(KeyboardInterrupt):
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+@main.command()
+@click.option("--port", type=int, default=9808, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.pass_context
+@handle_errors
+def metrics(ctx: click.Context, port: int, address: str) -> None:
+    """Serve Prometheus metrics on http://ADDRESS:PORT/metrics (SIGTERM/Ctrl+C stops)."""
+    import signal
+
+    try:
+        from .metrics import serve
+    except ImportError as exc:  # pragma: no cover - depends on extras
+        raise ConfigurationError(
+            "prometheus-client is not installed: pip install 'vocalborn-tasks[metrics]'"
+        ) from exc
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    server = serve(_settings(ctx), port, address)
+    console.print(f"serving metrics on http://{address}:{port}/metrics", highlight=False)
+    try:
+        _wait_for_stop_signal()
+    finally:
+        server.shutdown()
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Default: FLOWER_PORT or 5555.")
+@click.option("--address", default=None, help="Default: FLOWER_ADDRESS or 127.0.0.1.")
+@click.pass_context
+@handle_errors
+def flower(ctx: click.Context, port: int | None, address: str | None) -> None:
+    """Run Flower against this app; needs FLOWER_BASIC_AUTH=user:password."""
+    from .flower import run_flower
+
+    run_flower(_settings(ctx), address=address, port=port)
 
 
 # --- acting ------------------------------------------------------------------------------------
