@@ -200,11 +200,13 @@ class VocalbornCollector:
             "vocalborn_tasks", "Finished task runs by final state", labels=["task", "state"]
         )
         retries = CounterMetricFamily("vocalborn_task_retries", "Task retries", labels=["task"])
+        retried: dict[str, int] = {}
         for key, count in sorted(snap.counts.items()):
             name, _, state = key.rpartition("|")
             tasks.add_metric([name, state], count)
-            if state == "retry":
-                retries.add_metric([name], count)
+            retried[name] = retried.get(name, 0) + (count if state == "retry" else 0)
+        for name, count in sorted(retried.items()):
+            retries.add_metric([name], count)  # 0 too: "no retries" is a value, not a gap
         yield from (tasks, retries)
 
         durations = HistogramMetricFamily(
