@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Alignment", "align", "align_many", "local_costs", "pool_frames"]
+__all__ = ["Alignment", "align", "align_many", "local_costs", "path_costs", "pool_frames"]
 
 #: Largest cost matrix aligned at full resolution; longer pairs are pooled first.
-MAX_CELLS = 2_500_000
+MAX_CELLS = 1_000_000
 _STAY_PENALTY = 0.05
 _SKIP_PENALTY = 0.05
 
@@ -70,12 +70,17 @@ def align(cost: NDArray[np.float64]) -> Alignment:
     return align_many(cost[None])[0]
 
 
-def align_many(costs: NDArray[np.float64]) -> list[Alignment]:
-    """:func:`align` for a stack of ``(k, sample, reference)`` cost matrices at once.
+def path_costs(costs: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Mean cost of the best path of each ``(k, sample, reference)`` matrix, without the path.
 
     Running the candidates (e.g. speaker warps) together shares the per-row overhead of the
     recursion, which dominates at sentence length.
     """
+    acc = _accumulate(costs)
+    return np.asarray(acc[-1, :, 2:].min(axis=1) / costs.shape[1], dtype=np.float64)
+
+
+def _accumulate(costs: NDArray[np.float64]) -> NDArray[np.float64]:
     k, n, m = costs.shape
     acc = np.full((n, k, m + 2), np.inf)
     acc[0, :, 2:] = costs[:, 0]
@@ -88,6 +93,13 @@ def align_many(costs: NDArray[np.float64]) -> list[Alignment]:
         np.add(prev[:, :-2], _SKIP_PENALTY, out=tmp)
         np.minimum(best, tmp, out=best)
         np.add(best, costs[:, i], out=acc[i, :, 2:])
+    return acc
+
+
+def align_many(costs: NDArray[np.float64]) -> list[Alignment]:
+    """:func:`align` for a stack of ``(k, sample, reference)`` cost matrices at once."""
+    k, n, _ = costs.shape
+    acc = _accumulate(costs)
     out: list[Alignment] = []
     for c in range(k):
         path = _backtrack(acc[:, c], costs[c])

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from .align import MAX_CELLS, Alignment, align_many, local_costs, pool_frames
+from .align import MAX_CELLS, Alignment, align, local_costs, path_costs, pool_frames
 from .features import cepstra
 from .profile import FRAME_S, PAUSE_FRAMES, Profile, normalise
 
@@ -73,48 +73,32 @@ class Comparison:
     pitch_pairs: int = 0
 
 
-def features_pair(
-    sample: Profile, ref: Profile, warp: float
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Normalised cepstra of the sample (at ``warp``) and of the reference in its noise.
+def reference_features(sample: Profile, ref: Profile) -> NDArray[np.float64]:
+    """Normalised cepstra of the reference as it would sound in the sample's noise.
 
     Rather than cleaning the sample, the sample's own noise is added to the reference in the
     mel-power domain, scaled to the same speech-to-noise ratio: both then carry the same
     noise and their cepstra stay comparable however noisy the sample is.
     """
-    noise = sample.noise_mel[warp] * (ref.speech_power / sample.speech_power)
-    a = normalise(cepstra(sample.mel[warp]))
-    b = normalise(cepstra(ref.mel[1.0] + noise[None, :]))
-    return a, b
-
-
-COST_NORM = "none"
-
-
-def _normalise_costs(c: NDArray[np.float64]) -> NDArray[np.float64]:
-    if COST_NORM == "row":
-        return np.asarray(c / np.median(c, axis=1, keepdims=True), dtype=np.float64)
-    if COST_NORM == "rowcol":
-        r = np.median(c, axis=1, keepdims=True)
-        k = np.median(c, axis=0, keepdims=True)
-        return np.asarray(c / np.sqrt(r * k), dtype=np.float64)
-    if COST_NORM == "rowq":
-        r = np.percentile(c, 10, axis=1, keepdims=True)
-        return np.asarray(c - r, dtype=np.float64)
-    return c
+    noise = sample.noise_mel[1.0] * (ref.speech_power / sample.speech_power)
+    return normalise(cepstra(ref.mel[1.0] + noise[None, :]))
 
 
 def _align_best(sample: Profile, ref: Profile) -> tuple[float, Alignment, int]:
+    """Pick the speaker warp on a coarse (pooled) alignment, then align at full resolution."""
     warps = list(sample.mel)
     n, m = sample.kept.size, ref.kept.size
     factor = max(1, int(np.ceil(np.sqrt(n * m / MAX_CELLS))))
-    costs = []
-    for w in warps:
-        a, b = features_pair(sample, ref, w)
-        costs.append(_normalise_costs(local_costs(pool_frames(a, factor), pool_frames(b, factor))))
-    results = align_many(np.stack(costs))
-    k = int(np.argmin([r.cost for r in results]))
-    return warps[k], results[k], factor
+    b = reference_features(sample, ref)
+    feats = {w: normalise(cepstra(sample.mel[w])) for w in warps}
+    best = warps[0]
+    if len(warps) > 1:
+        coarse = 2 * factor
+        b_coarse = pool_frames(b, coarse)
+        costs = np.stack([local_costs(pool_frames(a, coarse), b_coarse) for a in feats.values()])
+        best = warps[int(np.argmin(path_costs(costs)))]
+    cost = local_costs(pool_frames(feats[best], factor), pool_frames(b, factor))
+    return best, align(cost), factor
 
 
 def _window_means(values: NDArray[np.float64], win: int) -> NDArray[np.float64]:

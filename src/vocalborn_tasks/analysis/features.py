@@ -27,6 +27,7 @@ __all__ = [
     "Spectra",
     "cepstra",
     "frame_signal",
+    "frame_view",
     "mel_power",
     "runs",
     "spectra",
@@ -42,17 +43,23 @@ _EPS = 1e-10
 _FLOOR_DB = -100.0
 
 
-def frame_signal(x: NDArray[np.float64], frame_len: int, hop: int) -> NDArray[np.float64]:
+def frame_view(x: NDArray[np.float64], frame_len: int, hop: int) -> NDArray[np.float64]:
     """Frames of ``frame_len`` samples every ``hop`` samples, centred on ``k * hop``.
 
     The signal is zero-padded by half a frame on both sides so frame ``k`` is centred at
     ``k * hop / SAMPLE_RATE`` seconds, the same convention Praat uses for its time axis.
+    Returns a read-only strided view (no copy): index it to get the frames you need.
     """
     half = frame_len // 2
     padded = np.pad(x, (half, half + frame_len))
     n = 1 + x.size // hop
     view = np.lib.stride_tricks.sliding_window_view(padded, frame_len)[::hop]
-    return np.ascontiguousarray(view[:n])
+    return view[:n]
+
+
+def frame_signal(x: NDArray[np.float64], frame_len: int, hop: int) -> NDArray[np.float64]:
+    """:func:`frame_view` as a contiguous copy."""
+    return np.ascontiguousarray(frame_view(x, frame_len, hop))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +96,11 @@ def spectra(x: NDArray[np.float64]) -> Spectra:
     spectrum of the quietest fifth of the frames. Both assume some pause in the recording,
     which read speech always has (at least at the edges).
     """
-    frames = frame_signal(x, FRAME_LEN, HOP)
-    frames = frames - frames.mean(axis=1, keepdims=True)
-    spec = rfft(frames * _window(), n=N_FFT, axis=1)
-    power = spec.real**2 + spec.imag**2
+    frames = frame_view(x, FRAME_LEN, HOP).astype(np.float32)
+    frames -= frames.mean(axis=1, keepdims=True)
+    frames *= _window().astype(np.float32)
+    spec = rfft(frames, n=N_FFT, axis=1)
+    power = (spec.real**2 + spec.imag**2).astype(np.float64)
     power *= 2.0 / float(np.sum(_window() ** 2) * N_FFT) * N_FFT / FRAME_LEN
     energy = power.sum(axis=1) / (N_FFT // 2 + 1)
     energy_db = 10.0 * np.log10(energy + _EPS)
@@ -169,13 +177,13 @@ def mel_power(sp: Spectra, *, warp: float = 1.0) -> tuple[NDArray[np.float64], N
 def cepstra(mel: NDArray[np.float64]) -> NDArray[np.float64]:
     """Mel cepstra c1..c12 with deltas from mel-band powers (not yet normalised).
 
-    The log is floored 60 dB below the loudest bands so digital silence does not dominate.
+    The log is floored 70 dB below the loudest band so digital silence does not dominate.
 
     Returns:
         ``(frames, 24)`` features.
     """
-    peak = float(np.percentile(mel, 99)) + _EPS
-    log_mel = np.log(np.maximum(mel, peak * 1e-6))
+    peak = float(mel.max()) + _EPS
+    log_mel = np.log(np.maximum(mel, peak * 1e-7))
     ceps = dct(log_mel, type=2, norm="ortho", axis=1)[:, 1:N_CEPS]
     delta = np.zeros_like(ceps)
     if ceps.shape[0] > 4:

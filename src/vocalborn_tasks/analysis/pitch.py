@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from scipy.fft import irfft, rfft
 from scipy.ndimage import median_filter
 
-from .features import HOP, frame_signal, runs
+from .features import HOP, frame_view, runs
 from .io import SAMPLE_RATE
 
 __all__ = ["PitchTrack", "semitones", "track_pitch"]
@@ -26,7 +26,7 @@ _WIN = 384  # integration window: 24 ms
 _TAU_MIN = int(SAMPLE_RATE / F0_MAX)
 _TAU_MAX = int(np.ceil(SAMPLE_RATE / F0_MIN))
 _TYPICAL_TAU = 100
-_NFFT = 1080  # >= window + frame - 1, and 5-smooth for a fast FFT
+_NFFT = 720  # >= the frame length (no lag up to _TAU_MAX wraps), and 5-smooth
 _THRESHOLD = 0.15
 _VOICED_MAX = 0.45
 _EPS = 1e-12
@@ -59,21 +59,47 @@ def track_pitch(x: NDArray[np.float64], speech: NDArray[np.bool_] | None = None)
 
     Args:
         x: the signal.
-        speech: optional speech mask on the same frame grid; frames outside it are unvoiced.
+        speech: optional speech mask on the same frame grid; only those frames are analysed,
+            the others are unvoiced (this also saves most of the work on pauses).
     """
     length = _WIN + _TAU_MAX + 2
     # Frames are centred on k * HOP; the lag-tau comparison spans [0, WIN + tau), so shift the
     # signal to centre that span for a typical period (~160 Hz) rather than the longest one.
     offset = length // 2 - (_WIN + _TYPICAL_TAU) // 2
-    frames = frame_signal(np.concatenate([x[offset:], np.zeros(offset)]), length, HOP)
-    frames = frames - frames.mean(axis=1, keepdims=True)
+    all_frames = frame_view(np.concatenate([x[offset:], np.zeros(offset)]), length, HOP)
+    n = all_frames.shape[0]
+    mask = np.ones(n, dtype=bool)
+    if speech is not None:
+        mask[:] = False
+        m = min(speech.size, n)
+        mask[:m] = speech[:m]
+    chosen = np.flatnonzero(mask)
+    f0 = np.full(n, np.nan)
+    periodicity = np.zeros(n)
+    voiced = np.zeros(n, dtype=bool)
+    if chosen.size:
+        f0_c, per_c, voiced_c = _yin(all_frames[chosen].astype(np.float32))
+        f0[chosen], periodicity[chosen], voiced[chosen] = f0_c, per_c, voiced_c
+    f0, voiced = _clean(f0, voiced)
+    return PitchTrack(f0=f0, periodicity=periodicity, voiced=voiced)
+
+
+def _yin(
+    frames: NDArray[np.float32],
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """YIN on a stack of frames: pitch (Hz, nan unvoiced), periodicity and voicing."""
     n = frames.shape[0]
-    head = np.zeros_like(frames)
-    head[:, :_WIN] = frames[:, :_WIN]
-    spec_all = rfft(frames, n=_NFFT, axis=1)
-    spec_head = rfft(head, n=_NFFT, axis=1)
+    padded = np.zeros((n, _NFFT), dtype=np.float32)
+    padded[:, : frames.shape[1]] = frames
+    padded[:, : frames.shape[1]] -= frames.mean(axis=1, keepdims=True)
+    head = np.zeros_like(padded)
+    head[:, :_WIN] = padded[:, :_WIN]
+    spec_all = rfft(padded, axis=1)
+    spec_head = rfft(head, axis=1)
     r = irfft(np.conj(spec_head) * spec_all, n=_NFFT, axis=1)[:, : _TAU_MAX + 2]
-    sq = np.concatenate([np.zeros((n, 1)), np.cumsum(frames**2, axis=1)], axis=1)
+    r = r.astype(np.float64)
+    sq = np.cumsum(padded[:, : _WIN + _TAU_MAX + 2].astype(np.float64) ** 2, axis=1)
+    sq = np.concatenate([np.zeros((n, 1)), sq], axis=1)
     taus = np.arange(_TAU_MAX + 2)
     e0 = sq[:, _WIN][:, None]
     e_tau = sq[:, taus + _WIN] - sq[:, taus]
@@ -102,14 +128,8 @@ def track_pitch(x: NDArray[np.float64], speech: NDArray[np.bool_] | None = None)
     corr = r[rows, best] / np.sqrt(np.maximum(e0[:, 0] * e_tau[rows, best], _EPS))
     periodicity = np.clip(corr, 0.0, 1.0)
     voiced = (aperiodicity < _VOICED_MAX) & (periodicity > 0.4) & (e0[:, 0] > _EPS)
-    if speech is not None:
-        m = min(speech.size, n)
-        mask = np.zeros(n, dtype=bool)
-        mask[:m] = speech[:m]
-        voiced &= mask
     f0 = np.where(voiced, SAMPLE_RATE / tau, np.nan)
-    f0, voiced = _clean(f0, voiced)
-    return PitchTrack(f0=f0, periodicity=periodicity, voiced=voiced)
+    return f0, periodicity, voiced
 
 
 def _clean(

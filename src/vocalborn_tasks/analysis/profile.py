@@ -122,12 +122,12 @@ def build_profile(audio: LoadedAudio, *, warps: tuple[float, ...] = (1.0,)) -> P
 
     mel: dict[float, NDArray[np.float64]] = {}
     noise_mel: dict[float, NDArray[np.float64]] = {}
-    for w in warps:
+    for w in sorted({1.0, *warps}):
         full, noise_w = mel_power(sp, warp=w)
         mel[w] = full[kept]
         noise_mel[w] = noise_w
     speech_power = max(
-        float(mel[warps[0]].sum(axis=1).mean() - noise_mel[warps[0]].sum()),
+        float(mel[1.0].sum(axis=1).mean() - noise_mel[1.0].sum()),
         1e-12,
     )
 
