@@ -80,6 +80,8 @@ def create_celery_app(
     conf: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "result_backend": settings.backend_url,
+        # kombu's Redis transport, but one malformed queue entry cannot stop the worker.
+        "broker_transport": "vocalborn_tasks._transport:Transport",
         "broker_transport_options": transport,
         "result_backend_transport_options": dict(transport),
         "visibility_timeout": settings.visibility_timeout_s,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from vocalborn_tasks import (
     TaskSettings,
     TaskState,
 )
+from vocalborn_tasks.tasks import echo
 
 pytestmark = pytest.mark.faults
 
@@ -151,3 +153,81 @@ async def test_sigterm_mid_task_requeues_it(
     assert int(client.hget(SINK_KEY, queued_id) or 0) == 1
     client.close()
     assert second.proc is not None and second.proc.poll() is None
+
+
+def _queue_drained(settings: TaskSettings, queue: str) -> bool:
+    client = redis.Redis.from_url(settings.broker_url)
+    try:
+        return client.llen(queue) == 0 and client.hlen("unacked") == 0
+    finally:
+        client.close()
+
+
+async def test_revocations_survive_a_restart_of_every_worker(
+    make_settings: Callable[..., TaskSettings], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Scenario 9: one running and one queued task revoked, all workers restarted: both stay
+    REVOKED, neither runs to SUCCESS, and the queue moves on past them."""
+    settings = make_settings(worker_soft_shutdown_s=1.0)
+    first = start_worker(settings, "rev1")
+    async with TaskManager(settings) as manager:
+        running = await manager.submit(echo, "running", delay_s=30.0)
+        queued = await manager.submit(echo, "queued")
+        async for status in manager.watch(running):
+            if status.state is TaskState.PROGRESS:
+                break
+        for handle in (running, queued):
+            assert (await manager.cancel(handle)).state is TaskState.REVOKED
+        first.stop()
+        second = start_worker(settings, "rev2")
+        sentinel = await manager.submit(echo, "after")
+        assert (await manager.wait_for_result(sentinel, timeout=60)).message == "after"
+        await asyncio.to_thread(
+            wait_until, lambda: _queue_drained(settings, "health"), 30, 0.1, "drained"
+        )
+        states = [(await manager.get_task_status(h)).state for h in (running, queued)]
+    assert states == [TaskState.REVOKED, TaskState.REVOKED]
+    assert second.proc is not None and second.proc.poll() is None
+
+
+async def test_pickle_unknown_task_and_malformed_json_are_discarded(
+    make_settings: Callable[..., TaskSettings],
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """Scenario 10: hostile or broken messages are dropped; the worker keeps working."""
+    import base64
+    import pickle
+
+    from vocalborn_tasks._protocol import build_task_message, new_task_id
+
+    settings = make_settings()
+    worker = start_worker(settings, "hostile", pool="solo")
+    pwned = tmp_path / "pickle-was-loaded"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.mkdir, (str(pwned),))
+
+    pickled = json.loads(build_task_message(new_task_id(), "vocalborn.test", {}, "health"))
+    pickled["content-type"] = "application/x-python-serialize"
+    pickled["content-encoding"] = "binary"
+    pickled["body"] = base64.b64encode(pickle.dumps(((), {"x": Exploit()}, {}))).decode()
+    unknown = build_task_message(new_task_id(), "no.such.task", {}, "health")
+    client = redis.Redis.from_url(settings.broker_url)
+    client.lpush(
+        "health",
+        json.dumps(pickled),
+        unknown,
+        b"{this is not json",
+        json.dumps({"body": "!!", "headers": "wrong shape"}),
+    )
+    client.close()
+    async with TaskManager(settings) as manager:
+        handle = await manager.submit(echo, "still healthy")
+        assert (await manager.wait_for_result(handle, timeout=60)).message == "still healthy"
+    await asyncio.to_thread(
+        wait_until, lambda: _queue_drained(settings, "health"), 30, 0.1, "drained"
+    )
+    assert not pwned.exists(), "the worker unpickled a message"
+    assert worker.proc is not None and worker.proc.poll() is None

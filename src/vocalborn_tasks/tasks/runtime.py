@@ -7,6 +7,7 @@ Each worker process builds one :class:`WorkerRuntime` per app, lazily, after it 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -40,6 +41,20 @@ _RUNTIME_ATTR = "_vocalborn_runtime"
 _MARK_DONE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], 'done', ARGV[1]) end
 return 0
+"""
+
+#: Store a PROGRESS meta unless the task already has a final state (a cancel stored REVOKED):
+#: a running task must not overwrite its own cancellation. KEYS: meta key; ARGV: meta, TTL.
+_PROGRESS_SCRIPT = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, decoded = pcall(cjson.decode, cur)
+  local s = ok and decoded['status'] or ''
+  if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
 """
 
 #: Delete a sink claim only if it is still the caller's (KEYS: claim key; ARGV: token).
@@ -152,6 +167,27 @@ class WorkerRuntime:
         self.redis.set(key, "acked", ex=int(s.result_expires_s * 2))
         return True
 
+    def store_progress(self, task_id: str, step: str, percent: float) -> bool:
+        """Publish PROGRESS in Celery's meta format; False if the task was cancelled meanwhile."""
+        meta = json.dumps(
+            {
+                "status": "PROGRESS",
+                "result": {"step": step, "percent": percent},
+                "traceback": None,
+                "children": [],
+                "date_done": None,
+                "task_id": task_id,
+            }
+        )
+        stored = self.redis.eval(
+            _PROGRESS_SCRIPT,
+            1,
+            f"celery-task-meta-{task_id}",
+            meta,
+            max(1, int(self.settings.result_expires_s)),
+        )
+        return bool(stored)
+
     def mark_done(self, task_id: str, state: str) -> None:
         """Record on the task's submit marker that it reached a final state."""
         try:
@@ -205,9 +241,11 @@ def execute_definition(
         if last and last[0] == (step, percent):
             return
         last[:] = [(step, percent)]
-        task.update_state(
-            task_id=task_id, state="PROGRESS", meta={"step": step, "percent": percent}
-        )
+        if not runtime.store_progress(task_id, step, percent):
+            # Cancelled while running (a pool without terminate, or the signal was lost):
+            # stop here, cooperatively; the REVOKED state is already stored.
+            logger.info("task %s was cancelled while running; stopping it", task_id)
+            raise Ignore()
 
     ctx = TaskContext(
         task_id=task_id, retries=retries, delivery=delivery, runtime=runtime, _report=report
