@@ -104,7 +104,7 @@ async def test_one_alert_per_outage_and_one_recovery_notice(
 
             analysis.stop()
             deadline = time.monotonic() + settings.worker_dead_after_s + 5
-            while await consumers(settings, "ai_analysis") and time.monotonic() < deadline:  # noqa: ASYNC110
+            while await consumers(settings, "ai_analysis") and time.monotonic() < deadline:
                 time.sleep(0.2)  # noqa: ASYNC251 - a short bounded poll in a test
             outage = [await run_health_task(manager) for _ in range(3)]
             assert outage == [["firing:no_workers:ai_analysis"], [], []], checker.log_tail()

@@ -7,6 +7,7 @@ equals the number of sends (module databases 10 and 11).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -116,7 +117,7 @@ def test_two_beats_send_each_job_once_per_period(settings: TaskSettings, beats: 
         seen = sends(backend, settings)
         for job, queue in JOBS.items():
             times = [t for t, _ in seen[job]]
-            gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+            gaps = [b - a for a, b in itertools.pairwise(times)]
             assert all(g > 0.5 * PERIOD_S for g in gaps), (job, gaps)  # never twice in a period
             assert len({token for _, token in seen[job]}) == 1  # one leader sent them all
             # Each send is exactly one message (nothing consumes the queue here).
@@ -138,7 +139,7 @@ def test_two_beats_send_each_job_once_per_period(settings: TaskSettings, beats: 
             what="the standby beat to take over",
         )
         after = [t for t, _ in sends(backend, settings)["vocalborn-health-check"]]
-        gaps = [b - a for a, b in zip(after, after[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(after)]
         assert all(g > 0.5 * PERIOD_S for g in gaps), gaps
         assert after[-1] >= handover
     finally:
