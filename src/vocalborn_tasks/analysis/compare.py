@@ -23,6 +23,8 @@ WINDOW_S = 0.4
 RHYTHM_SEG_S = 0.3
 #: A sample pause within this distance of a reference pause counts as the same pause.
 PAUSE_TOLERANCE_S = 0.25
+#: Largest semitone difference one frame can contribute (a stray tracking error is bounded).
+_MAX_PITCH_DIFF = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +221,7 @@ def _pitch(
     spread_a = float(np.subtract(*np.percentile(a, [90, 10])))
     spread_b = float(np.subtract(*np.percentile(b, [90, 10])))
     scale = float(np.clip(spread_b / max(spread_a, 0.5), 0.5, 2.0))
-    diff = np.minimum(np.abs(scale * a - b), 12.0)
+    diff = np.minimum(np.abs(scale * a - b), _MAX_PITCH_DIFF)
     worst = _worst_window(diff, np.asarray(s_frames[both] * FRAME_S, dtype=np.float64))
     return float(np.mean(diff)), worst, pairs
 

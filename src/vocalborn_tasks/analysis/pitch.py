@@ -26,6 +26,7 @@ _WIN = 384  # integration window: 24 ms
 _TAU_MIN = int(SAMPLE_RATE / F0_MAX)
 _TAU_MAX = int(np.ceil(SAMPLE_RATE / F0_MIN))
 _TYPICAL_TAU = 100
+_OCTAVE_FOLD = 1.8
 _NFFT = 720  # >= the frame length (no lag up to _TAU_MAX wraps), and 5-smooth
 _THRESHOLD = 0.15
 _VOICED_MAX = 0.45
@@ -135,7 +136,12 @@ def _yin(
 def _clean(
     f0: NDArray[np.float64], voiced: NDArray[np.bool_]
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Drop voiced blips under 30 ms and fix isolated octave jumps against a running median."""
+    """Drop voiced blips under 30 ms and fix octave jumps.
+
+    Jumps are judged first against a running median within each voiced run, then against the
+    speaker's overall median: read speech stays well within an octave of it, so a frame
+    further than ~0.9 octave below or above is a halving or doubling error (creaky voice).
+    """
     voiced = voiced.copy()
     for a, b in runs(voiced):
         if b - a < 3:
@@ -148,6 +154,10 @@ def _clean(
             ratio = seg / ref
             seg = np.where(ratio > 1.7, seg / 2, np.where(ratio < 0.6, seg * 2, seg))
             out[a:b] = seg
+    if voiced.sum() >= 10:
+        centre = float(np.nanmedian(out))
+        out = np.where(out < centre / _OCTAVE_FOLD, out * 2, out)
+        out = np.where(out > centre * _OCTAVE_FOLD, out / 2, out)
     return out, voiced
 
 
