@@ -6,6 +6,7 @@ Importing this package connects to nothing and starts nothing.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .alerts import Alert, AlertSink
 from .app import create_celery_app
 from .config import TaskSettings
 from .errors import (
@@ -36,7 +37,15 @@ from .models import (
     TaskState,
     TaskStatus,
 )
-from .monitor import HealthLevel, HealthReport, Monitor, QueueStats, WorkerStats
+from .monitor import (
+    HealthLevel,
+    HealthReport,
+    Monitor,
+    QueueStats,
+    TaskPosition,
+    TaskTypeStats,
+    WorkerStats,
+)
 from .recordings import RecordingResolver
 from .sinks import ResultSink
 from .tasks import TaskContext, TaskDefinition, TaskHandle, register_task, task_definition
@@ -47,6 +56,8 @@ except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0"
 
 __all__ = [
+    "Alert",
+    "AlertSink",
     "AnalysisRequest",
     "AnalysisResult",
     "AnalyzerInfo",
@@ -75,11 +86,13 @@ __all__ = [
     "TaskLostError",
     "TaskManager",
     "TaskNotFoundError",
+    "TaskPosition",
     "TaskRevokedError",
     "TaskSettings",
     "TaskState",
     "TaskStatus",
     "TaskTimeoutError",
+    "TaskTypeStats",
     "VocalbornTasksError",
     "WorkerStats",
     "__version__",

@@ -7,6 +7,8 @@ import sys
 import vocalborn_tasks
 
 EXPECTED = {
+    "Alert",
+    "AlertSink",
     "AnalysisRequest",
     "AnalysisResult",
     "AnalyzerInfo",
@@ -35,11 +37,13 @@ EXPECTED = {
     "TaskLostError",
     "TaskManager",
     "TaskNotFoundError",
+    "TaskPosition",
     "TaskRevokedError",
     "TaskSettings",
     "TaskState",
     "TaskStatus",
     "TaskTimeoutError",
+    "TaskTypeStats",
     "VocalbornTasksError",
     "WorkerStats",
     "__version__",
