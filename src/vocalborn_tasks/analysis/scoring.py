@@ -28,9 +28,12 @@ PRON_PEAK_WEIGHT = 0.3
 # Completeness: share of the reference spanned by the alignment.
 COVERAGE = (0.90, 0.40)
 # Tone: points lost per semitone of mean and of worst-window difference of the aligned
-# contours. Deliberately without a flat "perfect" zone, so the score keeps ranking attempts.
-TONE_PER_ST_MEAN = 4.0
-TONE_PER_ST_WORST = 3.0
+# contours: a few everywhere (no flat "perfect" zone, so the score keeps ranking attempts),
+# many past a knee that same-tone readings by other voices rarely cross.
+TONE_PER_ST = 3.0
+TONE_KNEE_MEAN = 0.6
+TONE_KNEE_WORST = 1.0
+TONE_PER_ST_PAST_KNEE = 25.0
 # Fluency.
 PAUSE_PENALTY = 12.0  # per extra pause
 PAUSE_TIME_PENALTY = 15.0  # per second of extra pause
@@ -112,7 +115,12 @@ def score(cmp: Comparison, sample: Profile, *, language: str | None) -> Scores:
 
     if cmp.pitch_pairs >= 10:
         worst = cmp.pitch_worst.value if cmp.pitch_worst else cmp.pitch_dev
-        tone = 100.0 - TONE_PER_ST_MEAN * cmp.pitch_dev - TONE_PER_ST_WORST * worst
+        tone = (
+            100.0
+            - TONE_PER_ST * (cmp.pitch_dev + worst)
+            - TONE_PER_ST_PAST_KNEE * max(0.0, cmp.pitch_dev - TONE_KNEE_MEAN)
+            - TONE_PER_ST_PAST_KNEE * max(0.0, worst - TONE_KNEE_WORST)
+        )
         tone = max(0.0, min(100.0, tone))
     else:
         tone = 50.0
