@@ -13,7 +13,7 @@ from vocalborn_tasks.models import Finding
 
 from .compare import Comparison
 from .profile import Profile
-from .scoring import PRON_PEAK, TEMPO_FAST, TEMPO_SLOW, Scores
+from .scoring import PRON_PEAK_KNEE, TEMPO_FAST, TEMPO_SLOW, Scores
 
 __all__ = ["Advice", "advise", "locale_for"]
 
@@ -207,7 +207,7 @@ def advise(
             )
         if cmp.missing_start >= 0.15:
             add("missing_start", cmp.missing_start, pct=100 * cmp.missing_start)
-        if scores.pronunciation < 85.0 and cmp.peak > PRON_PEAK[0]:
+        if scores.pronunciation < 90.0 and cmp.peak > PRON_PEAK_KNEE:
             add(
                 "mispronounced",
                 1 - scores.pronunciation / 100,

@@ -17,8 +17,10 @@ from .profile import FRAME_S, PAUSE_FRAMES, Profile, normalise
 
 __all__ = ["Comparison", "Span", "compare"]
 
-#: Window over which "worst part" measurements are taken.
-WINDOW_S = 0.4
+#: Window over which the worst stretch of the alignment is found: about one short word.
+WINDOW_S = 0.25
+#: Window over which the worst stretch of the pitch contour is found: a syllable or two.
+PITCH_WINDOW_S = 0.4
 #: Reference stretch over which the local tempo is measured for rhythm.
 RHYTHM_SEG_S = 0.3
 #: A sample pause within this distance of a reference pause counts as the same pause.
@@ -110,8 +112,10 @@ def _window_means(values: NDArray[np.float64], win: int) -> NDArray[np.float64]:
     return np.asarray((csum[win:] - csum[:-win]) / win, dtype=np.float64)
 
 
-def _worst_window(values: NDArray[np.float64], times: NDArray[np.float64]) -> Span:
-    win = max(1, round(WINDOW_S / FRAME_S))
+def _worst_window(
+    values: NDArray[np.float64], times: NDArray[np.float64], window_s: float = WINDOW_S
+) -> Span:
+    win = max(1, round(window_s / FRAME_S))
     means = _window_means(values, win)
     k = int(np.argmax(means))
     end = min(k + win - 1, times.size - 1)
@@ -222,7 +226,8 @@ def _pitch(
     spread_b = float(np.subtract(*np.percentile(b, [90, 10])))
     scale = float(np.clip(spread_b / max(spread_a, 0.5), 0.5, 2.0))
     diff = np.minimum(np.abs(scale * a - b), _MAX_PITCH_DIFF)
-    worst = _worst_window(diff, np.asarray(s_frames[both] * FRAME_S, dtype=np.float64))
+    times = np.asarray(s_frames[both] * FRAME_S, dtype=np.float64)
+    worst = _worst_window(diff, times, PITCH_WINDOW_S)
     return float(np.mean(diff)), worst, pairs
 
 

@@ -17,14 +17,16 @@ from .profile import Profile
 __all__ = ["Scores", "is_tonal", "level_for", "ramp", "score"]
 
 # Pronunciation: mean alignment distance (per-dimension RMS of normalised cepstra), which
-# separates the right sentence from a wrong one, and the worst window's rise above the
-# pair's own median window, which points at one wrong word and costs at most PRON_PEAK_WEIGHT.
+# separates the right sentence from a wrong one, and the worst 0.25 s window's rise above the
+# pair's own median window ("peak"), which points at one wrong word.
 # Distance -> score knots: 100 up to the first, 20 at the second, 0 at the third. The steep
 # part separates the right sentence from a wrong one; the gentle tail keeps ranking noisy
 # attempts instead of flattening them all to 0.
 PRON_COST = (0.78, 0.84, 1.0)
-PRON_PEAK = (0.0, 1.0)
-PRON_PEAK_WEIGHT = 0.3
+# Peak -> percent taken off: a little per unit everywhere, much more past the knee.
+PRON_PEAK_PER_UNIT = 10.0
+PRON_PEAK_KNEE = 0.4
+PRON_PEAK_PAST_KNEE = 60.0
 # Completeness: share of the reference spanned by the alignment.
 COVERAGE = (0.90, 0.40)
 # Tone: points lost per semitone of mean and of worst-window difference of the aligned
@@ -104,13 +106,15 @@ def _weights(tonal: bool) -> dict[str, float]:
 
 def score(cmp: Comparison, sample: Profile, *, language: str | None) -> Scores:
     """Score one sample against its reference."""
-    local = ramp(cmp.peak, *PRON_PEAK) / 100.0
+    peak_penalty = PRON_PEAK_PER_UNIT * cmp.peak + PRON_PEAK_PAST_KNEE * max(
+        0.0, cmp.peak - PRON_PEAK_KNEE
+    )
     good, knee, bad = PRON_COST
     if cmp.cost <= knee:
         global_score = 20.0 + 0.8 * ramp(cmp.cost, good, knee)
     else:
         global_score = 0.2 * ramp(cmp.cost, knee, bad)
-    pron = global_score * (1.0 - PRON_PEAK_WEIGHT * (1.0 - local))
+    pron = global_score * max(0.0, 1.0 - peak_penalty / 100.0)
     completeness = ramp(cmp.coverage, *COVERAGE)
 
     if cmp.pitch_pairs >= 10:
