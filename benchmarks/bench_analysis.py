@@ -15,6 +15,7 @@ script needs no network and no espeak-ng. Results go to ``docs/benchmarks.md`` b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import resource
@@ -30,13 +31,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
+import numpy as np
+import soundfile as sf
 
-from vocalborn_tasks.analysis import AnalysisOptions, BuiltinAnalyzer  # noqa: E402
-from vocalborn_tasks.analysis.io import SAMPLE_RATE, load_audio  # noqa: E402
-from vocalborn_tasks.analysis.profile import WARPS, build_profile  # noqa: E402
-from vocalborn_tasks.errors import AudioError  # noqa: E402
+from vocalborn_tasks.analysis import AnalysisOptions, BuiltinAnalyzer
+from vocalborn_tasks.analysis.io import SAMPLE_RATE, load_audio
+from vocalborn_tasks.analysis.profile import WARPS, build_profile
+from vocalborn_tasks.errors import AudioError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "data" / "audio"
 
@@ -73,10 +74,8 @@ def _peak(fn: Callable[[], object]) -> tuple[float, float]:
     """Wall seconds and tracemalloc peak (MiB) of one call; AudioError counts as done."""
     tracemalloc.start()
     start = time.perf_counter()
-    try:
+    with contextlib.suppress(AudioError):
         fn()
-    except AudioError:
-        pass
     elapsed = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

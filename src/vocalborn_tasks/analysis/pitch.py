@@ -27,6 +27,7 @@ _TAU_MIN = int(SAMPLE_RATE / F0_MAX)
 _TAU_MAX = int(np.ceil(SAMPLE_RATE / F0_MIN))
 _TYPICAL_TAU = 100
 _OCTAVE_FOLD = 1.8
+_CHUNK = 1024  # frames per YIN batch: bounds memory on long recordings
 _NFFT = 720  # >= the frame length (no lag up to _TAU_MAX wraps), and 5-smooth
 _THRESHOLD = 0.15
 _VOICED_MAX = 0.45
@@ -78,9 +79,10 @@ def track_pitch(x: NDArray[np.float64], speech: NDArray[np.bool_] | None = None)
     f0 = np.full(n, np.nan)
     periodicity = np.zeros(n)
     voiced = np.zeros(n, dtype=bool)
-    if chosen.size:
-        f0_c, per_c, voiced_c = _yin(all_frames[chosen].astype(np.float32))
-        f0[chosen], periodicity[chosen], voiced[chosen] = f0_c, per_c, voiced_c
+    for start in range(0, chosen.size, _CHUNK):
+        part = chosen[start : start + _CHUNK]
+        f0_c, per_c, voiced_c = _yin(all_frames[part].astype(np.float32))
+        f0[part], periodicity[part], voiced[part] = f0_c, per_c, voiced_c
     f0, voiced = _clean(f0, voiced)
     return PitchTrack(f0=f0, periodicity=periodicity, voiced=voiced)
 
