@@ -24,7 +24,7 @@ _NUMBERS_ZH = ("零", "一", "兩", "三", "四", "五", "六", "七", "八", "�
 
 def locale_for(language: str | None) -> str:
     """``"zh-TW"`` for any Chinese language tag, ``"en"`` for everything else."""
-    if language and language.lower().split("-")[0] in {"zh", "cmn", "yue"}:
+    if language and language.lower().replace("_", "-").split("-")[0] in {"zh", "cmn", "yue"}:
         return "zh-TW"
     return "en"
 

@@ -86,7 +86,7 @@ def is_tonal(language: str | None) -> bool:
     """True for languages where pitch carries word meaning (Mandarin, Cantonese, Thai, ...)."""
     if not language:
         return False
-    lang = language.lower()
+    lang = language.lower().replace("_", "-")
     return any(lang == p or lang.startswith(p + "-") for p in _TONAL_PREFIXES)
 
 
