@@ -7,6 +7,7 @@ so an existing deployment keeps its environment. Nothing here connects to anythi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -366,6 +367,13 @@ class TaskSettings(BaseSettings):
         if self.redis_db_broker == self.redis_db_backend:
             raise ValueError("redis_db_broker and redis_db_backend must differ")
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, object]]:
+        # repr() and str() mask a password inside REDIS_URL (SecretStr fields mask themselves).
+        for name, value in super().__repr_args__():
+            if name == "redis_url" and isinstance(value, str):
+                value = redact_url(value)
+            yield name, value
 
     # --- Derived values (properties, never stored copies) -----------------------------------
     @property

@@ -13,6 +13,7 @@ import logging
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -111,9 +112,19 @@ class LocalServer:
         return f"<LocalServer {self.binary.name} 127.0.0.1:{self.port} pid={self.pid}>"
 
     @property
+    def tls_only(self) -> bool:
+        """True when ``config`` turns the plain port off (``port 0``) and sets a ``tls-port``."""
+        return str(self.config.get("port")) == "0" and bool(self.config.get("tls-port"))
+
+    @property
     def url(self) -> str:
-        """``redis://`` URL of the server (with the password, if any: do not log it)."""
+        """``redis://`` URL of the server (with the password, if any: do not log it).
+
+        ``rediss://`` on the TLS port for a TLS-only server (see :attr:`tls_only`).
+        """
         auth = f":{self._password}@" if self._password else ""
+        if self.tls_only:
+            return f"rediss://{auth}127.0.0.1:{self.config['tls-port']}"
         return f"redis://{auth}127.0.0.1:{self.port}"
 
     @property
@@ -187,12 +198,32 @@ class LocalServer:
             f"{self.binary.name} did not answer on port {self.port} within {timeout:g} s"
         )
 
+    def _tls_probe_context(self) -> ssl.SSLContext:
+        # Readiness only (an unauthenticated PING): the server's certificate is not checked
+        # here; clients check it. A client certificate is offered when the server wants one.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        if str(self.config.get("tls-auth-clients", "yes")) != "no":
+            cert = self.config.get("tls-client-cert-file", self.config.get("tls-cert-file"))
+            key = self.config.get("tls-client-key-file", self.config.get("tls-key-file"))
+            if cert:
+                context.load_cert_chain(cert, key)
+        return context
+
     def _answers_ping(self) -> bool:
+        port = int(self.config["tls-port"]) if self.tls_only else self.port
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                reply = sock.recv(64)
-        except OSError:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw:
+                if self.tls_only:  # the TLS socket takes over the connection: close it too
+                    context = self._tls_probe_context()
+                    with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                        sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                        reply = sock.recv(64)
+                else:
+                    raw.sendall(b"*1\r\n$4\r\nPING\r\n")
+                    reply = raw.recv(64)
+        except OSError:  # ssl.SSLError included
             return False
         # NOAUTH also proves the server is up and parsing commands.
         return reply.startswith((b"+PONG", b"-NOAUTH"))
