@@ -228,6 +228,13 @@ def _pitch(
     diff = np.minimum(np.abs(scale * a - b), _MAX_PITCH_DIFF)
     times = np.asarray(s_frames[both] * FRAME_S, dtype=np.float64)
     worst = _worst_window(diff, times, PITCH_WINDOW_S)
-    return float(np.mean(diff)), worst, pairs
+    # The window counts voiced frames, so it may stretch over pauses; report the stretch of at
+    # most PITCH_WINDOW_S around its largest difference instead.
+    inside = (times >= worst.start_s) & (times < worst.end_s)
+    peak_t = float(times[inside][np.argmax(diff[inside])]) if inside.any() else worst.start_s
+    half = PITCH_WINDOW_S / 2
+    start = max(worst.start_s, peak_t - half)
+    end = min(worst.end_s, start + PITCH_WINDOW_S)
+    return float(np.mean(diff)), Span(start, end, worst.value), pairs
 
 
