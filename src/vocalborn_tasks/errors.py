@@ -147,7 +147,14 @@ def is_retryable(exc: BaseException) -> bool:
         return exc.retryable
     if isinstance(exc, _PERMANENT_OS_ERRORS):
         return False
-    return isinstance(exc, OSError | ConnectionError | TimeoutError)
+    if isinstance(exc, OSError | ConnectionError | TimeoutError):
+        return True
+    # The Redis client's own connection errors are not OSError subclasses.
+    from redis.exceptions import BusyLoadingError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | BusyLoadingError)
 
 
 class TaskError(VocalbornTasksError):

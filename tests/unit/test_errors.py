@@ -3,6 +3,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
+import redis
 
 from vocalborn_tasks import errors
 from vocalborn_tasks.errors import (
@@ -57,6 +58,9 @@ def test_audio_error_code_survives_celery_style_rebuild() -> None:
         (PermissionError(), False),
         (ValueError("bug"), False),
         (KeyError("bug"), False),
+        (redis.exceptions.ConnectionError("refused"), True),
+        (redis.exceptions.TimeoutError("slow"), True),
+        (redis.exceptions.ResponseError("WRONGTYPE"), False),
     ],
 )
 def test_classification(exc: BaseException, retryable: bool) -> None:

@@ -36,13 +36,6 @@ logger = logging.getLogger(__name__)
 
 _RUNTIME_ATTR = "_vocalborn_runtime"
 
-#: Note a final state on the submit marker, if there is one (KEYS: marker; ARGV: state).
-#: Once Celery's result expires, the marker still says "it finished": EXPIRED, not PENDING.
-_MARK_DONE_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], 'done', ARGV[1]) end
-return 0
-"""
-
 #: Store a PROGRESS meta unless the task already has a final state (a cancel stored REVOKED):
 #: a running task must not overwrite its own cancellation. KEYS: meta key; ARGV: meta, TTL.
 _PROGRESS_SCRIPT = """
@@ -188,13 +181,6 @@ class WorkerRuntime:
         )
         return bool(stored)
 
-    def mark_done(self, task_id: str, state: str) -> None:
-        """Record on the task's submit marker that it reached a final state."""
-        try:
-            self.redis.eval(_MARK_DONE_SCRIPT, 1, self.settings.key("task", task_id), state)
-        except Exception as exc:  # the result itself is stored; this only refines EXPIRED
-            logger.warning("task %s: could not mark its submit marker done: %s", task_id, exc)
-
     def backoff(self, retries: int) -> float:
         """Exponential backoff with 'equal jitter': half fixed, half random."""
         s = self.settings
@@ -228,7 +214,6 @@ def execute_definition(
     if revoked:
         logger.info("task %s was revoked; not running it", task_id)
         task.backend.mark_as_revoked(task_id, "revoked", request=request)
-        runtime.mark_done(task_id, "REVOKED")
         raise Ignore()
     if delivery > runtime.settings.max_deliveries:
         raise DeliveryLimitError(
@@ -287,13 +272,6 @@ def register_task(app: VocalbornCelery, definition: TaskDefinition[..., Any]) ->
     def body(self: Any, **kwargs: Any) -> Any:
         return execute_definition(self, definition, kwargs)
 
-    def after_return(
-        self: Any, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
-        # Called by Celery after the state is stored, so "done" never precedes the result.
-        if status in ("SUCCESS", "FAILURE", "REVOKED"):
-            runtime_for(self.app).mark_done(task_id, status)
-
     body.__name__ = definition.name.rsplit(".", 1)[-1]
     body.__doc__ = definition.fn.__doc__
     return app.task(
@@ -306,5 +284,4 @@ def register_task(app: VocalbornCelery, definition: TaskDefinition[..., Any]) ->
         typing=False,
         acks_late=True,
         reject_on_worker_lost=True,
-        after_return=after_return,
     )
