@@ -96,7 +96,8 @@ def _open(source: AudioInput) -> sf.SoundFile:
     try:
         return sf.SoundFile(handle)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
-        raise AudioError(f"not a readable audio file: {exc}", code="unreadable") from exc
+        reason = getattr(exc, "error_string", None) or type(exc).__name__
+        raise AudioError(f"not a readable audio file ({reason})", code="unreadable") from exc
 
 
 def _meta(f: sf.SoundFile) -> AudioMeta:
@@ -158,7 +159,9 @@ def load_audio(
         try:
             data = f.read(frames=want, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError, MemoryError) as exc:
-            raise AudioError(f"the audio data cannot be decoded: {exc}", code="unreadable") from exc
+            reason = getattr(exc, "error_string", None) or str(exc)
+            message = f"the audio data cannot be decoded ({reason})"
+            raise AudioError(message, code="unreadable") from exc
     if data.shape[0] == 0:
         raise AudioError("the audio file holds no samples", code="empty")
     if not np.isfinite(data).all():
