@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .align import MAX_CELLS, Alignment, align, local_costs, path_costs, pool_frames
-from .features import cepstra
+from .features import bands_below, cepstra
 from .profile import FRAME_S, PAUSE_FRAMES, Profile, normalise
 
 __all__ = ["Comparison", "Span", "compare"]
@@ -77,15 +77,22 @@ class Comparison:
     pitch_pairs: int = 0
 
 
+def shared_bands(sample: Profile, ref: Profile) -> int:
+    """Mel bands both recordings can carry: telephone audio (8 kHz) has nothing above 4 kHz."""
+    return bands_below(0.45 * min(sample.source_rate, ref.source_rate))
+
+
 def reference_features(sample: Profile, ref: Profile) -> NDArray[np.float64]:
     """Normalised cepstra of the reference as it would sound in the sample's noise.
 
     Rather than cleaning the sample, the sample's own noise is added to the reference in the
     mel-power domain, scaled to the same speech-to-noise ratio: both then carry the same
-    noise and their cepstra stay comparable however noisy the sample is.
+    noise and their cepstra stay comparable however noisy the sample is. Only the bands both
+    recordings carry are used.
     """
+    k = shared_bands(sample, ref)
     noise = sample.noise_mel[1.0] * (ref.speech_power / sample.speech_power)
-    return normalise(cepstra(ref.mel[1.0] + noise[None, :]))
+    return normalise(cepstra((ref.mel[1.0] + noise[None, :])[:, :k]))
 
 
 def _align_best(sample: Profile, ref: Profile) -> tuple[float, Alignment, int]:
@@ -94,7 +101,8 @@ def _align_best(sample: Profile, ref: Profile) -> tuple[float, Alignment, int]:
     n, m = sample.kept.size, ref.kept.size
     factor = max(1, int(np.ceil(np.sqrt(n * m / MAX_CELLS))))
     b = reference_features(sample, ref)
-    feats = {w: normalise(cepstra(sample.mel[w])) for w in warps}
+    k = shared_bands(sample, ref)
+    feats = {w: normalise(cepstra(sample.mel[w][:, :k])) for w in warps}
     best = warps[0]
     if len(warps) > 1:
         coarse = 2 * factor

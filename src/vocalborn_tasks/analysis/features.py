@@ -25,9 +25,11 @@ __all__ = [
     "HOP",
     "N_FFT",
     "Spectra",
+    "bands_below",
     "cepstra",
     "frame_signal",
     "frame_view",
+    "mel_edges",
     "mel_power",
     "runs",
     "spectra",
@@ -144,17 +146,26 @@ def speech_mask(sp: Spectra, *, min_gap_frames: int = 8) -> NDArray[np.bool_]:
     return np.asarray(mask, dtype=bool)
 
 
+def mel_edges() -> NDArray[np.float64]:
+    """The ``N_MELS + 2`` band edges in Hz (100 Hz - 7 kHz, mel-spaced); band k spans
+    ``edges[k]`` to ``edges[k + 2]``."""
+
+    def mel(f: float) -> float:
+        return float(2595.0 * np.log10(1.0 + f / 700.0))
+
+    m = np.linspace(mel(100.0), mel(7000.0), N_MELS + 2)
+    return np.asarray(700.0 * (10.0 ** (m / 2595.0) - 1.0), dtype=np.float64)
+
+
+def bands_below(limit_hz: float) -> int:
+    """How many mel bands lie entirely below ``limit_hz`` (all of them for wide-band audio)."""
+    return max(8, int(np.sum(mel_edges()[2:] <= limit_hz)))
+
+
 @lru_cache(maxsize=16)
 def _mel_matrix(warp: float) -> NDArray[np.float64]:
     """Triangular mel filters (100 Hz - 7 kHz) on a frequency axis scaled by ``warp``."""
-
-    def mel(f: NDArray[np.float64]) -> NDArray[np.float64]:
-        return np.asarray(2595.0 * np.log10(1.0 + f / 700.0), dtype=np.float64)
-
-    def hz(m: NDArray[np.float64]) -> NDArray[np.float64]:
-        return np.asarray(700.0 * (10.0 ** (m / 2595.0) - 1.0), dtype=np.float64)
-
-    edges = hz(np.linspace(mel(np.array(100.0)), mel(np.array(7000.0)), N_MELS + 2))
+    edges = mel_edges()
     freqs = np.arange(N_FFT // 2 + 1) * SAMPLE_RATE / N_FFT * warp
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (freqs[None, :] - lower) / (centre - lower)

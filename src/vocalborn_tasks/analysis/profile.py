@@ -34,6 +34,7 @@ class Profile:
     Attributes:
         duration_s: analysed duration.
         source_duration_s: duration of the whole file, according to its header.
+        source_rate: the file's own sample rate (its bandwidth is at most half of it).
         speech: speech mask per frame.
         kept: frames kept for alignment (speech, plus gaps shorter than a pause).
         mel: per-warp mel-band power of the kept frames (``warp -> (kept, bands)``).
@@ -47,6 +48,7 @@ class Profile:
 
     duration_s: float
     source_duration_s: float
+    source_rate: int
     speech: NDArray[np.bool_]
     kept: NDArray[np.intp]
     mel: dict[float, NDArray[np.float64]]
@@ -140,6 +142,7 @@ def build_profile(audio: LoadedAudio, *, warps: tuple[float, ...] = (1.0,)) -> P
     return Profile(
         duration_s=audio.duration_s,
         source_duration_s=audio.meta.duration_s,
+        source_rate=audio.meta.sample_rate,
         speech=speech,
         kept=kept,
         mel=mel,
