@@ -131,7 +131,8 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         from celery.worker import state
 
         settings = app.settings
-        held = [r for r in (*state.active_requests, *state.reserved_requests)]
+        # Copies first: the worker's main thread changes these sets while we read them.
+        held = [*list(state.active_requests), *list(state.reserved_requests)]
         tags = sorted(
             {str(r.message.delivery_tag) for r in held if getattr(r, "message", None) is not None}
         )
@@ -163,43 +164,48 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         pipe.hsetnx(key, "started_at", repr(time.time()))
         pipe.expire(key, int(max(settings.worker_dead_after_s, 2 * settings.worker_heartbeat_s)))
         pipe.sadd(settings.key("workers"), worker.hostname)
-        # The last known tags outlive the heartbeat: the reaper needs them after it expires.
-        pipe.hset(settings.key("worker-tags"), worker.hostname, json.dumps(tags))
         pipe.execute()
 
     def _reap(self, worker: Any, app: VocalbornCelery) -> None:
+        """Hand orphaned unacknowledged messages back to their queues.
+
+        A message is orphaned when it has been unacknowledged for longer than
+        ``worker_dead_after_s`` and no live worker lists it in its heartbeat. A live worker
+        lists every message it holds within one heartbeat interval, so an older message that
+        nobody lists belongs to a worker that died, including one taken after the dead
+        worker's last heartbeat. Kombu itself would wait for the visibility timeout.
+        """
         settings = app.settings
         client = _backend_client(app)
-        names = [
-            n.decode() if isinstance(n, bytes) else str(n)
-            for n in client.smembers(settings.key("workers"))
-        ]
-        others = [n for n in names if n != worker.hostname]
-        if not others:
-            return
+        names = [_text(n) for n in client.smembers(settings.key("workers"))]
         pipe = client.pipeline(transaction=False)
-        for name in others:
-            pipe.exists(settings.key("worker", name))
-        alive = pipe.execute()
-        for name, is_alive in zip(others, alive, strict=True):
-            if is_alive:
-                continue
-            # Claim the dead worker so only one reaper restores its messages.
-            claim = settings.key("reaping", name)
-            if not client.set(claim, worker.hostname, nx=True, ex=60):
-                continue
-            raw = client.hget(settings.key("worker-tags"), name)
-            tags: list[str] = json.loads(raw) if raw else []
-            restored = restore_dead_worker_messages(self._broker_client(app), tags) if tags else 0
-            pipe = client.pipeline(transaction=False)
-            pipe.srem(settings.key("workers"), name)
-            pipe.hdel(settings.key("worker-tags"), name)
-            pipe.execute()
-            logger.warning(
-                "worker %s stopped sending heartbeats; restored %d of its unacknowledged tasks",
-                name,
-                restored,
-            )
+        for name in names:
+            pipe.hget(settings.key("worker", name), "tags")
+        live_tags: set[str] = set()
+        dead: list[str] = []
+        for name, raw in zip(names, pipe.execute(), strict=True):
+            if raw is None:
+                dead.append(name)
+            else:
+                live_tags.update(json.loads(raw))
+        if dead:
+            client.srem(settings.key("workers"), *dead)
+            logger.warning("workers stopped sending heartbeats: %s", ", ".join(sorted(dead)))
+        # One reaper at a time across all workers.
+        lock_ms = max(100, int(settings.worker_heartbeat_s * 1000))
+        if not client.set(settings.key("reaper"), worker.hostname, nx=True, px=lock_ms):
+            return
+        broker = self._broker_client(app)
+        horizon = time.time() - settings.worker_dead_after_s
+        old = [_text(t) for t in broker.zrangebyscore("unacked_index", "-inf", horizon, 0, 500)]
+        orphans = [tag for tag in old if tag not in live_tags]
+        if orphans:
+            restored = restore_dead_worker_messages(broker, orphans)
+            if restored:
+                logger.warning(
+                    "restored %d unacknowledged tasks whose worker is gone to their queues",
+                    restored,
+                )
 
     def _broker_client(self, app: VocalbornCelery) -> redis.Redis:
         """A plain client on the broker database (kombu's own is bound to its channel)."""
@@ -210,6 +216,10 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 app.settings.broker_url, **app.settings.redis_client_kwargs()
             )
         return self._broker
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _backend_client(app: VocalbornCelery) -> redis.Redis:
