@@ -74,6 +74,7 @@ class WorkerProcess:
         pool: str = "prefork",
         extra_env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
+        module: str = "vocalborn_tasks",
     ) -> None:
         self.settings = settings
         self.name = name
@@ -83,6 +84,7 @@ class WorkerProcess:
         self.pool = pool
         self.extra_env = dict(extra_env or {})
         self.log_path = (log_dir or Path("/tmp")) / f"worker-{name}-{os.getpid()}.log"
+        self.module = module  # a host's worker module works too: ``python -m <module> worker``
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,13 +98,15 @@ class WorkerProcess:
         }
         env.update(settings_env(self.settings))
         env.update(self.extra_env)
+        # Soft shutdown on SIGTERM; a host's worker module does not re-exec itself to set it.
+        env.setdefault("REMAP_SIGTERM", "SIGQUIT")
         env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT / "tests"), str(ROOT), env.get("PYTHONPATH", "")]
         )
         cmd = [
             sys.executable,
             "-m",
-            "vocalborn_tasks",
+            self.module,
             "worker",
             "--queues",
             self.queues,

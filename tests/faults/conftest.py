@@ -10,17 +10,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support import ROOT, WorkerProcess, settings_env
+from support import WorkerProcess
 from vocalborn_tasks.config import TaskSettings
-from vocalborn_tasks.embedded import LocalServer, die_with_parent
+from vocalborn_tasks.embedded import LocalServer
 
 #: Settings every fault test starts from: fast heartbeats so a dead worker is noticed in ~2 s.
 FAULT_DEFAULTS: dict[str, Any] = {
@@ -31,48 +29,6 @@ FAULT_DEFAULTS: dict[str, Any] = {
     "retry_backoff_s": 0.2,
     "retry_backoff_max_s": 1.0,
 }
-
-
-class HostWorker(WorkerProcess):
-    """A host's own worker module (``python -m faults.helpers worker``) with ``faults.count``."""
-
-    def start(self, *, wait: bool = True, timeout: float = 60.0) -> WorkerProcess:
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "TASK_", "CELERY_"))
-        }
-        env.update(settings_env(self.settings))
-        env.update(self.extra_env)
-        env["REMAP_SIGTERM"] = "SIGQUIT"
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(ROOT / "tests"), str(ROOT), env.get("PYTHONPATH", "")]
-        )
-        cmd = [
-            sys.executable,
-            "-m",
-            "faults.helpers",
-            "worker",
-            "--queues",
-            self.queues,
-            "--concurrency",
-            str(self.concurrency),
-            "--pool",
-            self.pool,
-            "--hostname",
-            self.hostname,
-        ]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
-        )
-        log.close()
-        if wait:
-            self.wait_ready(timeout)
-        return self
 
 
 @pytest.fixture
@@ -98,7 +54,8 @@ def make_settings(server: LocalServer) -> Callable[..., TaskSettings]:
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start workers (``vocalborn-tasks worker``, or ``host=True`` for :class:`HostWorker`).
+    """Start workers (``vocalborn-tasks worker``, or ``host=True`` for the host module
+    ``python -m faults.helpers worker``, which also registers ``faults.count``).
 
     Every worker and every pool child it ever had is killed at teardown.
     """
@@ -108,8 +65,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     def start(
         settings: TaskSettings, name: str, *, host: bool = False, wait: bool = True, **kw: Any
     ) -> WorkerProcess:
-        cls = HostWorker if host else WorkerProcess
-        worker = cls(settings, name=name, log_dir=tmp_path, **kw)
+        module = "faults.helpers" if host else "vocalborn_tasks"
+        worker = WorkerProcess(settings, name=name, log_dir=tmp_path, module=module, **kw)
         started.append(worker)
         worker.start(wait=wait)
         children.update(worker.child_pids())

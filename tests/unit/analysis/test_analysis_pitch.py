@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+# praat-parselmouth is a dev dependency: the comparison with Praat must run, never skip.
+import parselmouth
 import pytest
 
 from vocalborn_tasks.analysis.features import spectra, speech_mask
 from vocalborn_tasks.analysis.io import SAMPLE_RATE, load_audio
 from vocalborn_tasks.analysis.pitch import semitones, track_pitch
-
-parselmouth = pytest.importorskip("parselmouth", reason="praat-parselmouth is not installed")
 
 FILES = ["en_reference.flac", "en_other_voice.flac", "zh_reference.flac", "zh_other_voice.flac"]
 

@@ -20,9 +20,16 @@ class FakeAnalyzer:
 
     def analyze(self, recording, reference, *, language=None, on_progress=None, options=None):  # type: ignore[no-untyped-def]
         return AnalysisResult(
-            overall_score=50.0, level=3, pronunciation_accuracy=50.0, fluency_score=50.0,
-            rhythm_score=50.0, tone_score=50.0, clarity_score=50.0, completeness_score=50.0,
-            reliable=True, analyzer=AnalyzerInfo(name=self.name, version=self.version),
+            overall_score=50.0,
+            level=3,
+            pronunciation_accuracy=50.0,
+            fluency_score=50.0,
+            rhythm_score=50.0,
+            tone_score=50.0,
+            clarity_score=50.0,
+            completeness_score=50.0,
+            reliable=True,
+            analyzer=AnalyzerInfo(name=self.name, version=self.version),
             processing_time_s=0.0,
         )
 

@@ -21,7 +21,8 @@ def test_ramp() -> None:
 
 
 @pytest.mark.parametrize(
-    ("overall", "level"), [(100, 1), (85, 1), (84.9, 2), (70, 2), (55, 3), (40, 4), (39.9, 5), (0, 5)]
+    ("overall", "level"),
+    [(100, 1), (85, 1), (84.9, 2), (70, 2), (55, 3), (40, 4), (39.9, 5), (0, 5)],
 )
 def test_levels(overall: float, level: int) -> None:
     assert level_for(overall) == level
