@@ -117,9 +117,11 @@ def _analyze(job: tuple[dict[str, Any], str]) -> Outcome:
         raise RuntimeError("worker not initialised")
     started = time.perf_counter()
     try:
-        result = _worker_analyzer(str(Path(root) / entry["path"]),
-                                  str(Path(root) / entry["reference_path"]),
-                                  language=entry["language"])
+        result = _worker_analyzer(
+            str(Path(root) / entry["path"]),
+            str(Path(root) / entry["reference_path"]),
+            language=entry["language"],
+        )
         return Outcome(entry, as_dict(result), None, time.perf_counter() - started)
     except Exception as exc:  # every failure is data for the report
         code = getattr(exc, "code", None)
@@ -127,13 +129,19 @@ def _analyze(job: tuple[dict[str, Any], str]) -> Outcome:
         return Outcome(entry, None, text[:300], time.perf_counter() - started)
 
 
-def run(entries: Sequence[dict[str, Any]], root: Path, spec: str, workers: int,
-        progress: Callable[[int, int], None]) -> list[Outcome]:
+def run(
+    entries: Sequence[dict[str, Any]],
+    root: Path,
+    spec: str,
+    workers: int,
+    progress: Callable[[int, int], None],
+) -> list[Outcome]:
     """Analyse every entry in a process pool; outcomes come back in manifest order."""
     outcomes: list[Outcome] = []
     jobs = [(e, str(root)) for e in entries]
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                             initargs=(spec,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, initializer=_init_worker, initargs=(spec,)
+    ) as pool:
         for i, outcome in enumerate(pool.map(_analyze, jobs, chunksize=4), start=1):
             outcomes.append(outcome)
             progress(i, len(jobs))
@@ -173,8 +181,11 @@ class Bar:
 
 def select(outcomes: Sequence[Outcome], language: str | None, *variants: str) -> list[Outcome]:
     """Outcomes of the given variants (and language, unless ``None``)."""
-    return [o for o in outcomes if o.entry["variant"] in variants
-            and (language is None or o.entry["language"] == language)]
+    return [
+        o
+        for o in outcomes
+        if o.entry["variant"] in variants and (language is None or o.entry["language"] == language)
+    ]
 
 
 def scores(outcomes: Sequence[Outcome], name: str) -> list[float]:
@@ -182,16 +193,23 @@ def scores(outcomes: Sequence[Outcome], name: str) -> list[float]:
     return [s for o in outcomes if (s := o.score(name)) is not None]
 
 
-def auc_bar(name: str, outcomes: Sequence[Outcome], language: str, pos_variants: Sequence[str],
-            neg_variants: Sequence[str], score: str, threshold: float,
-            min_voices: int = 0) -> Bar:
+def auc_bar(
+    name: str,
+    outcomes: Sequence[Outcome],
+    language: str,
+    pos_variants: Sequence[str],
+    neg_variants: Sequence[str],
+    score: str,
+    threshold: float,
+    min_voices: int = 0,
+) -> Bar:
     """AUC of ``score`` separating positives (should score higher) from negatives."""
     pos = select(outcomes, language, *pos_variants)
     neg = select(outcomes, language, *neg_variants)
     value = auc(scores(pos, score), scores(neg, score))
     voices = {o.entry["reference_voice"] for o in (*pos, *neg)}
     failed = sum(o.result is None for o in (*pos, *neg))
-    rule = (f"AUC({score}: {'+'.join(pos_variants)} > {'+'.join(neg_variants)}) >= {threshold}")
+    rule = f"AUC({score}: {'+'.join(pos_variants)} > {'+'.join(neg_variants)}) >= {threshold}"
     ok = bool(value >= threshold) and failed == 0
     detail = f"{len(voices)} reference voices"
     if min_voices:
@@ -199,27 +217,51 @@ def auc_bar(name: str, outcomes: Sequence[Outcome], language: str, pos_variants:
         ok = ok and len(voices) >= min_voices
     if failed:
         detail += f"; {failed} analyses failed (bar fails)"
-    return Bar(name, rule, f"{value:.3f}", ok, len(pos) + len(neg), detail,
-               {"auc": value, "positives": len(pos), "negatives": len(neg),
-                "reference_voices": sorted(voices), "failed": failed})
+    return Bar(
+        name,
+        rule,
+        f"{value:.3f}",
+        ok,
+        len(pos) + len(neg),
+        detail,
+        {
+            "auc": value,
+            "positives": len(pos),
+            "negatives": len(neg),
+            "reference_voices": sorted(voices),
+            "failed": failed,
+        },
+    )
 
 
-def share_bar(name: str, outcomes: Sequence[Outcome], language: str | None, variant: str,
-              condition: Callable[[dict[str, Any]], bool], condition_text: str,
-              means_of: Sequence[str], min_share: float) -> Bar:
+def share_bar(
+    name: str,
+    outcomes: Sequence[Outcome],
+    language: str | None,
+    variant: str,
+    condition: Callable[[dict[str, Any]], bool],
+    condition_text: str,
+    means_of: Sequence[str],
+    min_share: float,
+) -> Bar:
     """Share of cases meeting ``condition`` (failed analyses count as not meeting it)."""
     cases = select(outcomes, language, variant)
     met = sum(1 for o in cases if o.result is not None and condition(o.result))
     share = met / len(cases) if cases else float("nan")
-    means = {m: float(np.mean(v)) if (v := scores(cases, m)) else float("nan")
-             for m in means_of}
+    means = {m: float(np.mean(v)) if (v := scores(cases, m)) else float("nan") for m in means_of}
     detail = ", ".join(f"mean {m.removesuffix('_score')} {v:.1f}" for m, v in means.items())
     failed = sum(o.result is None for o in cases)
     if failed:
         detail += f"; {failed} failed"
-    return Bar(name, f"share({condition_text}) >= {min_share:.0%}", f"{share:.0%}",
-               bool(share >= min_share), len(cases), detail,
-               {"share": share, "met": met, "means": means, "failed": failed})
+    return Bar(
+        name,
+        f"share({condition_text}) >= {min_share:.0%}",
+        f"{share:.0%}",
+        bool(share >= min_share),
+        len(cases),
+        detail,
+        {"share": share, "met": met, "means": means, "failed": failed},
+    )
 
 
 def compute_bars(outcomes: Sequence[Outcome], min_share: float) -> list[Bar]:
@@ -227,52 +269,153 @@ def compute_bars(outcomes: Sequence[Outcome], min_share: float) -> list[Bar]:
     bars: list[Bar] = []
     speech = [o for o in outcomes if o.entry["role"] in SPEECH_ROLES]
     failed = [o for o in speech if o.result is None]
-    bars.append(Bar("every speech pair analysed", "no analysis error on any attempt",
-                    f"{len(speech) - len(failed)}/{len(speech)}", not failed, len(speech),
-                    "; ".join(sorted({f.error or "" for f in failed}))[:200]))
+    bars.append(
+        Bar(
+            "every speech pair analysed",
+            "no analysis error on any attempt",
+            f"{len(speech) - len(failed)}/{len(speech)}",
+            not failed,
+            len(speech),
+            "; ".join(sorted({f.error or "" for f in failed}))[:200],
+        )
+    )
     for lang in LANGUAGES:
-        bars.append(auc_bar(f"same vs different sentence [{lang}]", outcomes, lang, ["clean"],
-                            ["different_sentence"], "pronunciation_accuracy", 0.99,
-                            min_voices=4))
-        bars.append(auc_bar(f"same vs different sentence at 0 dB [{lang}]", outcomes, lang,
-                            ["noise_0db"], ["different_sentence_noise_0db"],
-                            "pronunciation_accuracy", 0.95, min_voices=4))
-    bars.append(auc_bar("one-word substitution [en]", outcomes, "en", ["clean"],
-                        ["substitution"], "pronunciation_accuracy", 0.95))
-    bars.append(auc_bar("tone substitution [zh-TW]", outcomes, "zh-TW", ["clean"],
-                        ["tone_substitution"], "tone_score", 0.95))
+        bars.append(
+            auc_bar(
+                f"same vs different sentence [{lang}]",
+                outcomes,
+                lang,
+                ["clean"],
+                ["different_sentence"],
+                "pronunciation_accuracy",
+                0.99,
+                min_voices=4,
+            )
+        )
+        bars.append(
+            auc_bar(
+                f"same vs different sentence at 0 dB [{lang}]",
+                outcomes,
+                lang,
+                ["noise_0db"],
+                ["different_sentence_noise_0db"],
+                "pronunciation_accuracy",
+                0.95,
+                min_voices=4,
+            )
+        )
+    bars.append(
+        auc_bar(
+            "one-word substitution [en]",
+            outcomes,
+            "en",
+            ["clean"],
+            ["substitution"],
+            "pronunciation_accuracy",
+            0.95,
+        )
+    )
+    bars.append(
+        auc_bar(
+            "tone substitution [zh-TW]",
+            outcomes,
+            "zh-TW",
+            ["clean"],
+            ["tone_substitution"],
+            "tone_score",
+            0.95,
+        )
+    )
     tone_subs = select(outcomes, "zh-TW", "tone_substitution")
     pron = scores(tone_subs, "pronunciation_accuracy")
     mean_pron = float(np.mean(pron)) if pron else float("nan")
-    bars.append(Bar("tone substitution keeps pronunciation [zh-TW]",
-                    "mean(pronunciation_accuracy | tone_substitution) >= 90",
-                    f"{mean_pron:.1f}", bool(mean_pron >= 90), len(tone_subs),
-                    data={"mean": mean_pron}))
+    bars.append(
+        Bar(
+            "tone substitution keeps pronunciation [zh-TW]",
+            "mean(pronunciation_accuracy | tone_substitution) >= 90",
+            f"{mean_pron:.1f}",
+            bool(mean_pron >= 90),
+            len(tone_subs),
+            data={"mean": mean_pron},
+        )
+    )
     for lang in LANGUAGES:
-        bars.append(share_bar(
-            f"pauses -> fluency, rhythm [{lang}]", outcomes, lang, "pauses",
-            lambda r: r["fluency_score"] < 70 and r["rhythm_score"] < 70
-            and r["pronunciation_accuracy"] >= 90,
-            "fluency < 70 and rhythm < 70 and pronunciation >= 90",
-            ("fluency_score", "rhythm_score", "pronunciation_accuracy"), min_share))
-        bars.append(share_bar(
-            f"half the sentence -> completeness [{lang}]", outcomes, lang, "truncated_half",
-            lambda r: r["completeness_score"] < 30 and r["level"] >= 3,
-            "completeness < 30 and level >= 3", ("completeness_score", "level"), min_share))
-        bars.append(share_bar(
-            f"10 dB SNR -> clarity [{lang}]", outcomes, lang, "noise_10db",
-            lambda r: r["clarity_score"] < 60 and r["tone_score"] >= 85,
-            "clarity < 60 and tone >= 85", ("clarity_score", "tone_score"), min_share))
-        bars.append(share_bar(
-            f"0 dB SNR -> unreliable [{lang}]", outcomes, lang, "noise_0db",
-            lambda r: r["reliable"] is False, "reliable is false", (), min_share))
-        bars.append(share_bar(
-            f"different sentence -> level 5 [{lang}]", outcomes, lang, "different_sentence",
-            lambda r: r["level"] == 5, "level == 5", ("level", "pronunciation_accuracy"),
-            min_share))
-        bars.append(share_bar(
-            f"pitch-shifted voice -> tone [{lang}]", outcomes, lang, "pitch_shift",
-            lambda r: r["tone_score"] >= 90, "tone >= 90", ("tone_score",), min_share))
+        bars.append(
+            share_bar(
+                f"pauses -> fluency, rhythm [{lang}]",
+                outcomes,
+                lang,
+                "pauses",
+                lambda r: (
+                    r["fluency_score"] < 70
+                    and r["rhythm_score"] < 70
+                    and r["pronunciation_accuracy"] >= 90
+                ),
+                "fluency < 70 and rhythm < 70 and pronunciation >= 90",
+                ("fluency_score", "rhythm_score", "pronunciation_accuracy"),
+                min_share,
+            )
+        )
+        bars.append(
+            share_bar(
+                f"half the sentence -> completeness [{lang}]",
+                outcomes,
+                lang,
+                "truncated_half",
+                lambda r: r["completeness_score"] < 30 and r["level"] >= 3,
+                "completeness < 30 and level >= 3",
+                ("completeness_score", "level"),
+                min_share,
+            )
+        )
+        bars.append(
+            share_bar(
+                f"10 dB SNR -> clarity [{lang}]",
+                outcomes,
+                lang,
+                "noise_10db",
+                lambda r: r["clarity_score"] < 60 and r["tone_score"] >= 85,
+                "clarity < 60 and tone >= 85",
+                ("clarity_score", "tone_score"),
+                min_share,
+            )
+        )
+        bars.append(
+            share_bar(
+                f"0 dB SNR -> unreliable [{lang}]",
+                outcomes,
+                lang,
+                "noise_0db",
+                lambda r: r["reliable"] is False,
+                "reliable is false",
+                (),
+                min_share,
+            )
+        )
+        bars.append(
+            share_bar(
+                f"different sentence -> level 5 [{lang}]",
+                outcomes,
+                lang,
+                "different_sentence",
+                lambda r: r["level"] == 5,
+                "level == 5",
+                ("level", "pronunciation_accuracy"),
+                min_share,
+            )
+        )
+        bars.append(
+            share_bar(
+                f"pitch-shifted voice -> tone [{lang}]",
+                outcomes,
+                lang,
+                "pitch_shift",
+                lambda r: r["tone_score"] >= 90,
+                "tone >= 90",
+                ("tone_score",),
+                min_share,
+            )
+        )
     return bars
 
 
@@ -284,15 +427,27 @@ def variant_stats(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for (lang, variant), cases in sorted(groups.items()):
         ok = [o for o in cases if o.result is not None]
-        row: dict[str, Any] = {"language": lang, "variant": variant,
-                               "expected": cases[0].entry["expected"], "n": len(cases),
-                               "failed": len(cases) - len(ok)}
+        row: dict[str, Any] = {
+            "language": lang,
+            "variant": variant,
+            "expected": cases[0].entry["expected"],
+            "n": len(cases),
+            "failed": len(cases) - len(ok),
+        }
         for name in (*SCORES, "level"):
             values = scores(ok, name)
-            row[name] = ({"mean": float(np.mean(values)), "min": float(np.min(values)),
-                          "max": float(np.max(values))} if values else None)
-        row["reliable_share"] = (sum(bool(o.result and o.result.get("reliable")) for o in ok)
-                                 / len(ok) if ok else None)
+            row[name] = (
+                {
+                    "mean": float(np.mean(values)),
+                    "min": float(np.min(values)),
+                    "max": float(np.max(values)),
+                }
+                if values
+                else None
+            )
+        row["reliable_share"] = (
+            sum(bool(o.result and o.result.get("reliable")) for o in ok) / len(ok) if ok else None
+        )
         row["mean_seconds"] = float(np.mean([o.seconds for o in cases]))
         errors = sorted({o.error for o in cases if o.error})
         row["errors"] = errors[:3]
@@ -303,8 +458,13 @@ def variant_stats(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- stand-in
 
 
-def stand_in_analyzer(recording: str, reference: str, *, language: str | None = None,
-                      on_progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+def stand_in_analyzer(
+    recording: str,
+    reference: str,
+    *,
+    language: str | None = None,
+    on_progress: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
     """A trivial analyzer for testing this harness before the engine exists.
 
     It compares durations and loudness only, so it passes the truncation bar and fails most
@@ -322,11 +482,18 @@ def stand_in_analyzer(recording: str, reference: str, *, language: str | None = 
     rms = float(np.sqrt(np.mean(rec**2)))
     level = 1 if completeness > 80 else 4
     return {
-        "overall_score": completeness, "level": level, "pronunciation_accuracy": completeness,
-        "fluency_score": 80.0, "rhythm_score": 80.0, "tone_score": 90.0,
-        "clarity_score": float(min(100.0, 400 * rms)), "completeness_score": completeness,
-        "reliable": rms > 1e-4, "language": language,
-        "analyzer": {"name": "stand-in", "version": "0"}, "processing_time_s": 0.0,
+        "overall_score": completeness,
+        "level": level,
+        "pronunciation_accuracy": completeness,
+        "fluency_score": 80.0,
+        "rhythm_score": 80.0,
+        "tone_score": 90.0,
+        "clarity_score": float(min(100.0, 400 * rms)),
+        "completeness_score": completeness,
+        "reliable": rms > 1e-4,
+        "language": language,
+        "analyzer": {"name": "stand-in", "version": "0"},
+        "processing_time_s": 0.0,
     }
 
 
@@ -339,8 +506,9 @@ def _fmt(cell: dict[str, float] | None, digits: int = 0) -> str:
     return f"{cell['mean']:.{digits}f}/{cell['min']:.{digits}f}"
 
 
-def print_report(bars: Sequence[Bar], stats: Sequence[dict[str, Any]], bad: Sequence[Outcome],
-                 min_share: float) -> None:
+def print_report(
+    bars: Sequence[Bar], stats: Sequence[dict[str, Any]], bad: Sequence[Outcome], min_share: float
+) -> None:
     """Tables: per-variant scores (mean/min), bad inputs, then the bars with PASS/FAIL."""
     from rich.console import Console
     from rich.markup import escape
@@ -348,17 +516,38 @@ def print_report(bars: Sequence[Bar], stats: Sequence[dict[str, Any]], bad: Sequ
 
     console = Console(width=200)
     table = Table(title="Scores per variant (mean/min)", show_lines=False)
-    for column in ("lang", "variant", "expected", "n", "fail", "overall", "pron", "flu",
-                   "rhy", "tone", "clar", "compl", "level", "reliable", "s/pair"):
+    for column in (
+        "lang",
+        "variant",
+        "expected",
+        "n",
+        "fail",
+        "overall",
+        "pron",
+        "flu",
+        "rhy",
+        "tone",
+        "clar",
+        "compl",
+        "level",
+        "reliable",
+        "s/pair",
+    ):
         table.add_column(column, justify="left" if column in ("variant", "expected") else "right")
     for row in stats:
         if row["variant"] in ("reference",):
             continue
         table.add_row(
-            row["language"], row["variant"], row["expected"], str(row["n"]), str(row["failed"]),
-            *(_fmt(row[s]) for s in SCORES), _fmt(row["level"], 1),
+            row["language"],
+            row["variant"],
+            row["expected"],
+            str(row["n"]),
+            str(row["failed"]),
+            *(_fmt(row[s]) for s in SCORES),
+            _fmt(row["level"], 1),
             "-" if row["reliable_share"] is None else f"{row['reliable_share']:.0%}",
-            f"{row['mean_seconds']:.2f}")
+            f"{row['mean_seconds']:.2f}",
+        )
     console.print(table)
 
     if bad:
@@ -367,53 +556,85 @@ def print_report(bars: Sequence[Bar], stats: Sequence[dict[str, Any]], bad: Sequ
             table.add_column(column)
         for o in bad:
             if o.result is not None:
-                outcome = (f"analysed: level {o.result.get('level')}, reliable "
-                           f"{o.result.get('reliable')} {o.result.get('reliability_issues', '')}")
+                outcome = (
+                    f"analysed: level {o.result.get('level')}, reliable "
+                    f"{o.result.get('reliable')} {o.result.get('reliability_issues', '')}"
+                )
             else:
                 outcome = f"error {o.error}"
             table.add_row(escape(o.entry["path"]), o.entry["expected"], escape(outcome[:120]))
         console.print(table)
 
-    table = Table(title=f"Analysis validity bars (share bars pass at >= {min_share:.0%} of cases;"
-                        " a failed analysis counts as not meeting the condition)")
+    table = Table(
+        title=f"Analysis validity bars (share bars pass at >= {min_share:.0%} of cases;"
+        " a failed analysis counts as not meeting the condition)"
+    )
     for column in ("bar", "rule", "value", "n", "result", "detail"):
         table.add_column(column)
     for bar in bars:
         verdict = "[green]PASS[/green]" if bar.passed else "[red]FAIL[/red]"
-        table.add_row(escape(bar.name), escape(bar.rule), bar.value, str(bar.n), verdict,
-                      escape(bar.detail))
+        table.add_row(
+            escape(bar.name), escape(bar.rule), bar.value, str(bar.n), verdict, escape(bar.detail)
+        )
     console.print(table)
     failed = sum(not b.passed for b in bars)
-    console.print(f"{len(bars) - failed}/{len(bars)} bars pass" if failed == 0
-                  else f"[red]{failed} of {len(bars)} bars FAIL[/red]")
+    console.print(
+        f"{len(bars) - failed}/{len(bars)} bars pass"
+        if failed == 0
+        else f"[red]{failed} of {len(bars)} bars FAIL[/red]"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 1 when any bar fails, 2 on usage errors."""
-    parser = argparse.ArgumentParser(description="Check the analysis engine's validity bars "
-                                                 "on the espeak-ng corpus.")
-    parser.add_argument("--corpus", type=Path, required=True,
-                        help="folder with manifest.json (scripts/make_corpus.py --out)")
+    parser = argparse.ArgumentParser(
+        description="Check the analysis engine's validity bars on the espeak-ng corpus."
+    )
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        required=True,
+        help="folder with manifest.json (scripts/make_corpus.py --out)",
+    )
     parser.add_argument("--json", type=Path, help="write bars, per-variant stats and results")
-    parser.add_argument("--analyzer", default=DEFAULT_ANALYZER,
-                        help="module:function or file.py:function (default: %(default)s)")
+    parser.add_argument(
+        "--analyzer",
+        default=DEFAULT_ANALYZER,
+        help="module:function or file.py:function (default: %(default)s)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
-    parser.add_argument("--min-share", type=float, default=0.9,
-                        help="share of cases a condition bar needs (default 0.9)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="do not analyse the bad-input files (the 10-minute one is slow)")
-    parser.add_argument("--limit", type=int, default=0,
-                        help="analyse only the first N references' groups (quick runs)")
+    parser.add_argument(
+        "--min-share",
+        type=float,
+        default=0.9,
+        help="share of cases a condition bar needs (default 0.9)",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="do not analyse the bad-input files (the 10-minute one is slow)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="analyse only the first N references' groups (quick runs)",
+    )
     args = parser.parse_args(argv)
 
     manifest_path = args.corpus / "manifest.json"
     if not manifest_path.is_file():
-        print(f"{manifest_path} not found: run scripts/make_corpus.py --out {args.corpus}",
-              file=sys.stderr)
+        print(
+            f"{manifest_path} not found: run scripts/make_corpus.py --out {args.corpus}",
+            file=sys.stderr,
+        )
         return 2
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    entries = [e for e in manifest["entries"] if e["role"] != "reference"
-               and not (args.skip_bad and e["role"] == "bad")]
+    entries = [
+        e
+        for e in manifest["entries"]
+        if e["role"] != "reference" and not (args.skip_bad and e["role"] == "bad")
+    ]
     if args.limit:
         keep = sorted({e["reference"] for e in entries if e["role"] == "attempt"})
         chosen = set(keep[:: max(1, len(keep) // args.limit)][: args.limit])
@@ -424,8 +645,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def progress(done: int, total: int) -> None:
         if done % max(1, total // 10) == 0 or done == total:
-            print(f"{done}/{total} pairs, {time.perf_counter() - started:.0f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{done}/{total} pairs, {time.perf_counter() - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     outcomes = run(entries, args.corpus, args.analyzer, args.workers, progress)
     bars = compute_bars(outcomes, args.min_share)
@@ -433,15 +657,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [o for o in outcomes if o.entry["role"] == "bad"]
     print_report(bars, stats, bad, args.min_share)
     if args.json is not None:
-        args.json.write_text(json.dumps({
-            "analyzer": args.analyzer, "corpus": str(args.corpus),
-            "min_share": args.min_share, "seconds": time.perf_counter() - started,
-            "passed": all(b.passed for b in bars),
-            "bars": [asdict(b) for b in bars], "variants": stats,
-            "results": [{"id": o.entry["id"], "variant": o.entry["variant"],
-                         "language": o.entry["language"], "error": o.error,
-                         "seconds": o.seconds, "result": o.result} for o in outcomes],
-        }, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "analyzer": args.analyzer,
+                    "corpus": str(args.corpus),
+                    "min_share": args.min_share,
+                    "seconds": time.perf_counter() - started,
+                    "passed": all(b.passed for b in bars),
+                    "bars": [asdict(b) for b in bars],
+                    "variants": stats,
+                    "results": [
+                        {
+                            "id": o.entry["id"],
+                            "variant": o.entry["variant"],
+                            "language": o.entry["language"],
+                            "error": o.error,
+                            "seconds": o.seconds,
+                            "result": o.result,
+                        }
+                        for o in outcomes
+                    ],
+                },
+                indent=1,
+                ensure_ascii=False,
+                default=str,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
     return 0 if all(b.passed for b in bars) else 1
 
 

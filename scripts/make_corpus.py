@@ -88,81 +88,202 @@ class Sentence:
 
 
 EN_SENTENCES: tuple[Sentence, ...] = (
-    Sentence("en-s01", "en", "The big ship is waiting in the harbor tonight.", "",
-             (("The big sheep is waiting in the harbor tonight.", "ship->sheep"),
-              ("The big ship is waiting in the garden tonight.", "harbor->garden"))),
-    Sentence("en-s02", "en", "Please put the red pen on my desk.", "",
-             (("Please put the red pin on my desk.", "pen->pin"),
-              ("Please put the red cup on my desk.", "pen->cup"))),
-    Sentence("en-s03", "en", "She bought a new hat at the market yesterday.", "",
-             (("She bought a new cat at the market yesterday.", "hat->cat"),
-              ("She bought a new hat at the station yesterday.", "market->station"))),
-    Sentence("en-s04", "en", "We walked to the park after lunch on Sunday.", "",
-             (("We walked to the bank after lunch on Sunday.", "park->bank"),
-              ("We walked to the park after dinner on Sunday.", "lunch->dinner"))),
-    Sentence("en-s05", "en", "The light in the kitchen is very bright today.", "",
-             (("The night in the kitchen is very bright today.", "light->night"),
-              ("The light in the kitchen is very weak today.", "bright->weak"))),
-    Sentence("en-s06", "en", "Can you pass me the salt and the bread, please?", "",
-             (("Can you pass me the bolt and the bread, please?", "salt->bolt"),
-              ("Can you pass me the salt and the milk, please?", "bread->milk"))),
-    Sentence("en-s07", "en", "My little brother likes to read books before bed.", "",
-             (("My little brother likes to lead books before bed.", "read->lead"),
-              ("My little brother likes to read games before bed.", "books->games"))),
-    Sentence("en-s08", "en", "The black cat sat quietly on the warm mat.", "",
-             (("The black cap sat quietly on the warm mat.", "cat->cap"),
-              ("The black cat sat quietly on the warm bed.", "mat->bed"))),
+    Sentence(
+        "en-s01",
+        "en",
+        "The big ship is waiting in the harbor tonight.",
+        "",
+        (
+            ("The big sheep is waiting in the harbor tonight.", "ship->sheep"),
+            ("The big ship is waiting in the garden tonight.", "harbor->garden"),
+        ),
+    ),
+    Sentence(
+        "en-s02",
+        "en",
+        "Please put the red pen on my desk.",
+        "",
+        (
+            ("Please put the red pin on my desk.", "pen->pin"),
+            ("Please put the red cup on my desk.", "pen->cup"),
+        ),
+    ),
+    Sentence(
+        "en-s03",
+        "en",
+        "She bought a new hat at the market yesterday.",
+        "",
+        (
+            ("She bought a new cat at the market yesterday.", "hat->cat"),
+            ("She bought a new hat at the station yesterday.", "market->station"),
+        ),
+    ),
+    Sentence(
+        "en-s04",
+        "en",
+        "We walked to the park after lunch on Sunday.",
+        "",
+        (
+            ("We walked to the bank after lunch on Sunday.", "park->bank"),
+            ("We walked to the park after dinner on Sunday.", "lunch->dinner"),
+        ),
+    ),
+    Sentence(
+        "en-s05",
+        "en",
+        "The light in the kitchen is very bright today.",
+        "",
+        (
+            ("The night in the kitchen is very bright today.", "light->night"),
+            ("The light in the kitchen is very weak today.", "bright->weak"),
+        ),
+    ),
+    Sentence(
+        "en-s06",
+        "en",
+        "Can you pass me the salt and the bread, please?",
+        "",
+        (
+            ("Can you pass me the bolt and the bread, please?", "salt->bolt"),
+            ("Can you pass me the salt and the milk, please?", "bread->milk"),
+        ),
+    ),
+    Sentence(
+        "en-s07",
+        "en",
+        "My little brother likes to read books before bed.",
+        "",
+        (
+            ("My little brother likes to lead books before bed.", "read->lead"),
+            ("My little brother likes to read games before bed.", "books->games"),
+        ),
+    ),
+    Sentence(
+        "en-s08",
+        "en",
+        "The black cat sat quietly on the warm mat.",
+        "",
+        (
+            ("The black cap sat quietly on the warm mat.", "cat->cap"),
+            ("The black cat sat quietly on the warm bed.", "mat->bed"),
+        ),
+    ),
 )
 
 ZH_SENTENCES: tuple[Sentence, ...] = (
-    Sentence("zh-s01", "zh-TW", "jin1 tian1 tian1 qi4 zhen1 de5 hen3 hao3",
-             "今天天氣真的很好",
-             (("jin1 tian1 tian1 qi2 zhen1 de5 hen3 hao3", "qi4->qi2"),
-              ("jin4 tian1 tian1 qi4 zhen1 de5 hen3 hao1", "jin1->jin4,hao3->hao1"))),
-    Sentence("zh-s02", "zh-TW", "wo3 xiang3 he1 yi4 bei1 re4 de5 shui3",
-             "我想喝一杯熱的水",
-             (("wo3 xiang3 he4 yi4 bei1 re4 de5 shui3", "he1->he4"),
-              ("wo3 xiang1 he1 yi4 bei3 re4 de5 shui3", "xiang3->xiang1,bei1->bei3"))),
-    Sentence("zh-s03", "zh-TW", "qing3 ni3 man4 man4 de5 zai4 shuo1 yi2 ci4",
-             "請你慢慢地再說一次",
-             (("qing3 ni3 man4 man4 de5 zai4 shuo3 yi2 ci4", "shuo1->shuo3"),
-              ("qing1 ni3 man4 man4 de5 zai2 shuo1 yi2 ci4", "qing3->qing1,zai4->zai2"))),
-    Sentence("zh-s04", "zh-TW", "wo3 men5 ming2 tian1 qu4 gong1 yuan2 san4 bu4",
-             "我們明天去公園散步",
-             (("wo3 men5 ming2 tian1 qu4 gong4 yuan2 san4 bu4", "gong1->gong4"),
-              ("wo3 men5 ming2 tian1 qu1 gong1 yuan3 san4 bu4", "qu4->qu1,yuan2->yuan3"))),
-    Sentence("zh-s05", "zh-TW", "ta1 mei3 tian1 zao3 shang4 dou1 qu4 pao3 bu4",
-             "他每天早上都去跑步",
-             (("ta1 mei3 tian2 zao3 shang4 dou1 qu4 pao3 bu4", "tian1->tian2"),
-              ("ta4 mei3 tian1 zao3 shang1 dou1 qu4 pao3 bu4", "ta1->ta4,shang4->shang1"))),
-    Sentence("zh-s06", "zh-TW", "zhe4 ge4 hong2 se4 de5 ping2 guo3 hen3 tian2",
-             "這個紅色的蘋果很甜",
-             (("zhe4 ge4 hong2 se4 de5 ping2 guo3 hen3 tian1", "tian2->tian1"),
-              ("zhe4 ge4 hong2 se4 de5 ping4 guo1 hen3 tian2", "ping2->ping4,guo3->guo1"))),
-    Sentence("zh-s07", "zh-TW", "ma1 ma1 zheng4 zai4 chu2 fang2 li3 zuo4 fan4",
-             "媽媽正在廚房裡做飯",
-             (("ma1 ma1 zheng4 zai4 chu2 fang2 li3 zuo4 fan2", "fan4->fan2"),
-              ("ma3 ma1 zheng4 zai4 chu4 fang2 li3 zuo4 fan4", "ma1->ma3,chu2->chu4"))),
-    Sentence("zh-s08", "zh-TW", "xie4 xie4 ni3 zuo2 tian1 de5 bang1 zhu4",
-             "謝謝你昨天的幫助",
-             (("xie4 xie4 ni3 zuo2 tian1 de5 bang3 zhu4", "bang1->bang3"),
-              ("xie4 xie4 ni3 zuo3 tian1 de5 bang1 zhu1", "zuo2->zuo3,zhu4->zhu1"))),
+    Sentence(
+        "zh-s01",
+        "zh-TW",
+        "jin1 tian1 tian1 qi4 zhen1 de5 hen3 hao3",
+        "今天天氣真的很好",
+        (
+            ("jin1 tian1 tian1 qi2 zhen1 de5 hen3 hao3", "qi4->qi2"),
+            ("jin4 tian1 tian1 qi4 zhen1 de5 hen3 hao1", "jin1->jin4,hao3->hao1"),
+        ),
+    ),
+    Sentence(
+        "zh-s02",
+        "zh-TW",
+        "wo3 xiang3 he1 yi4 bei1 re4 de5 shui3",
+        "我想喝一杯熱的水",
+        (
+            ("wo3 xiang3 he4 yi4 bei1 re4 de5 shui3", "he1->he4"),
+            ("wo3 xiang1 he1 yi4 bei3 re4 de5 shui3", "xiang3->xiang1,bei1->bei3"),
+        ),
+    ),
+    Sentence(
+        "zh-s03",
+        "zh-TW",
+        "qing3 ni3 man4 man4 de5 zai4 shuo1 yi2 ci4",
+        "請你慢慢地再說一次",
+        (
+            ("qing3 ni3 man4 man4 de5 zai4 shuo3 yi2 ci4", "shuo1->shuo3"),
+            ("qing1 ni3 man4 man4 de5 zai2 shuo1 yi2 ci4", "qing3->qing1,zai4->zai2"),
+        ),
+    ),
+    Sentence(
+        "zh-s04",
+        "zh-TW",
+        "wo3 men5 ming2 tian1 qu4 gong1 yuan2 san4 bu4",
+        "我們明天去公園散步",
+        (
+            ("wo3 men5 ming2 tian1 qu4 gong4 yuan2 san4 bu4", "gong1->gong4"),
+            ("wo3 men5 ming2 tian1 qu1 gong1 yuan3 san4 bu4", "qu4->qu1,yuan2->yuan3"),
+        ),
+    ),
+    Sentence(
+        "zh-s05",
+        "zh-TW",
+        "ta1 mei3 tian1 zao3 shang4 dou1 qu4 pao3 bu4",
+        "他每天早上都去跑步",
+        (
+            ("ta1 mei3 tian2 zao3 shang4 dou1 qu4 pao3 bu4", "tian1->tian2"),
+            ("ta4 mei3 tian1 zao3 shang1 dou1 qu4 pao3 bu4", "ta1->ta4,shang4->shang1"),
+        ),
+    ),
+    Sentence(
+        "zh-s06",
+        "zh-TW",
+        "zhe4 ge4 hong2 se4 de5 ping2 guo3 hen3 tian2",
+        "這個紅色的蘋果很甜",
+        (
+            ("zhe4 ge4 hong2 se4 de5 ping2 guo3 hen3 tian1", "tian2->tian1"),
+            ("zhe4 ge4 hong2 se4 de5 ping4 guo1 hen3 tian2", "ping2->ping4,guo3->guo1"),
+        ),
+    ),
+    Sentence(
+        "zh-s07",
+        "zh-TW",
+        "ma1 ma1 zheng4 zai4 chu2 fang2 li3 zuo4 fan4",
+        "媽媽正在廚房裡做飯",
+        (
+            ("ma1 ma1 zheng4 zai4 chu2 fang2 li3 zuo4 fan2", "fan4->fan2"),
+            ("ma3 ma1 zheng4 zai4 chu4 fang2 li3 zuo4 fan4", "ma1->ma3,chu2->chu4"),
+        ),
+    ),
+    Sentence(
+        "zh-s08",
+        "zh-TW",
+        "xie4 xie4 ni3 zuo2 tian1 de5 bang1 zhu4",
+        "謝謝你昨天的幫助",
+        (
+            ("xie4 xie4 ni3 zuo2 tian1 de5 bang3 zhu4", "bang1->bang3"),
+            ("xie4 xie4 ni3 zuo3 tian1 de5 bang1 zhu1", "zuo2->zuo3,zhu4->zhu1"),
+        ),
+    ),
 )
 
 #: Therapists: the voices references are read in (slow, clear practice readings).
 REFERENCE_VOICES: dict[Language, tuple[Voice, ...]] = {
-    "en": (Voice("en-us", 130, 50), Voice("en-us+f2", 135, 60),
-           Voice("en-gb+m3", 125, 45), Voice("en-us+f4", 140, 65)),
-    "zh-TW": (Voice(ZH_VOICE, 120, 50), Voice(f"{ZH_VOICE}+f2", 120, 65),
-              Voice(f"{ZH_VOICE}+m3", 115, 40), Voice(f"{ZH_VOICE}+f4", 125, 70)),
+    "en": (
+        Voice("en-us", 130, 50),
+        Voice("en-us+f2", 135, 60),
+        Voice("en-gb+m3", 125, 45),
+        Voice("en-us+f4", 140, 65),
+    ),
+    "zh-TW": (
+        Voice(ZH_VOICE, 120, 50),
+        Voice(f"{ZH_VOICE}+f2", 120, 65),
+        Voice(f"{ZH_VOICE}+m3", 115, 40),
+        Voice(f"{ZH_VOICE}+f4", 125, 70),
+    ),
 }
 #: Patients: never the same (voice, speed, pitch) as any therapist.
 PATIENT_VOICES: dict[Language, tuple[Voice, ...]] = {
-    "en": (Voice("en-us+m3", 115, 40), Voice("en-gb+f3", 145, 60), Voice("en-us+m7", 125, 35),
-           Voice("en-gb", 135, 55), Voice("en-us+f5", 120, 72)),
-    "zh-TW": (Voice(f"{ZH_VOICE}+m1", 110, 35), Voice(f"{ZH_VOICE}+f3", 130, 60),
-              Voice(f"{ZH_VOICE}+m7", 120, 45), Voice(f"{ZH_VOICE}+f5", 115, 75),
-              Voice(ZH_VOICE, 105, 30)),
+    "en": (
+        Voice("en-us+m3", 115, 40),
+        Voice("en-gb+f3", 145, 60),
+        Voice("en-us+m7", 125, 35),
+        Voice("en-gb", 135, 55),
+        Voice("en-us+f5", 120, 72),
+    ),
+    "zh-TW": (
+        Voice(f"{ZH_VOICE}+m1", 110, 35),
+        Voice(f"{ZH_VOICE}+f3", 130, 60),
+        Voice(f"{ZH_VOICE}+m7", 120, 45),
+        Voice(f"{ZH_VOICE}+f5", 115, 75),
+        Voice(ZH_VOICE, 105, 30),
+    ),
 }
 #: Words (syllables) per minute of the speed variants.
 SLOW_SPEED = 85
@@ -249,8 +370,17 @@ def synthesize(text: str, voice: Voice) -> FloatArray:
     """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.wav"
-        cmd = ["espeak-ng", "-v", voice.name, "-s", str(voice.speed), "-p", str(voice.pitch),
-               "-w", str(out)]
+        cmd = [
+            "espeak-ng",
+            "-v",
+            voice.name,
+            "-s",
+            str(voice.speed),
+            "-p",
+            str(voice.pitch),
+            "-w",
+            str(out),
+        ]
         subprocess.run([*cmd, text], check=True, capture_output=True, timeout=60)
         data, rate = sf.read(str(out), dtype="float64", always_2d=False)
     if rate != ESPEAK_RATE:
@@ -331,8 +461,14 @@ def truncate_half(audio: FloatArray) -> FloatArray:
     return np.concatenate([head, np.zeros(int(PAD_S * SAMPLE_RATE))])
 
 
-def write_audio(path: Path, audio: FloatArray, *, fmt: str = "WAV", subtype: str = "PCM_16",
-                rate: int = SAMPLE_RATE) -> None:
+def write_audio(
+    path: Path,
+    audio: FloatArray,
+    *,
+    fmt: str = "WAV",
+    subtype: str = "PCM_16",
+    rate: int = SAMPLE_RATE,
+) -> None:
     """Write ``audio`` (mono or frames x channels) with soundfile, creating folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), np.clip(audio, -1.0, 1.0), rate, format=fmt, subtype=subtype)
@@ -347,8 +483,18 @@ def write_float32_wav(path: Path, audio: FloatArray, rate: int = SAMPLE_RATE) ->
     data = np.clip(audio, -1.0, 1.0).astype("<f4").tobytes()
     fmt = struct.pack("<HHIIHHH", 3, 1, rate, rate * 4, 4, 32, 0)
     fact = struct.pack("<I", len(audio))
-    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-            + b"fact" + struct.pack("<I", 4) + fact + b"data" + struct.pack("<I", len(data)) + data)
+    body = (
+        b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"fact"
+        + struct.pack("<I", 4)
+        + fact
+        + b"data"
+        + struct.pack("<I", len(data))
+        + data
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
 
@@ -360,8 +506,14 @@ def describe(entry: Entry, root: Path) -> Entry:
         info = sf.info(str(path))
     except (RuntimeError, sf.LibsndfileError):
         return entry
-    return replace(entry, duration_s=round(float(info.duration), 3), sample_rate=info.samplerate,
-                   channels=info.channels, format=info.format, subtype=info.subtype)
+    return replace(
+        entry,
+        duration_s=round(float(info.duration), 3),
+        sample_rate=info.samplerate,
+        channels=info.channels,
+        format=info.format,
+        subtype=info.subtype,
+    )
 
 
 # --------------------------------------------------------------------------- corpus
@@ -400,32 +552,80 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     def patient(k: int) -> Voice:
         return patients[(group.voice_index + group.sentence_index + k) % len(patients)]
 
-    def save(variant: str, audio: FloatArray, voice: Voice, *, text: str, sid: str,
-             suffix: str = "", **extra: Any) -> None:
+    def save(
+        variant: str,
+        audio: FloatArray,
+        voice: Voice,
+        *,
+        text: str,
+        sid: str,
+        suffix: str = "",
+        **extra: Any,
+    ) -> None:
         name = f"{variant}{suffix}"
         rel = f"{folder}/{name}.wav"
         write_audio(out / rel, audio)
-        entries.append(Entry(
-            id=f"{sentence.sid}.{ref_voice.label}.{name}", path=rel, role="attempt",
-            language=group.language, sentence_id=sid, text=text, voice=voice.name,
-            speed=voice.speed, pitch=voice.pitch, variant=variant, expected=EXPECTED[variant],
-            reference=ref_id, reference_path=ref_path, reference_voice=ref_voice.label,
-            reference_text=sentence.text, same_sentence=sid == sentence.sid, **extra))
+        entries.append(
+            Entry(
+                id=f"{sentence.sid}.{ref_voice.label}.{name}",
+                path=rel,
+                role="attempt",
+                language=group.language,
+                sentence_id=sid,
+                text=text,
+                voice=voice.name,
+                speed=voice.speed,
+                pitch=voice.pitch,
+                variant=variant,
+                expected=EXPECTED[variant],
+                reference=ref_id,
+                reference_path=ref_path,
+                reference_voice=ref_voice.label,
+                reference_text=sentence.text,
+                same_sentence=sid == sentence.sid,
+                **extra,
+            )
+        )
 
     reference = synthesize(sentence.text, ref_voice)
     write_audio(out / ref_path, reference)
-    entries.append(Entry(
-        id=ref_id, path=ref_path, role="reference", language=group.language,
-        sentence_id=sentence.sid, text=sentence.text, voice=ref_voice.name,
-        speed=ref_voice.speed, pitch=ref_voice.pitch, variant="reference",
-        expected="reference", note=sentence.gloss))
-    entries.append(Entry(
-        id=f"{sentence.sid}.{ref_voice.label}.identical", path=ref_path, role="attempt",
-        language=group.language, sentence_id=sentence.sid, text=sentence.text,
-        voice=ref_voice.name, speed=ref_voice.speed, pitch=ref_voice.pitch, variant="identical",
-        expected="match", reference=ref_id, reference_path=ref_path,
-        reference_voice=ref_voice.label, reference_text=sentence.text, same_sentence=True,
-        note="the reference file compared with itself: the ceiling"))
+    entries.append(
+        Entry(
+            id=ref_id,
+            path=ref_path,
+            role="reference",
+            language=group.language,
+            sentence_id=sentence.sid,
+            text=sentence.text,
+            voice=ref_voice.name,
+            speed=ref_voice.speed,
+            pitch=ref_voice.pitch,
+            variant="reference",
+            expected="reference",
+            note=sentence.gloss,
+        )
+    )
+    entries.append(
+        Entry(
+            id=f"{sentence.sid}.{ref_voice.label}.identical",
+            path=ref_path,
+            role="attempt",
+            language=group.language,
+            sentence_id=sentence.sid,
+            text=sentence.text,
+            voice=ref_voice.name,
+            speed=ref_voice.speed,
+            pitch=ref_voice.pitch,
+            variant="identical",
+            expected="match",
+            reference=ref_id,
+            reference_path=ref_path,
+            reference_voice=ref_voice.label,
+            reference_text=sentence.text,
+            same_sentence=True,
+            note="the reference file compared with itself: the ceiling",
+        )
+    )
 
     text, sid = sentence.text, sentence.sid
     clean = synthesize(text, patient(0))
@@ -437,27 +637,58 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     fast = replace(patient(3), speed=FAST_SPEED)
     save("speed_fast", synthesize(text, fast), fast, text=text, sid=sid)
     shifted = replace(patient(4), pitch=5 if (group.voice_index + group.sentence_index) % 2 else 95)
-    save("pitch_shift", synthesize(text, shifted), shifted, text=text, sid=sid,
-         note="same words, extreme espeak pitch (-p)")
+    save(
+        "pitch_shift",
+        synthesize(text, shifted),
+        shifted,
+        text=text,
+        sid=sid,
+        note="same words, extreme espeak pitch (-p)",
+    )
     for snr in (20, 10, 0):
         noisy = add_noise(clean, float(snr), f"{ref_id}.noise{snr}")
         save(f"noise_{snr}db", noisy, patient(0), text=text, sid=sid, snr_db=float(snr))
-    save("pauses", synthesize_with_pauses(text, patient(1), PAUSES_MS), patient(1), text=text,
-         sid=sid, note=PAUSES_NOTE)
-    save("truncated_half", truncate_half(clean), patient(0), text=text, sid=sid,
-         note="first half of the speech only")
+    save(
+        "pauses",
+        synthesize_with_pauses(text, patient(1), PAUSES_MS),
+        patient(1),
+        text=text,
+        sid=sid,
+        note=PAUSES_NOTE,
+    )
+    save(
+        "truncated_half",
+        truncate_half(clean),
+        patient(0),
+        text=text,
+        sid=sid,
+        note="first half of the speech only",
+    )
     kind = "substitution" if group.language == "en" else "tone_substitution"
     for j, (alt_text, change) in enumerate(sentence.alternates):
         voice = patient(2 + j)
-        save(kind, synthesize(alt_text, voice), voice, text=alt_text, sid=sid,
-             suffix=f"_{j + 1}", changes=change.split(","))
+        save(
+            kind,
+            synthesize(alt_text, voice),
+            voice,
+            text=alt_text,
+            sid=sid,
+            suffix=f"_{j + 1}",
+            changes=change.split(","),
+        )
     other = sentences[(group.sentence_index + 1 + group.voice_index) % len(sentences)]
     if other.sid == sid:
         other = sentences[(group.sentence_index + 1) % len(sentences)]
     different = synthesize(other.text, patient(0))
     save("different_sentence", different, patient(0), text=other.text, sid=other.sid)
-    save("different_sentence_noise_0db", add_noise(different, 0.0, f"{ref_id}.diff0"),
-         patient(0), text=other.text, sid=other.sid, snr_db=0.0)
+    save(
+        "different_sentence_noise_0db",
+        add_noise(different, 0.0, f"{ref_id}.diff0"),
+        patient(0),
+        text=other.text,
+        sid=other.sid,
+        snr_db=0.0,
+    )
     return [describe(e, out) for e in entries]
 
 
@@ -476,18 +707,42 @@ def bad_files(out: Path, prefix: str, *, include_long: bool) -> list[Entry]:
     ref_id = "bad.reference" if include_long else "en_reference"
     if include_long:
         write_audio(out / ref_rel, synthesize(sentence.text, ref_voice))
-        entries.append(Entry(id=ref_id, path=ref_rel, role="reference", language="en",
-                             sentence_id=sentence.sid, text=sentence.text, voice=ref_voice.name,
-                             speed=ref_voice.speed, pitch=ref_voice.pitch, variant="reference",
-                             expected="reference"))
+        entries.append(
+            Entry(
+                id=ref_id,
+                path=ref_rel,
+                role="reference",
+                language="en",
+                sentence_id=sentence.sid,
+                text=sentence.text,
+                voice=ref_voice.name,
+                speed=ref_voice.speed,
+                pitch=ref_voice.pitch,
+                variant="reference",
+                expected="reference",
+            )
+        )
 
     def entry(variant: str, rel: str, note: str, text: str = sentence.text) -> Entry:
-        return Entry(id=f"bad.{variant}" if include_long else variant, path=rel, role="bad",
-                     language="en", sentence_id=sentence.sid, text=text, voice=voice.name,
-                     speed=voice.speed, pitch=voice.pitch, variant=variant,
-                     expected=EXPECTED[variant], reference=ref_id, reference_path=ref_rel,
-                     reference_voice=ref_voice.label, reference_text=sentence.text,
-                     same_sentence=True, note=note)
+        return Entry(
+            id=f"bad.{variant}" if include_long else variant,
+            path=rel,
+            role="bad",
+            language="en",
+            sentence_id=sentence.sid,
+            text=text,
+            voice=voice.name,
+            speed=voice.speed,
+            pitch=voice.pitch,
+            variant=variant,
+            expected=EXPECTED[variant],
+            reference=ref_id,
+            reference_path=ref_rel,
+            reference_voice=ref_voice.label,
+            reference_text=sentence.text,
+            same_sentence=True,
+            note=note,
+        )
 
     rel = f"{prefix}silence.wav"
     write_audio(out / rel, np.zeros(2 * SAMPLE_RATE))
@@ -511,8 +766,9 @@ def bad_files(out: Path, prefix: str, *, include_long: bool) -> list[Entry]:
     wide = np.asarray(resample_poly(speech, 441, 160), dtype=np.float64)
     delayed = np.concatenate([np.zeros(22), wide[:-22]]) * 0.8
     write_audio(out / rel, np.stack([wide, delayed], axis=1), rate=44_100)
-    entries.append(entry("stereo_44k", rel, "stereo 44.1 kHz PCM 16-bit; right channel "
-                         "0.8x and 0.5 ms late"))
+    entries.append(
+        entry("stereo_44k", rel, "stereo 44.1 kHz PCM 16-bit; right channel 0.8x and 0.5 ms late")
+    )
 
     rel = f"{prefix}pcm8.wav"
     write_audio(out / rel, speech, subtype="PCM_U8")
@@ -529,18 +785,31 @@ def bad_files(out: Path, prefix: str, *, include_long: bool) -> list[Entry]:
     garbage = np.random.default_rng(seed_for("corrupt_header")).integers(0, 256, 28)
     raw[8:36] = bytes(int(b) for b in garbage)
     (out / rel).write_bytes(bytes(raw))
-    entries.append(entry("corrupt_header", rel, "valid PCM WAV whose bytes 8-35 ('WAVEfmt ' "
-                         "and the fmt chunk) are random; the data is intact"))
+    entries.append(
+        entry(
+            "corrupt_header",
+            rel,
+            "valid PCM WAV whose bytes 8-35 ('WAVEfmt ' "
+            "and the fmt chunk) are random; the data is intact",
+        )
+    )
 
     rel = f"{prefix}truncated_file.wav"
     whole = buffer.getvalue()
     (out / rel).write_bytes(whole[: 44 + (len(whole) - 44) // 2])
-    entries.append(entry("truncated_file", rel, "PCM WAV cut off half-way through the data "
-                         "chunk; the header still claims the full length"))
+    entries.append(
+        entry(
+            "truncated_file",
+            rel,
+            "PCM WAV cut off half-way through the data "
+            "chunk; the header still claims the full length",
+        )
+    )
 
     rel = f"{prefix}not_audio.wav"
-    (out / rel).write_text("This is not audio. It is a text file named .wav.\n" * 20,
-                           encoding="utf-8")
+    (out / rel).write_text(
+        "This is not audio. It is a text file named .wav.\n" * 20, encoding="utf-8"
+    )
     entries.append(entry("not_audio", rel, "UTF-8 text with a .wav name", text=""))
 
     if include_long:
@@ -548,8 +817,13 @@ def bad_files(out: Path, prefix: str, *, include_long: bool) -> list[Entry]:
         unit = np.concatenate([speech, np.zeros(SAMPLE_RATE)])
         reps = int(np.ceil(600 * SAMPLE_RATE / len(unit)))
         write_audio(out / rel, np.tile(unit, reps)[: 600 * SAMPLE_RATE])
-        entries.append(entry("ten_minutes", rel, "10 minutes: the sentence repeated with 1 s "
-                             "gaps, PCM 16-bit 16 kHz (19 MB)"))
+        entries.append(
+            entry(
+                "ten_minutes",
+                rel,
+                "10 minutes: the sentence repeated with 1 s gaps, PCM 16-bit 16 kHz (19 MB)",
+            )
+        )
     return [describe(e, out) for e in entries]
 
 
@@ -563,8 +837,9 @@ def _group_job(args: tuple[Group, Path]) -> list[Entry]:
 
 def espeak_version() -> str:
     """The espeak-ng version line, recorded in manifests so a corpus can be traced."""
-    result = subprocess.run(["espeak-ng", "--version"], check=True, capture_output=True,
-                            text=True, timeout=30)
+    result = subprocess.run(
+        ["espeak-ng", "--version"], check=True, capture_output=True, text=True, timeout=30
+    )
     return result.stdout.strip()
 
 
@@ -577,11 +852,16 @@ def manifest_document(entries: list[Entry], kind: str) -> dict[str, Any]:
         "espeak_ng": espeak_version(),
         "sample_rate": SAMPLE_RATE,
         "snr_definition": "white Gaussian noise; SNR relative to mean power of active speech "
-                          "frames (20 ms frames within 35 dB of the loudest)",
+        "frames (20 ms frames within 35 dB of the loudest)",
         "expected_values": sorted(set(EXPECTED.values())),
         "sentences": [
-            {"id": s.sid, "language": s.language, "text": s.text, "gloss": s.gloss,
-             "alternates": [{"text": t, "changes": c.split(",")} for t, c in s.alternates]}
+            {
+                "id": s.sid,
+                "language": s.language,
+                "text": s.text,
+                "gloss": s.gloss,
+                "alternates": [{"text": t, "changes": c.split(",")} for t, c in s.alternates],
+            }
             for s in (*EN_SENTENCES, *ZH_SENTENCES)
             if s.sid in {e.sentence_id for e in entries}
         ],
@@ -593,8 +873,10 @@ def write_manifest(out: Path, entries: list[Entry], kind: str) -> Path:
     """Write ``manifest.json`` atomically (readers may poll for it)."""
     path = out / "manifest.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest_document(entries, kind), indent=1, ensure_ascii=False)
-                   + "\n", encoding="utf-8")
+    tmp.write_text(
+        json.dumps(manifest_document(entries, kind), indent=1, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
     os.replace(tmp, path)
     return path
 
@@ -611,9 +893,12 @@ def make_corpus(out: Path, workers: int) -> list[Entry]:
     if build.exists():
         shutil.rmtree(build)
     build.mkdir(parents=True)
-    groups = [Group(s, v, lang) for lang in ("en", "zh-TW")
-              for s in range(len(sentences_for(lang)))
-              for v in range(len(REFERENCE_VOICES[lang]))]
+    groups = [
+        Group(s, v, lang)
+        for lang in ("en", "zh-TW")
+        for s in range(len(sentences_for(lang)))
+        for v in range(len(REFERENCE_VOICES[lang]))
+    ]
     entries: list[Entry] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         bad = pool.submit(_bad_job, build)
@@ -636,8 +921,9 @@ def make_corpus(out: Path, workers: int) -> list[Entry]:
 # --------------------------------------------------------------------------- fixtures, samples
 
 
-def _pair_files(out: Path, language: Language, fmt: str, ext: str, subtype: str,
-                variants: Sequence[str]) -> list[Entry]:
+def _pair_files(
+    out: Path, language: Language, fmt: str, ext: str, subtype: str, variants: Sequence[str]
+) -> list[Entry]:
     """Reference plus selected attempts of sentence 1 of ``language``, in ``fmt``."""
     sentences = sentences_for(language)
     sentence = sentences[0]
@@ -648,10 +934,22 @@ def _pair_files(out: Path, language: Language, fmt: str, ext: str, subtype: str,
     ref_rel = f"{ref_id}.{ext}"
     clean = synthesize(sentence.text, patient)
     write_audio(out / ref_rel, synthesize(sentence.text, ref_voice), fmt=fmt, subtype=subtype)
-    entries = [Entry(id=ref_id, path=ref_rel, role="reference", language=language,
-                     sentence_id=sentence.sid, text=sentence.text, voice=ref_voice.name,
-                     speed=ref_voice.speed, pitch=ref_voice.pitch, variant="reference",
-                     expected="reference", note=sentence.gloss)]
+    entries = [
+        Entry(
+            id=ref_id,
+            path=ref_rel,
+            role="reference",
+            language=language,
+            sentence_id=sentence.sid,
+            text=sentence.text,
+            voice=ref_voice.name,
+            speed=ref_voice.speed,
+            pitch=ref_voice.pitch,
+            variant="reference",
+            expected="reference",
+            note=sentence.gloss,
+        )
+    ]
     for variant in variants:
         text, sid, voice, snr = sentence.text, sentence.sid, patient, None
         changes: list[str] = []
@@ -676,21 +974,42 @@ def _pair_files(out: Path, language: Language, fmt: str, ext: str, subtype: str,
             raise ValueError(variant)
         rel = f"{prefix}_{name}.{ext}"
         write_audio(out / rel, audio, fmt=fmt, subtype=subtype)
-        entries.append(Entry(
-            note=PAUSES_NOTE if variant == "pauses" else "",
-            id=f"{prefix}_{name}", path=rel, role="attempt", language=language, sentence_id=sid,
-            text=text, voice=voice.name, speed=voice.speed, pitch=voice.pitch, variant=variant,
-            expected=EXPECTED[variant], reference=ref_id, reference_path=ref_rel,
-            reference_voice=ref_voice.label, reference_text=sentence.text,
-            same_sentence=sid == sentence.sid, snr_db=snr, changes=changes))
+        entries.append(
+            Entry(
+                note=PAUSES_NOTE if variant == "pauses" else "",
+                id=f"{prefix}_{name}",
+                path=rel,
+                role="attempt",
+                language=language,
+                sentence_id=sid,
+                text=text,
+                voice=voice.name,
+                speed=voice.speed,
+                pitch=voice.pitch,
+                variant=variant,
+                expected=EXPECTED[variant],
+                reference=ref_id,
+                reference_path=ref_rel,
+                reference_voice=ref_voice.label,
+                reference_text=sentence.text,
+                same_sentence=sid == sentence.sid,
+                snr_db=snr,
+                changes=changes,
+            )
+        )
     return [describe(e, out) for e in entries]
 
 
 FIXTURE_VARIANTS: dict[Language, tuple[str, ...]] = {
-    "en": ("clean", "different_sentence", "truncated_half", "pauses", "noise_0db",
-           "substitution"),
-    "zh-TW": ("clean", "different_sentence", "truncated_half", "pauses", "noise_0db",
-              "tone_substitution"),
+    "en": ("clean", "different_sentence", "truncated_half", "pauses", "noise_0db", "substitution"),
+    "zh-TW": (
+        "clean",
+        "different_sentence",
+        "truncated_half",
+        "pauses",
+        "noise_0db",
+        "tone_substitution",
+    ),
 }
 
 
@@ -713,8 +1032,7 @@ def make_samples(out: Path) -> list[Entry]:
     out.mkdir(parents=True, exist_ok=True)
     entries: list[Entry] = []
     for language in ("en", "zh-TW"):
-        entries += _pair_files(out, language, "FLAC", "flac", "PCM_16",
-                               ("clean", "truncated_half"))
+        entries += _pair_files(out, language, "FLAC", "flac", "PCM_16", ("clean", "truncated_half"))
     write_manifest(out, entries, "samples")
     return entries
 
@@ -741,8 +1059,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         entries, target = make_samples(args.samples), args.samples
     files = {e.path for e in entries}
     size = sum((target / p).stat().st_size for p in files)
-    print(f"{len(entries)} entries, {len(files)} files, {size / 1e6:.1f} MB in {target} "
-          f"({time.perf_counter() - started:.1f} s)")
+    print(
+        f"{len(entries)} entries, {len(files)} files, {size / 1e6:.1f} MB in {target} "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
     return 0
 
 

@@ -124,9 +124,7 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]
         except Exception as exc:
             logger.warning("beat: could not read the last runs (%s)", exc)
             return
-        last = {
-            (k.decode() if isinstance(k, bytes) else str(k)): float(v) for k, v in raw.items()
-        }
+        last = {(k.decode() if isinstance(k, bytes) else str(k)): float(v) for k, v in raw.items()}
         for name, entry in self.schedule.items():
             if name in last:
                 entry.last_run_at = datetime.fromtimestamp(last[name], UTC)

@@ -244,5 +244,3 @@ def _pitch(
     start = max(worst.start_s, peak_t - half)
     end = min(worst.end_s, start + PITCH_WINDOW_S)
     return float(np.mean(diff)), Span(start, end, worst.value), pairs
-
-

@@ -131,11 +131,7 @@ def score(cmp: Comparison, sample: Profile, *, language: str | None) -> Scores:
 
     extra_s = sum(p.value for p in cmp.extra_pauses)
     tempo_score = min(ramp(cmp.tempo, *TEMPO_SLOW), ramp(cmp.tempo, *TEMPO_FAST))
-    fluency = (
-        tempo_score
-        - PAUSE_PENALTY * len(cmp.extra_pauses)
-        - PAUSE_TIME_PENALTY * extra_s
-    )
+    fluency = tempo_score - PAUSE_PENALTY * len(cmp.extra_pauses) - PAUSE_TIME_PENALTY * extra_s
     fluency = max(0.0, fluency)
     rhythm = ramp(cmp.rhythm_dev, *RHYTHM)
 
