@@ -75,6 +75,8 @@ class TaskSettings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         validate_default=True,
+        # A rejected REDIS_URL may carry a password: never echo inputs in validation errors.
+        hide_input_in_errors=True,
     )
 
     # --- Redis -------------------------------------------------------------------------

@@ -97,3 +97,10 @@ def test_unsafe_configurations_are_refused(kwargs: dict[str, object]) -> None:
 
 def test_key_namespace() -> None:
     assert TaskSettings(key_prefix="vb").key("task", "abc") == "vb:task:abc"
+
+
+def test_validation_errors_do_not_echo_a_password() -> None:
+    with pytest.raises(ValidationError) as info:
+        TaskSettings(redis_url="http://user:hunter2-secret@h:1")
+    assert "hunter2-secret" not in str(info.value)
+    assert "hunter2-secret" not in repr(info.value)
