@@ -31,9 +31,9 @@ from .errors import (
 )
 from .models import AnalysisRequest, AnalysisResult, TaskState, TaskStatus
 from .recordings import (
-    FileRecordingResolver,
     RecordingResolver,
     check_recording_location,
+    load_resolver,
     local_path,
     probe_audio_header,
 )
@@ -196,18 +196,7 @@ class TaskManager:
     def resolver(self) -> RecordingResolver:
         """The recording resolver in use."""
         if self._resolver is None:
-            if self.settings.recording_resolver is None:
-                self._resolver = FileRecordingResolver()
-            else:
-                from ._imports import load_object
-                from .errors import ConfigurationError
-
-                obj = load_object(self.settings.recording_resolver, "RECORDING_RESOLVER")
-                if not isinstance(obj, RecordingResolver):
-                    raise ConfigurationError(
-                        "RECORDING_RESOLVER does not provide locate() and fetch()"
-                    )
-                self._resolver = obj
+            self._resolver = load_resolver(self.settings)
         return self._resolver
 
     async def _prepare(self, request: AnalysisRequest) -> AnalysisRequest:

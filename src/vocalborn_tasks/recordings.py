@@ -27,6 +27,7 @@ __all__ = [
     "RecordingPair",
     "RecordingResolver",
     "check_recording_location",
+    "load_resolver",
     "local_path",
     "probe_audio_header",
 ]
@@ -66,6 +67,23 @@ class FileRecordingResolver:
 
     def fetch(self, location: str) -> bytes | Path:
         raise RecordingAccessError(f"no resolver for {_scheme_of(location)!r} locations")
+
+
+def load_resolver(settings: TaskSettings) -> RecordingResolver:
+    """The resolver named by ``RECORDING_RESOLVER``, or the local-files default.
+
+    Raises:
+        ConfigurationError: the import path is wrong or the object lacks locate()/fetch().
+    """
+    if settings.recording_resolver is None:
+        return FileRecordingResolver()
+    from ._imports import load_object
+    from .errors import ConfigurationError
+
+    obj = load_object(settings.recording_resolver, "RECORDING_RESOLVER")
+    if not isinstance(obj, RecordingResolver):
+        raise ConfigurationError("RECORDING_RESOLVER does not provide locate() and fetch()")
+    return obj
 
 
 def _scheme_of(location: str) -> str:

@@ -19,7 +19,7 @@ from celery.exceptions import Ignore
 from pydantic import ValidationError
 
 from ..errors import DeliveryLimitError, InvalidRequestError, RetryableTaskError, is_retryable
-from ..recordings import FileRecordingResolver, RecordingResolver
+from ..recordings import RecordingResolver, load_resolver
 from ..sinks import ResultSink, as_result_sink
 from .definition import TaskContext, TaskDefinition
 
@@ -80,16 +80,7 @@ class WorkerRuntime:
     @cached_property
     def resolver(self) -> RecordingResolver:
         """The host's recording resolver, or the local-files default."""
-        if self.settings.recording_resolver is None:
-            return FileRecordingResolver()
-        from .._imports import load_object
-
-        obj = load_object(self.settings.recording_resolver, "RECORDING_RESOLVER")
-        if not isinstance(obj, RecordingResolver):
-            from ..errors import ConfigurationError
-
-            raise ConfigurationError("RECORDING_RESOLVER does not provide locate() and fetch()")
-        return obj
+        return load_resolver(self.settings)
 
     @cached_property
     def sink(self) -> ResultSink | None:
