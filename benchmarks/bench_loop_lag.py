@@ -1,0 +1,134 @@
+"""Event-loop lag while a host submits 1,000 tasks and serves other coroutines.
+
+``python benchmarks/bench_loop_lag.py [--runs 3] [--n 1000] [--json out.json]
+[--server-binary /usr/bin/redis-server]``
+
+A ticker coroutine sleeps 1 ms in a loop and records how late it wakes up; 50 "request
+handler" coroutines run alongside (each a short CPU burst and a 1 ms sleep). Three phases
+per run, same loop, same worker (library worker, prefork 2):
+
+* idle: no task traffic (the floor of this machine);
+* TaskManager: ``n`` submits, each awaited by its own coroutine (``wait_for_result``);
+* raw Celery from the loop: ``send_task`` called directly in the coroutine (kombu blocks),
+  results read with ``AsyncResult.get()`` in ``asyncio.to_thread`` (what a host would do
+  without the facade).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from _harness import (
+    Proc,
+    bench_env,
+    flush_all,
+    fmt,
+    library_worker_cmd,
+    local_server,
+    machine,
+    parser,
+    percentile,
+    print_table,
+    server_version,
+    write_json,
+)
+
+
+async def measure(work: Callable[[], Awaitable[Any]]) -> dict[str, float]:
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append((time.perf_counter() - t - 0.001) * 1000)
+
+    async def handler() -> None:
+        while not stop.is_set():
+            sum(range(200))  # a little work per "request"
+            await asyncio.sleep(0.001)
+
+    tasks = [asyncio.create_task(ticker())] + [asyncio.create_task(handler()) for _ in range(50)]
+    t0 = time.perf_counter()
+    await work()
+    wall = time.perf_counter() - t0
+    stop.set()
+    await asyncio.gather(*tasks)
+    lags.sort()
+    return {"p50": percentile(lags, 50), "p99": percentile(lags, 99), "max": lags[-1], "s": wall}
+
+
+async def one_run(url: str, n: int) -> dict[str, dict[str, float]]:
+    from noop_worker import noop
+
+    from vocalborn_tasks import TaskManager, TaskSettings, create_celery_app
+
+    out: dict[str, dict[str, float]] = {}
+    app = create_celery_app(TaskSettings(redis_url=url))
+    async with TaskManager(TaskSettings(redis_url=url)) as manager:
+        for _ in range(10):
+            await manager.wait_for_result(await manager.submit(noop), timeout=120)
+        await asyncio.to_thread(
+            lambda: app.send_task("bench.noop", kwargs={}, queue="health").get(timeout=60)
+        )
+
+        out["idle (1 s)"] = await measure(lambda: asyncio.sleep(1.0))
+
+        async def facade() -> None:
+            async def one() -> None:
+                h = await manager.submit(noop)
+                await manager.wait_for_result(h, timeout=300)
+
+            await asyncio.gather(*(one() for _ in range(n)))
+
+        out["TaskManager submit + wait"] = await measure(facade)
+
+        async def raw() -> None:
+            async def one() -> None:
+                r = app.send_task("bench.noop", kwargs={}, queue="health")  # blocks the loop
+                await asyncio.to_thread(r.get, timeout=300)
+
+            await asyncio.gather(*(one() for _ in range(n)))
+
+        out["Celery send_task + to_thread(get)"] = await measure(raw)
+    app.close()
+    return out
+
+
+def main() -> None:
+    args = parser(__doc__ or "", n_default=1000).parse_args()
+    rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    with local_server(args.server_binary) as server:
+        url = server.url
+        info = {**machine(), "server": server_version(url), "n": args.n}
+        print(info)
+        for run in range(args.runs):
+            flush_all(url)
+            worker = Proc(
+                f"lag-{run}", library_worker_cmd(pool="prefork", concurrency=2), bench_env(url)
+            )
+            try:
+                res = asyncio.run(one_run(url, args.n))
+            finally:
+                worker.stop()
+            for phase, vals in res.items():
+                for k, v in vals.items():
+                    rows[phase][k].append(v)
+            print(f"run {run + 1}: {res}", flush=True)
+    cols = ["p50", "p99", "max", "s"]
+    print_table(
+        f"Event-loop lag ms (1 ms ticker), n={args.n}, median (min-max) of {args.runs} runs",
+        ["phase", "lag p50", "lag p99", "lag max", "phase wall s"],
+        [[phase, *(fmt(v[c], 2) for c in cols)] for phase, v in rows.items()],
+    )
+    write_json(args.json, {"machine": info, "runs": args.runs, "results": rows})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
