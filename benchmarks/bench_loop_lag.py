@@ -8,8 +8,11 @@ handler" coroutines run alongside (each a short CPU burst and a 1 ms sleep). Thr
 per run, same loop, same worker (library worker, prefork 2):
 
 * idle: no task traffic (the floor of this machine);
-* TaskManager: ``n`` submits, each awaited by its own coroutine (``wait_for_result``);
-* raw Celery from the loop: ``send_task`` called directly in the coroutine (kombu blocks),
+* TaskManager: a producer coroutine submits ``n`` tasks one after the other, each awaited by
+  its own coroutine (``wait_for_result``);
+* TaskManager, ``n`` concurrent submits: ``n`` coroutines submit at the same moment (a burst
+  of requests); submits that fail are counted (the client pool holds 64 connections);
+* raw Celery from the loop: ``send_task`` called directly by the producer (kombu blocks),
   results read with ``AsyncResult.get()`` in ``asyncio.to_thread`` (what a host would do
   without the facade).
 """
@@ -81,20 +84,38 @@ async def one_run(url: str, n: int) -> dict[str, dict[str, float]]:
         out["idle (1 s)"] = await measure(lambda: asyncio.sleep(1.0))
 
         async def facade() -> None:
+            # The host's producer submits one task after the other; each result is awaited
+            # by its own coroutine (a request handler waiting for its task).
+            waits = []
+            for _ in range(n):
+                h = await manager.submit(noop)
+                waits.append(asyncio.create_task(manager.wait_for_result(h, timeout=300)))
+            await asyncio.gather(*waits)
+
+        out["TaskManager submit + wait"] = await measure(facade)
+
+        failed = 0
+
+        async def facade_burst() -> None:
+            # n handlers submitting at the same moment (a burst of web requests).
+            nonlocal failed
+
             async def one() -> None:
                 h = await manager.submit(noop)
                 await manager.wait_for_result(h, timeout=300)
 
-            await asyncio.gather(*(one() for _ in range(n)))
+            results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+            failed = sum(isinstance(r, BaseException) for r in results)
 
-        out["TaskManager submit + wait"] = await measure(facade)
+        out["TaskManager, n concurrent submits"] = await measure(facade_burst)
+        out["TaskManager, n concurrent submits"]["failed"] = failed
 
         async def raw() -> None:
-            async def one() -> None:
+            waits = []
+            for _ in range(n):
                 r = app.send_task("bench.noop", kwargs={}, queue="health")  # blocks the loop
-                await asyncio.to_thread(r.get, timeout=300)
-
-            await asyncio.gather(*(one() for _ in range(n)))
+                waits.append(asyncio.create_task(asyncio.to_thread(r.get, timeout=300)))
+            await asyncio.gather(*waits)
 
         out["Celery send_task + to_thread(get)"] = await measure(raw)
     app.close()
@@ -121,10 +142,10 @@ def main() -> None:
                 for k, v in vals.items():
                     rows[phase][k].append(v)
             print(f"run {run + 1}: {res}", flush=True)
-    cols = ["p50", "p99", "max", "s"]
+    cols = ["p50", "p99", "max", "s", "failed"]
     print_table(
         f"Event-loop lag ms (1 ms ticker), n={args.n}, median (min-max) of {args.runs} runs",
-        ["phase", "lag p50", "lag p99", "lag max", "phase wall s"],
+        ["phase", "lag p50", "lag p99", "lag max", "phase wall s", "failed submits"],
         [[phase, *(fmt(v[c], 2) for c in cols)] for phase, v in rows.items()],
     )
     write_json(args.json, {"machine": info, "runs": args.runs, "results": rows})
