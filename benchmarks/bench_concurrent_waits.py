@@ -8,12 +8,17 @@ One library worker (prefork 2, library defaults) runs the no-op task. The caller
 Threads are counted with ``threading.active_count()`` before, after and at the peak (sampled
 from the event loop every 5 ms); memory is the caller's RSS (``/proc/self/status``) before
 and after, and its peak (VmHWM, reset before each run through ``/proc/self/clear_refs``).
+Each run's caller is a fresh Python process (``--child``), so a run does not reuse the heap a
+previous run grew.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
+import subprocess
 import sys
 import threading
 import time
@@ -23,6 +28,7 @@ from pathlib import Path
 from _harness import (
     Proc,
     bench_env,
+    die_with_parent,
     flush_all,
     fmt,
     library_worker_cmd,
@@ -88,8 +94,17 @@ async def one_run(url: str, n: int) -> dict[str, float]:
         }
 
 
+def child(url: str, n: int) -> None:
+    print("RESULT " + json.dumps(asyncio.run(one_run(url, n))), flush=True)
+
+
 def main() -> None:
-    args = parser(__doc__ or "", n_default=10_000).parse_args()
+    p = parser(__doc__ or "", n_default=10_000)
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args.child, args.n)
+        return
     rows: dict[str, list[float]] = defaultdict(list)
     with local_server(args.server_binary) as server:
         url = server.url
@@ -101,7 +116,16 @@ def main() -> None:
                 f"waits-{run}", library_worker_cmd(pool="prefork", concurrency=2), bench_env(url)
             )
             try:
-                res = asyncio.run(one_run(url, args.n))
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", url, "--n", str(args.n)],
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                    check=True,
+                    preexec_fn=die_with_parent,
+                ).stdout
+                line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+                res: dict[str, float] = json.loads(line.removeprefix("RESULT "))
             finally:
                 worker.stop()
             for k, v in res.items():
