@@ -227,6 +227,11 @@ def library_worker_cmd(
     ]
 
 
+def slug(name: str) -> str:
+    """A file-name-safe form of a system or group name (for log files)."""
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -25,6 +25,7 @@ from _harness import (
     percentile,
     print_table,
     server_version,
+    slug,
     write_json,
 )
 from _systems import groups
@@ -44,7 +45,7 @@ def main() -> None:
         for run in range(args.runs):
             for group in selected:
                 flush_all(url)
-                name = f"lat-{group.name.split(',')[0].replace(' ', '_')}-{run}"
+                name = f"lat-{slug(group.name)}-{run}"
                 worker = Proc(name, group.cmd, bench_env(url))
                 try:
                     for label, client in group.clients:

@@ -31,6 +31,7 @@ from _harness import (
     reset_commandstats,
     self_cpu_seconds,
     server_version,
+    slug,
     write_json,
 )
 from _systems import groups
@@ -53,9 +54,7 @@ def main() -> None:
         for run in range(args.runs):
             for group in selected:
                 flush_all(url)
-                worker = Proc(
-                    f"{group.name.split(',')[0].replace(' ', '_')}-{run}", group.cmd, bench_env(url)
-                )
+                worker = Proc(f"{slug(group.name)}-{run}", group.cmd, bench_env(url))
                 try:
                     for label, client in group.clients:
                         marks: dict[str, float] = {}
