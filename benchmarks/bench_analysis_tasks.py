@@ -17,7 +17,6 @@ starts one library worker (solo pool: one process) and queues ``n`` analyses thr
 from __future__ import annotations
 
 import asyncio
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -126,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

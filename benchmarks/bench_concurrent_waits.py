@@ -28,7 +28,6 @@ from pathlib import Path
 from _harness import (
     Proc,
     bench_env,
-    die_with_parent,
     flush_all,
     fmt,
     library_worker_cmd,
@@ -39,6 +38,8 @@ from _harness import (
     server_version,
     write_json,
 )
+
+from vocalborn_tasks.embedded import die_with_parent
 
 
 def status_kib(field: str) -> int:
@@ -140,4 +141,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

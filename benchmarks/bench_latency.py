@@ -11,7 +11,6 @@ result checks) and dramatiq.
 
 from __future__ import annotations
 
-import sys
 from collections import defaultdict
 
 from _harness import (
@@ -49,7 +48,7 @@ def main() -> None:
                 worker = Proc(name, group.cmd, bench_env(url))
                 try:
                     for label, client in group.clients:
-                        res = client(url, "latency", args.n, lambda w=worker: w.check())
+                        res = client(url, "latency", args.n, worker.check)
                         lat = sorted(res["latencies_ms"])
                         r = rows[label]
                         for q in (50, 95, 99):
@@ -72,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -12,7 +12,6 @@ installed. Each client submits ``n`` tasks, then awaits them all.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -121,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

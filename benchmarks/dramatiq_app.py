@@ -14,8 +14,8 @@ from dramatiq.results.backends import RedisBackend
 
 _URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 
-broker = RedisBroker(url=f"{_URL}/4")
-broker.add_middleware(Results(backend=RedisBackend(url=f"{_URL}/5")))
+broker = RedisBroker(url=f"{_URL}/4")  # type: ignore[no-untyped-call]
+broker.add_middleware(Results(backend=RedisBackend(url=f"{_URL}/5")))  # type: ignore[no-untyped-call]
 dramatiq.set_broker(broker)
 
 
