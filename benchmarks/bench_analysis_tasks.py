@@ -1,6 +1,6 @@
 """The real workload: analyses per minute per worker process, and the system's share of it.
 
-``python benchmarks/bench_analysis_tasks.py [--runs 3] [--n 60] [--seconds 5]
+``python benchmarks/bench_analysis_tasks.py [--runs 3] [--n 200] [--seconds 5]
 [--json out.json] [--server-binary /usr/bin/redis-server]``
 
 Builds a recording/reference pair of ``--seconds`` s from the bundled espeak-ng samples
@@ -93,7 +93,7 @@ async def batch(url: str, rec: Path, ref: Path, n: int, tag: str) -> dict[str, f
 
 
 def main() -> None:
-    p = parser(__doc__ or "", n_default=60)
+    p = parser(__doc__ or "", n_default=200)
     p.add_argument("--seconds", type=float, default=5.0, help="length of both recordings")
     args = p.parse_args()
     rows: dict[str, list[float]] = defaultdict(list)
