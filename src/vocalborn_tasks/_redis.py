@@ -45,8 +45,20 @@ def _kwargs(settings: TaskSettings, *, pubsub: bool = False) -> dict[str, Any]:
 
 
 def async_client(settings: TaskSettings, url: str, *, max_connections: int = 64) -> aioredis.Redis:
-    """A pooled ``redis.asyncio`` client; connects lazily on first use."""
-    return aioredis.Redis.from_url(url, max_connections=max_connections, **_kwargs(settings))
+    """A pooled ``redis.asyncio`` client; connects lazily on first use.
+
+    The pool blocks when all its connections are busy (up to the connect timeout) instead of
+    failing: a burst of a thousand concurrent submits queues for connections, it does not
+    raise "Too many connections".
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=settings.redis_connect_timeout_s,
+        **_kwargs(settings),
+    )
+    client: aioredis.Redis = aioredis.Redis.from_pool(pool)
+    return client
 
 
 def pubsub_connection_factory(settings: TaskSettings) -> Any:

@@ -295,3 +295,22 @@ async def test_many_waiters_share_one_connection(
         assert during - before <= 12, (before, during)
     finally:
         client.close()
+
+
+async def test_a_burst_of_concurrent_submits_waits_for_pooled_connections(
+    base_settings: TaskSettings,
+) -> None:
+    client = redis.Redis.from_url(base_settings.broker_url)
+    try:
+        before = len(client.client_list())
+        async with TaskManager(base_settings) as manager:
+            handles = await asyncio.gather(
+                *(manager.submit(never_consumed, i) for i in range(1000))
+            )
+            assert len({h.id for h in handles}) == 1000
+            assert client.llen("nobody_listens") >= 1000
+            # Bounded pools: two of 64 connections at most (broker and backend databases).
+            assert len(client.client_list()) - before <= 2 * 64
+    finally:
+        client.delete("nobody_listens")
+        client.close()
