@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 _RUNTIME_ATTR = "_vocalborn_runtime"
 
+#: How long a run may hold the sink claim. A run killed while holding it delays the
+#: redelivered run by at most this long (instead of failing it).
+_SINK_CLAIM_TTL_S = 15
+
 #: Store a PROGRESS meta unless the task already has a final state (a cancel stored REVOKED):
 #: a running task must not overwrite its own cancellation. KEYS: meta key; ARGV: meta, TTL.
 _PROGRESS_SCRIPT = """
@@ -118,8 +122,9 @@ class WorkerRuntime:
         child went on; the message was handed to another worker). A claim key makes them take
         turns: the first run claims, delivers, then marks the key ``acked``; a run that finds
         ``acked`` skips the sink, and one that finds a live claim waits for its outcome. A run
-        that dies between claiming and acknowledging leaves a claim that expires after the
-        hard time limit; until then others retry (retryable error, with backoff).
+        that dies between claiming and acknowledging leaves a claim that expires after
+        ``_SINK_CLAIM_TTL_S``; the waiting run then takes over (so a sink call that takes longer
+        than that may overlap with a redelivered run's: the sink's at-least-once window).
 
         Returns:
             True if ``deliver`` ran now, False if it had already been acknowledged.
@@ -130,8 +135,8 @@ class WorkerRuntime:
         s = self.settings
         key = s.key("sink-acked", task_id)
         token = f"claim:{uuid.uuid4()}"
-        claim_ttl = max(1, int(s.task_time_limit_s))
-        deadline = time.monotonic() + min(30.0, s.task_soft_time_limit_s)
+        claim_ttl = _SINK_CLAIM_TTL_S
+        deadline = time.monotonic() + claim_ttl + 5.0
         while not self.redis.set(key, token, nx=True, ex=claim_ttl):
             current = self.redis.get(key)
             if current in (b"1", b"acked", "1", "acked"):
