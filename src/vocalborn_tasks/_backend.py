@@ -5,17 +5,24 @@ SETEX and PUBLISH. On loopback a round trip costs about as much as the rest of a
 so this backend does the same check, write and publish in one Lua script, and in the same call
 marks the library's submit marker as done when the state is final (which is what lets the
 manager tell an expired result from a queued task). It also never lets a late write replace a
-final state: a cancelled task stays REVOKED even if a straggling copy of it finishes.
+final state: a cancelled task stays REVOKED even if a straggling copy of it finishes. The
+statistics of the run that produced the state travel in the same round trip (see stats.py).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import states
 from celery.backends.redis import RedisBackend
+from redis.exceptions import NoScriptError
+
+from .stats import recorder_of
 
 __all__ = ["VocalbornRedisBackend"]
+
+logger = logging.getLogger(__name__)
 
 _FINAL = (states.SUCCESS, states.FAILURE, states.REVOKED)
 
@@ -66,14 +73,35 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
         value = self.encode(meta)
         expires = self.failure_expires if state == states.FAILURE else self.expires
         marker = self.app.settings.key("task", task_id)
-        self.ensure(self._store, (self.get_key_for_task(task_id), marker, value, expires, state))
+        self.ensure(
+            self._store,
+            (self.get_key_for_task(task_id), marker, value, expires, state, task_id, result),
+        )
         return result
 
-    def _store(self, key: Any, marker: str, value: Any, expires: Any, state: str) -> None:
+    def _store(
+        self, key: Any, marker: str, value: Any, expires: Any, state: str, task_id: str, result: Any
+    ) -> None:
+        client = self.client  # after a fork the backend has a new one
         if self._store_script is None:
-            self._store_script = self.client.register_script(_STORE_SCRIPT)
+            self._store_script = client.register_script(_STORE_SCRIPT)
         seconds = (
             int(expires.total_seconds()) if hasattr(expires, "total_seconds") else int(expires or 0)
         )
-        # The client is passed on each call: after a fork the backend has a new one.
-        self._store_script(keys=[key, marker], args=[value, seconds, state], client=self.client)
+        keys, args = [key, marker], [value, seconds, state]
+        recorder = recorder_of(self.app)
+        pipe = client.pipeline(transaction=False)
+        # Not the Script object in a pipeline: redis-py would add a SCRIPT EXISTS round trip.
+        pipe.evalsha(self._store_script.sha, len(keys), *keys, *args)
+        if recorder is None or not recorder.add_finish(pipe, task_id, state, result):
+            self._store_script(keys=keys, args=args, client=client)
+            return
+        # The run's statistics ride along with the stored state: one round trip for both.
+        replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], NoScriptError):  # the server lost its script cache
+            self._store_script(keys=keys, args=args, client=client)
+        elif isinstance(replies[0], Exception):
+            raise replies[0]
+        failed = [r for r in replies[1:] if isinstance(r, Exception)]
+        if failed:
+            logger.debug("stats: could not record end of %s: %s", task_id, failed[0])

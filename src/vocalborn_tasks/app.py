@@ -108,7 +108,9 @@ def create_celery_app(
         # A redelivered message whose task already stored SUCCESS (its worker died between
         # storing the result and acknowledging) is not run again.
         "worker_deduplicate_successful_tasks": True,
-        "task_track_started": True,
+        # STARTED is stored by the task runtime in the same round trip as the delivery check
+        # (tasks/runtime.py); Celery's own tracking would cost one more per task.
+        "task_track_started": False,
         "task_time_limit": settings.task_time_limit_s,
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "result_expires": settings.result_expires,

@@ -129,15 +129,18 @@ class TaskSettings(BaseSettings):
         ge=1,
         validation_alias=_env("CELERY_WORKER_CONCURRENCY", "celery_worker_concurrency"),
     )
+    # Recycle a pool process when it grows past a memory bound, not after a fixed count:
+    # replacing a child costs a fork and a re-import (seconds of worst-case latency on a
+    # 2-core host), and the analysis engine holds no leak that a count would cure.
     celery_worker_max_tasks_per_child: int | None = Field(
-        default=200,
+        default=None,
         ge=1,
         validation_alias=_env(
             "CELERY_WORKER_MAX_TASKS_PER_CHILD", "celery_worker_max_tasks_per_child"
         ),
     )
     celery_worker_max_memory_per_child_kb: int | None = Field(
-        default=None,
+        default=512 * 1024,
         ge=1,
         validation_alias=_env(
             "CELERY_WORKER_MAX_MEMORY_PER_CHILD", "celery_worker_max_memory_per_child_kb"

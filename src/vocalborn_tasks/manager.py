@@ -1,7 +1,8 @@
 """TaskManager: the async facade a host application talks to.
 
 It validates requests before anything is queued, publishes task messages with ``redis.asyncio``
-(no blocking kombu producer on the event loop), and reads and awaits results natively through
+(no blocking kombu producer on the event loop; the submit marker and the message go in one
+round trip, by a script), and reads and awaits results natively through
 :mod:`vocalborn_tasks.results`. Celery stays reachable for experts as :attr:`TaskManager.app`.
 """
 
@@ -43,6 +44,7 @@ from .tasks.definition import TaskDefinition, TaskHandle
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+    from redis.commands.core import AsyncScript
 
     from .app import VocalbornCelery
 
@@ -51,7 +53,9 @@ __all__ = ["TaskManager"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Claim the in-flight slot of a practice record and write the submit marker, atomically.
+#: Claim the in-flight slot of a practice record, write the submit marker and queue the
+#: message, atomically: a slot is never claimed for a message that was not queued.
+#: KEYS: in-flight slot, marker, queue (in the broker database, ARGV[10]).
 #: Returns the id that owns the slot: ours, or the one already queued or running.
 _CLAIM_SCRIPT = """
 local cur = redis.call('GET', KEYS[1])
@@ -71,7 +75,20 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('HSET', KEYS[2], 'name', ARGV[3], 'queue', ARGV[4], 't', ARGV[5], 'record', ARGV[9])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SELECT', ARGV[10])
+redis.call('LPUSH', KEYS[3], ARGV[11])
 return ARGV[1]
+"""
+
+#: Write the submit marker (result database) and queue the message (broker database) in one
+#: round trip. SELECT inside a script changes the database for the script only.
+#: KEYS: marker, queue. ARGV: name, queue, submit time, marker TTL, broker db, message.
+_SUBMIT_SCRIPT = """
+redis.call('HSET', KEYS[1], 'name', ARGV[1], 'queue', ARGV[2], 't', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SELECT', ARGV[5])
+redis.call('LPUSH', KEYS[2], ARGV[6])
+return 1
 """
 
 #: Store REVOKED for a task that has not finished, and publish it so waiters resolve now.
@@ -117,9 +134,9 @@ class TaskManager:
         self._resolver = resolver
         self._app: VocalbornCelery | None = None
         self._backend: aioredis.Redis | None = None
-        self._broker: aioredis.Redis | None = None
         self._hub: PubSubHub | None = None
         self._reader: ResultReader | None = None
+        self._submit_script: AsyncScript | None = None
         self._closed = False
         self._submitted: OrderedDict[str, None] = OrderedDict()
 
@@ -147,18 +164,17 @@ class TaskManager:
         self._closed = True
         if self._hub is not None:
             await self._hub.aclose()
-        for client in (self._backend, self._broker):
-            if client is not None:
-                await client.aclose()
+        if self._backend is not None:
+            await self._backend.aclose()
 
     def _ensure_open(self) -> ResultReader:
         if self._closed:
             raise ManagerClosedError("this TaskManager is closed; create a new one")
         if self._reader is None:
             self._backend = async_client(self.settings, self.settings.backend_url)
-            self._broker = async_client(self.settings, self.settings.broker_url)
             self._hub = PubSubHub(pubsub_connection_factory(self.settings))
             self._reader = ResultReader(self._backend, self._hub, marker_key=self._marker_key)
+            self._submit_script = self._backend.register_script(_SUBMIT_SCRIPT)
         return self._reader
 
     @property
@@ -284,7 +300,7 @@ class TaskManager:
     async def submit_batch(
         self, requests: Iterable[AnalysisRequest], *, force: bool = False
     ) -> list[str]:
-        """Queue many analyses in two pipelined round trips; all are validated first.
+        """Queue many analyses in one pipelined round trip; all are validated first.
 
         Returns the task ids in the order of ``requests`` (an existing id where a record was
         already in flight). Nothing is queued if any request is invalid.
@@ -293,9 +309,8 @@ class TaskManager:
 
     async def _submit_analyses(self, requests: list[AnalysisRequest], *, force: bool) -> list[str]:
         self._ensure_open()
-        backend, broker = self._backend, self._broker
+        backend = self._backend
         assert backend is not None
-        assert broker is not None
         located = [await self._prepare(r) for r in requests]
         if not located:
             return []
@@ -309,11 +324,15 @@ class TaskManager:
         async with redis_errors(settings, "submit"):
             pipe = backend.pipeline(transaction=False)
             for task_id, req in zip(candidates, prepared, strict=True):
+                message = build_task_message(
+                    task_id, definition.name, definition.encode_arguments(req), definition.queue
+                )
                 pipe.eval(
                     _CLAIM_SCRIPT,
-                    2,
+                    3,
                     settings.key("inflight", req.practice_record_id),
                     self._marker_key(task_id),
+                    definition.queue,
                     task_id,
                     ttl,
                     definition.name,
@@ -323,17 +342,10 @@ class TaskManager:
                     META_PREFIX,
                     settings.key("task", ""),
                     req.practice_record_id,
+                    settings.redis_db_broker,
+                    message,
                 )
             owners = [o.decode() if isinstance(o, bytes) else str(o) for o in await pipe.execute()]
-            messages = [
-                build_task_message(
-                    task_id, definition.name, definition.encode_arguments(req), definition.queue
-                )
-                for task_id, owner, req in zip(candidates, owners, prepared, strict=True)
-                if owner == task_id
-            ]
-            if messages:
-                await broker.lpush(definition.queue, *messages)
         for owner in owners:
             self._remember(owner)
         return owners
@@ -351,9 +363,6 @@ class TaskManager:
             BrokerUnavailableError: Redis could not be reached in time.
         """
         self._ensure_open()
-        backend, broker = self._backend, self._broker
-        assert backend is not None
-        assert broker is not None
         try:
             encoded = definition.encode_arguments(*args, **kwargs)
         except TypeError as exc:
@@ -362,19 +371,19 @@ class TaskManager:
         settings = self.settings
         message = build_task_message(task_id, definition.name, encoded, definition.queue)
         marker = self._marker_key(task_id)
+        assert self._submit_script is not None
         async with redis_errors(settings, "submit"):
-            pipe = backend.pipeline(transaction=False)
-            pipe.hset(
-                marker,
-                mapping={
-                    "name": definition.name,
-                    "queue": definition.queue,
-                    "t": repr(time.time()),
-                },
+            await self._submit_script(
+                keys=[marker, definition.queue],
+                args=[
+                    definition.name,
+                    definition.queue,
+                    repr(time.time()),
+                    int(settings.result_expires_s * 2 + settings.visibility_timeout_s),
+                    settings.redis_db_broker,
+                    message,
+                ],
             )
-            pipe.expire(marker, int(settings.result_expires_s * 2 + settings.visibility_timeout_s))
-            await pipe.execute()
-            await broker.lpush(definition.queue, message)
         self._remember(task_id)
         return TaskHandle(task_id, definition)
 

@@ -1,6 +1,7 @@
 """Cheap per-task statistics, recorded where tasks run and read by the Monitor and metrics.
 
-A worker process records, for every task it runs, one pipelined round trip at the end:
+A worker process records, for every task it runs, with no round trip of its own (the start
+goes with the delivery check, the end with the stored result):
 
 * ``<prefix>:stats:runs:<task name>`` (sorted set, score = finish time): the most recent runs,
   each a small JSON member ``{"id", "q", "w", "s", "d", "o"}`` (task id, queue, worker,
@@ -11,10 +12,12 @@ A worker process records, for every task it runs, one pipelined round trip at th
 * ``<prefix>:stats:hist:<task>`` (hash): duration histogram buckets, ``sum`` and ``count``.
 * ``<prefix>:stats:scores`` and ``:stats:levels`` (hashes): analysis score histograms.
 * ``<prefix>:stats:running`` (hash): task id -> JSON of the tasks running right now (set when
-  one starts, removed when it ends), which the wait estimate uses.
+  one starts, removed when it ends), which the wait estimate uses. Only tasks run through the
+  library's runtime (task definitions) are listed.
 
-It hooks Celery's ``task_prerun``/``task_postrun`` signals for one app (:func:`install_stats`),
-so task bodies and the runtime wrapper stay untouched. Recording never raises into a task.
+It hooks Celery's ``task_prerun``/``task_postrun`` signals for one app (:func:`install_stats`)
+and the result backend's store, so task bodies stay untouched. Recording never raises into a
+task.
 """
 
 from __future__ import annotations
@@ -65,7 +68,13 @@ SCORE_FIELDS: dict[str, str] = {
 }
 #: Outcomes a run is recorded with (Celery's final state of that delivery, lower case).
 OUTCOMES: tuple[str, ...] = ("success", "failure", "retry", "revoked", "other")
-_OUTCOME_OF = {"SUCCESS": "success", "FAILURE": "failure", "RETRY": "retry", "IGNORED": "revoked"}
+_OUTCOME_OF = {
+    "SUCCESS": "success",
+    "FAILURE": "failure",
+    "RETRY": "retry",
+    "IGNORED": "revoked",
+    "REVOKED": "revoked",
+}
 _ANALYSIS_TASK = "vocalborn.analyze_audio"
 
 
@@ -95,12 +104,30 @@ def _bucket_label(bound: float) -> str:
     return repr(float(bound))
 
 
+@dataclass(slots=True)
+class _Run:
+    """What the recorder knows of a run in progress in this process."""
+
+    name: str
+    queue: str
+    worker: str
+    wall: float
+    perf: float
+
+
 class _Recorder:
-    """Signal handlers bound to one app (held by the app, connected weakly)."""
+    """Signal handlers bound to one app (held by the app, connected weakly).
+
+    The start of a run costs no round trip of its own: the library's task runtime lists the
+    task as running in the same script that counts the delivery (``running_entry``). The end
+    costs none either when the result backend stores the final state: it appends the
+    statistics to that round trip (``add_finish``); ``task_postrun`` records only the runs
+    the backend did not store (a cancelled run that raised ``Ignore``, say).
+    """
 
     def __init__(self, app: VocalbornCelery) -> None:
         self.app = app
-        self._started: dict[str, tuple[float, float]] = {}
+        self._runs: dict[str, _Run] = {}
 
     def _ours(self, task: Any) -> bool:
         return getattr(task, "app", None) is self.app
@@ -108,20 +135,30 @@ class _Recorder:
     def on_prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
         if task_id is None or not self._ours(sender):
             return
-        self._started[task_id] = (time.time(), time.perf_counter())
-        try:
-            settings = self.app.settings
-            request = sender.request
-            entry = {
-                "n": sender.name,
-                "q": _queue_of(request),
-                "w": str(getattr(request, "hostname", "") or ""),
-                "s": time.time(),
-            }
-            client = _client(self.app)
-            client.hset(_key(settings, "running"), task_id, json.dumps(entry))
-        except Exception as exc:  # statistics must never break a task
-            logger.debug("stats: could not record start of %s: %s", task_id, exc)
+        request = sender.request
+        self._runs[task_id] = _Run(
+            name=str(sender.name),
+            queue=_queue_of(request),
+            worker=str(getattr(request, "hostname", "") or ""),
+            wall=time.time(),
+            perf=time.perf_counter(),
+        )
+
+    def add_finish(self, pipe: Any, task_id: str, state: str, retval: Any) -> bool:
+        """Append the end of ``task_id``'s run to ``pipe`` if it runs in this process.
+
+        Called by the result backend as it stores a state; returns False (and adds nothing)
+        for a task this process is not running, such as a failure the main process stores
+        for a pool child that died.
+        """
+        outcome = _OUTCOME_OF.get(state)
+        if outcome is None:  # not an end (a custom state a task stored for itself)
+            return False
+        run = self._runs.pop(task_id, None)
+        if run is None:
+            return False
+        self._add_commands(pipe, task_id, run, outcome, retval)
+        return True
 
     def on_postrun(
         self,
@@ -133,34 +170,27 @@ class _Recorder:
     ) -> None:
         if task_id is None or not self._ours(sender):
             return
-        started = self._started.pop(task_id, None)
+        run = self._runs.pop(task_id, None)
+        if run is None:  # the backend recorded it with the stored state
+            return
         try:
-            self._record(sender, task_id, retval, state, started)
+            pipe = _client(self.app).pipeline(transaction=False)
+            self._add_commands(pipe, task_id, run, _OUTCOME_OF.get(state or "", "other"), retval)
+            pipe.execute()
         except Exception as exc:  # statistics must never break a task
             logger.debug("stats: could not record end of %s: %s", task_id, exc)
 
-    def _record(
-        self,
-        task: Any,
-        task_id: str,
-        retval: Any,
-        state: str | None,
-        started: tuple[float, float] | None,
-    ) -> None:
+    def _add_commands(self, pipe: Any, task_id: str, run: _Run, outcome: str, retval: Any) -> None:
         settings = self.app.settings
         now = time.time()
-        if started is None:
-            started = (now, time.perf_counter())
-        duration = max(0.0, time.perf_counter() - started[1])
-        outcome = _OUTCOME_OF.get(state or "", "other")
-        name: str = task.name
-        queue = _queue_of(task.request)
+        duration = max(0.0, time.perf_counter() - run.perf)
+        name = run.name
         member = json.dumps(
             {
                 "id": task_id,
-                "q": queue,
-                "w": str(getattr(task.request, "hostname", "") or ""),
-                "s": round(started[0], 6),
+                "q": run.queue,
+                "w": run.worker,
+                "s": round(run.wall, 6),
                 "d": round(duration, 6),
                 "o": outcome,
             },
@@ -169,12 +199,11 @@ class _Recorder:
         runs = _key(settings, "runs", name)
         hist = _key(settings, "hist", name)
         bucket = next((b for b in DURATION_BUCKETS if duration <= b), math.inf)
-        pipe = _client(self.app).pipeline(transaction=False)
         pipe.hdel(_key(settings, "running"), task_id)
         pipe.zadd(runs, {member: now})
         pipe.zremrangebyrank(runs, 0, -(settings.stats_keep + 1))
         pipe.expire(runs, int(settings.stats_window_s * 4) + 60)
-        pipe.hset(_key(settings, "tasks"), name, queue)
+        pipe.hset(_key(settings, "tasks"), name, run.queue)
         pipe.hincrby(_key(settings, "count"), f"{name}|{outcome}", 1)
         if outcome != "retry":  # a retried run is counted once it ends for good
             pipe.hincrby(hist, _bucket_label(bucket), 1)
@@ -182,7 +211,25 @@ class _Recorder:
             pipe.hincrby(hist, "count", 1)
         if outcome == "success" and name == _ANALYSIS_TASK and isinstance(retval, Mapping):
             _record_scores(pipe, settings, retval)
-        pipe.execute()
+
+
+def running_entry(task: Any) -> str:
+    """The ``stats:running`` value for ``task`` starting now (JSON)."""
+    request = task.request
+    return json.dumps(
+        {
+            "n": task.name,
+            "q": _queue_of(request),
+            "w": str(getattr(request, "hostname", "") or ""),
+            "s": time.time(),
+        }
+    )
+
+
+def recorder_of(app: Any) -> _Recorder | None:
+    """The statistics recorder installed on ``app``, if any."""
+    recorder: _Recorder | None = getattr(app, "_vocalborn_stats", None)
+    return recorder
 
 
 def _record_scores(pipe: Any, settings: TaskSettings, result: Mapping[str, Any]) -> None:

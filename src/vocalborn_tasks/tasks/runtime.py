@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -52,6 +53,26 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
+"""
+
+#: Begin a delivery: count it, check the revoke set and, unless revoked, list the task as
+#: running and store STARTED (never over a final state). KEYS: delivery counter, revoke set,
+#: running hash, meta key. ARGV: task id, counter TTL, running entry, STARTED meta, meta TTL.
+#: Returns {delivery number, 1 if revoked else 0}.
+_BEGIN_SCRIPT = """
+local n = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {n, 1} end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+local cur = redis.call('GET', KEYS[4])
+if cur then
+  local ok, decoded = pcall(cjson.decode, cur)
+  local s = ok and type(decoded) == 'table' and decoded['status'] or ''
+  if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' then return {n, 0} end
+end
+redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[5])
+redis.call('PUBLISH', KEYS[4], ARGV[4])
+return {n, 0}
 """
 
 #: Delete a sink claim only if it is still the caller's (KEYS: claim key; ARGV: token).
@@ -100,20 +121,56 @@ class WorkerRuntime:
         except TypeError as exc:
             raise ConfigurationError(f"RESULT_SINK: {exc}") from exc
 
-    def begin_delivery(self, task_id: str, retries: int) -> tuple[int, bool]:
-        """Count this delivery and check the persistent revoke set, in one round trip.
+    def begin_delivery(self, task: Any) -> tuple[int, bool]:
+        """Start a delivery of ``task`` in one round trip (see ``_BEGIN_SCRIPT``).
+
+        Counts the delivery, checks the persistent revoke set and, unless revoked, stores
+        STARTED (Celery's ``task_track_started`` is off: it would cost a round trip of its own)
+        and lists the task as running for the Monitor's wait estimate.
 
         Returns:
             ``(delivery number, revoked)``.
         """
+        from ..stats import running_entry
+
         s = self.settings
-        key = s.key("deliveries", task_id, str(retries))
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, int(s.visibility_timeout_s + s.task_time_limit_s) * (s.max_deliveries + 1))
-        pipe.zscore(s.key("revoked"), task_id)
-        count, _, revoked = pipe.execute()
-        return int(count), revoked is not None
+        request = task.request
+        task_id: str = request.id
+        hostname = str(getattr(request, "hostname", "") or "")
+        started = json.dumps(
+            {
+                "status": "STARTED",
+                "result": {"pid": os.getpid(), "hostname": hostname},
+                "traceback": None,
+                "children": [],
+                "date_done": None,
+                "task_id": task_id,
+            }
+        )
+        count, revoked = self._script(_BEGIN_SCRIPT)(
+            keys=[
+                s.key("deliveries", task_id, str(request.retries or 0)),
+                s.key("revoked"),
+                s.key("stats", "running"),
+                f"celery-task-meta-{task_id}",
+            ],
+            args=[
+                task_id,
+                int(s.visibility_timeout_s + s.task_time_limit_s) * (s.max_deliveries + 1),
+                running_entry(task),
+                started,
+                max(1, int(s.result_expires_s)),
+            ],
+        )
+        return int(count), bool(revoked)
+
+    def _script(self, source: str) -> Any:
+        """A registered script (EVALSHA, loaded on first NOSCRIPT), one per process."""
+        scripts: dict[str, Any] = self.__dict__.setdefault("_scripts", {})
+        script = scripts.get(source)
+        if script is None:
+            script = scripts[source] = self.redis.register_script(source)
+        return script
 
     def deliver_once(self, task_id: str, deliver: Any) -> bool:
         """Call ``deliver()`` unless a run of this task already had it acknowledged.
@@ -168,12 +225,9 @@ class WorkerRuntime:
                 "task_id": task_id,
             }
         )
-        stored = self.redis.eval(
-            _PROGRESS_SCRIPT,
-            1,
-            f"celery-task-meta-{task_id}",
-            meta,
-            max(1, int(self.settings.result_expires_s)),
+        stored = self._script(_PROGRESS_SCRIPT)(
+            keys=[f"celery-task-meta-{task_id}"],
+            args=[meta, max(1, int(self.settings.result_expires_s))],
         )
         return bool(stored)
 
@@ -206,7 +260,7 @@ def execute_definition(
     request = task.request
     task_id: str = request.id
     retries: int = request.retries or 0
-    delivery, revoked = runtime.begin_delivery(task_id, retries)
+    delivery, revoked = runtime.begin_delivery(task)
     if revoked:
         logger.info("task %s was revoked; not running it", task_id)
         task.backend.mark_as_revoked(task_id, "revoked", request=request)
