@@ -8,6 +8,7 @@ round trip, by a script), and reads and awaits results natively through
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import OrderedDict
@@ -462,7 +463,7 @@ class TaskManager:
         task_id = str(task)
         known = task_id in self._submitted
         try:
-            with anyio.fail_after(timeout):
+            async with asyncio.timeout(timeout):
                 async with redis_errors(self.settings, f"wait for task {task_id}", bounded=False):
                     status = await reader.wait(task_id, known=known)
         except TimeoutError:

@@ -168,10 +168,15 @@ async def test_waiters_across_a_restart_resolve_or_time_out_without_leaks(
             await resolves
         with pytest.raises(TaskTimeoutError):
             await times_out
+        await asyncio.gather(*(manager.get_task_status(to_time_out) for _ in range(20)))
+        settled = _clients(settings)
         for _ in range(3):  # more traffic must reuse connections, not open new ones
             await asyncio.gather(*(manager.get_task_status(to_time_out) for _ in range(20)))
         after = _clients(settings)
-    assert after <= before, (before, after)
+    # The reconnect makes both waiters re-read their keys while the cancel runs: the pool may
+    # need one connection more than the sequential traffic before the restart did, no more.
+    assert settled <= before + 1, (before, settled)
+    assert after <= settled, (settled, after)
     assert _clients(settings) == 0
 
 
