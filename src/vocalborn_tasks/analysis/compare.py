@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .align import MAX_CELLS, Alignment, align, local_costs, path_costs, pool_frames
-from .features import bands_below, cepstra
+from .features import bands_below, broad_band_energies, cepstra
 from .profile import FRAME_S, PAUSE_FRAMES, Profile, normalise
 
 __all__ = ["Comparison", "Span", "compare"]
@@ -27,6 +27,8 @@ RHYTHM_SEG_S = 0.3
 PAUSE_TOLERANCE_S = 0.25
 #: Largest semitone difference one frame can contribute (a stray tracking error is bounded).
 _MAX_PITCH_DIFF = 4.0
+#: Weight of the broad-band energy contours against the cepstra in the frame distance.
+ENERGY_WEIGHT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +47,12 @@ class Comparison:
     Attributes:
         warp: VTLN factor that matched best.
         cost: mean alignment distance (0 identical; about 1.0 unrelated speech).
-        worst: the window of the sample with the highest mean distance.
-        peak: how far the worst window rises above the median window: a local mismatch (one
-            wrong word) against the pair's own baseline, which a voice difference raises
-            evenly.
+        worst: the window of the sample with the highest mean *relative* distance: each
+            matched pair's distance over the typical distance of the two frames to everything
+            in the other recording (see :func:`relative_costs`).
+        peak: how far the worst window rises above the median window, in the same relative
+            units: a local mismatch (one wrong word) against the pair's own baseline, which a
+            voice difference raises evenly.
         coverage: share of the reference's speech spanned by the alignment (0..1).
         missing_start: share of the reference before the aligned part.
         missing_end: share of the reference after the aligned part.
@@ -82,27 +86,59 @@ def shared_bands(sample: Profile, ref: Profile) -> int:
     return bands_below(0.45 * min(sample.source_rate, ref.source_rate))
 
 
+def frame_features(mel: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Per-recording normalised cepstra (c1..c7 and deltas) plus broad-band energy contours.
+
+    Both parts are mean- and variance-normalised over the recording, so loudness, channel
+    and the overall tilt of a voice drop out; the energy contours keep the manner of each
+    consonant (closure, burst, frication), which one changed word often alters.
+    """
+    ceps = normalise(cepstra(mel))
+    energy = normalise(broad_band_energies(mel))
+    return np.concatenate([ceps, ENERGY_WEIGHT * energy], axis=1)
+
+
 def reference_features(sample: Profile, ref: Profile) -> NDArray[np.float64]:
-    """Normalised cepstra of the reference as it would sound in the sample's noise.
+    """Normalised features of the reference as it would sound in the sample's noise.
 
     Rather than cleaning the sample, the sample's own noise is added to the reference in the
     mel-power domain, scaled to the same speech-to-noise ratio: both then carry the same
-    noise and their cepstra stay comparable however noisy the sample is. Only the bands both
+    noise and their features stay comparable however noisy the sample is. Only the bands both
     recordings carry are used.
     """
     k = shared_bands(sample, ref)
     noise = sample.noise_mel[1.0] * (ref.speech_power / sample.speech_power)
-    return normalise(cepstra((ref.mel[1.0] + noise[None, :])[:, :k]))
+    return frame_features((ref.mel[1.0] + noise[None, :])[:, :k])
 
 
-def _align_best(sample: Profile, ref: Profile) -> tuple[float, Alignment, int]:
-    """Pick the speaker warp on a coarse (pooled) alignment, then align at full resolution."""
+def relative_costs(cost: NDArray[np.float64], path: NDArray[np.intp]) -> NDArray[np.float64]:
+    """Each matched pair's distance over the typical distance of its two frames.
+
+    A frame's typical distance is its mean distance to every frame of the other recording.
+    A different voice (or noise, or a narrow channel) raises all distances of a frame
+    together, so the ratio stays near its usual value; a wrong sound raises the matched
+    distance only. Dividing by the geometric mean of the sample frame's and the reference
+    frame's typical distance keeps the measure symmetric.
+    """
+    rows = cost.mean(axis=1)
+    cols = cost.mean(axis=0)
+    matched = cost[np.arange(cost.shape[0]), path]
+    typical = np.sqrt(rows * cols[path])
+    return np.asarray(matched / np.maximum(typical, 1e-9), dtype=np.float64)
+
+
+def _align_best(sample: Profile, ref: Profile) -> tuple[float, Alignment, int, NDArray[np.float64]]:
+    """Pick the speaker warp on a coarse (pooled) alignment, then align at full resolution.
+
+    Returns the warp, the alignment, the pooling factor and the relative cost of each
+    aligned (pooled) sample frame (:func:`relative_costs`).
+    """
     warps = list(sample.mel)
     n, m = sample.kept.size, ref.kept.size
     factor = max(1, int(np.ceil(np.sqrt(n * m / MAX_CELLS))))
     b = reference_features(sample, ref)
     k = shared_bands(sample, ref)
-    feats = {w: normalise(cepstra(sample.mel[w][:, :k])) for w in warps}
+    feats = {w: frame_features(sample.mel[w][:, :k]) for w in warps}
     best = warps[0]
     if len(warps) > 1:
         coarse = 2 * factor
@@ -110,7 +146,8 @@ def _align_best(sample: Profile, ref: Profile) -> tuple[float, Alignment, int]:
         costs = np.stack([local_costs(pool_frames(a, coarse), b_coarse) for a in feats.values()])
         best = warps[int(np.argmin(path_costs(costs)))]
     cost = local_costs(pool_frames(feats[best], factor), pool_frames(b, factor))
-    return best, align(cost), factor
+    al = align(cost)
+    return best, al, factor, relative_costs(cost, al.ref_index)
 
 
 def _window_means(values: NDArray[np.float64], win: int) -> NDArray[np.float64]:
@@ -132,19 +169,20 @@ def _worst_window(
 
 def compare(sample: Profile, ref: Profile) -> Comparison:
     """Align ``sample`` to ``ref`` and measure the differences."""
-    warp, al, factor = _align_best(sample, ref)
+    warp, al, factor, rel = _align_best(sample, ref)
     # Back to full frame resolution: sample kept frame -> reference kept frame.
     n_s = sample.kept.size
     m_r = ref.kept.size
     s_pos = np.minimum(np.arange(n_s) // factor, al.ref_index.size - 1)
     r_kept_idx = np.minimum(al.ref_index[s_pos] * factor + (np.arange(n_s) % factor), m_r - 1)
     frame_cost = al.frame_cost[s_pos]
+    frame_rel = rel[s_pos]
     s_frames = sample.kept
     r_frames = ref.kept[r_kept_idx]
     s_times = np.asarray(s_frames * FRAME_S, dtype=np.float64)
 
-    worst = _worst_window(frame_cost, s_times)
-    baseline = float(np.median(_window_means(frame_cost, max(1, round(WINDOW_S / FRAME_S)))))
+    worst = _worst_window(frame_rel, s_times)
+    baseline = float(np.median(_window_means(frame_rel, max(1, round(WINDOW_S / FRAME_S)))))
     start_k, end_k = int(r_kept_idx[0]), int(r_kept_idx[-1])
     coverage = (end_k - start_k + 1) / m_r
     missing_start = start_k / m_r

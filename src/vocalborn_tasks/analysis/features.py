@@ -26,6 +26,7 @@ __all__ = [
     "N_FFT",
     "Spectra",
     "bands_below",
+    "broad_band_energies",
     "cepstra",
     "frame_signal",
     "frame_view",
@@ -41,6 +42,11 @@ FRAME_LEN = 400  # 25 ms
 N_FFT = 512
 N_MELS = 32
 N_CEPS = 8
+#: Upper edges (Hz) of the broad bands whose log energies join the cepstra: voicing and F1,
+#: F2, F3 and the fricative/burst region. Their contour over time carries the manner of a
+#: consonant (a stop's closure and burst, a fricative's noise, a nasal's low-band murmur),
+#: which the cepstra, normalised frame by frame in shape only, see poorly.
+BROAD_BAND_EDGES_HZ = (1000.0, 2700.0, 4800.0, 7000.0)
 _EPS = 1e-10
 _FLOOR_DB = -100.0
 
@@ -200,3 +206,30 @@ def cepstra(mel: NDArray[np.float64]) -> NDArray[np.float64]:
     if ceps.shape[0] > 4:
         delta[2:-2] = (2 * (ceps[4:] - ceps[:-4]) + (ceps[3:-1] - ceps[1:-3])) / 10.0
     return np.concatenate([ceps, delta], axis=1)
+
+
+@lru_cache(maxsize=N_MELS + 1)
+def _broad_band_matrix(n_bands: int) -> NDArray[np.float64]:
+    """0/1 matrix summing the first ``n_bands`` mel bands into the broad bands they reach."""
+    centres = mel_edges()[1 : N_MELS + 1][:n_bands]
+    lows = (0.0, *BROAD_BAND_EDGES_HZ[:-1])
+    cols = [
+        (centres >= lo) & (centres < hi)
+        for lo, hi in zip(lows, BROAD_BAND_EDGES_HZ, strict=True)
+        if ((centres >= lo) & (centres < hi)).any()
+    ]
+    return np.stack(cols, axis=1).astype(np.float64)
+
+
+def broad_band_energies(mel: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Log energies of a few broad frequency bands (see ``BROAD_BAND_EDGES_HZ``).
+
+    Only the bands the given mel columns reach are returned (a telephone recording has no
+    fricative band). Floored 70 dB below the loudest band, like :func:`cepstra`.
+
+    Returns:
+        ``(frames, bands)`` log energies (not yet normalised).
+    """
+    energy = mel @ _broad_band_matrix(mel.shape[1])
+    peak = float(energy.max()) + _EPS
+    return np.asarray(np.log(np.maximum(energy, peak * 1e-7)), dtype=np.float64)

@@ -16,17 +16,19 @@ from .profile import Profile
 
 __all__ = ["Scores", "is_tonal", "level_for", "ramp", "score"]
 
-# Pronunciation: mean alignment distance (per-dimension RMS of normalised cepstra), which
-# separates the right sentence from a wrong one, and the worst 0.25 s window's rise above the
-# pair's own median window ("peak"), which points at one wrong word.
+# Pronunciation: mean alignment distance (per-dimension RMS of normalised cepstra and
+# broad-band energy contours), which separates the right sentence from a wrong one, and the
+# worst 0.25 s window's rise above the pair's own median window ("peak", on the relative
+# distance: each matched pair over its frames' typical distance), which points at one wrong
+# word.
 # Distance -> score knots: 100 up to the first, 20 at the second, 0 at the third. The steep
 # part separates the right sentence from a wrong one; the gentle tail keeps ranking noisy
 # attempts instead of flattening them all to 0.
 PRON_COST = (0.78, 0.84, 1.0)
 # Peak -> percent taken off: a little per unit everywhere, much more past the knee.
-PRON_PEAK_PER_UNIT = 10.0
-PRON_PEAK_KNEE = 0.4
-PRON_PEAK_PAST_KNEE = 60.0
+PRON_PEAK_PER_UNIT = 14.0
+PRON_PEAK_KNEE = 0.28
+PRON_PEAK_PAST_KNEE = 85.0
 # Completeness: share of the reference spanned by the alignment.
 COVERAGE = (0.90, 0.40)
 # Tone: points lost per semitone of mean and of worst-window difference of the aligned
