@@ -34,6 +34,11 @@ __all__ = ["META_PREFIX", "PubSubHub", "ResultReader", "status_from_meta"]
 logger = logging.getLogger(__name__)
 
 META_PREFIX: Final = "celery-task-meta-"
+#: Coalesced status reads in flight at once per reader (each holds one pooled connection);
+#: reads requested meanwhile wait and go together in the next round trip.
+_MAX_FLUSHES: Final = 4
+#: Meta ``status`` values after which a task's state does not change any more.
+_FINAL_STATES: Final = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 
 class _Recheck:
@@ -250,6 +255,9 @@ class PubSubHub:
                 backoff = min(self._max_backoff_s, backoff * 2)
                 continue
             self._dispatch(response)
+            # A burst of buffered messages would otherwise be parsed, and every waiter woken,
+            # in one turn of the event loop: let the host's other coroutines run in between.
+            await asyncio.sleep(0)
 
     async def _reconnect(self) -> None:
         await self._open()
@@ -329,13 +337,14 @@ class ResultReader:
         self._marker_key = marker_key
         self._pending: list[tuple[str, asyncio.Future[TaskStatus]]] = []
         self._flush_scheduled = False
+        self._flushing = 0
 
     async def fetch(self, task_id: str) -> TaskStatus:
         """The task's stored meta and our marker, mapped to a TaskStatus.
 
         Fetches requested in the same event-loop turn are coalesced into one pipelined round
-        trip on one connection: ten thousand waiters starting at once cost a handful of round
-        trips, not ten thousand connections.
+        trip on one connection, and at most ``_MAX_FLUSHES`` such round trips are in flight:
+        ten thousand waiters starting at once cost a handful of round trips and connections.
         """
         fut: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
         self._pending.append((task_id, fut))
@@ -346,12 +355,24 @@ class ResultReader:
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False
+        if self._flushing >= _MAX_FLUSHES:
+            return  # the next flush to finish takes what has piled up, as one batch
         batch, self._pending = self._pending, []
         batch = [(task_id, fut) for task_id, fut in batch if not fut.done()]
         if batch:
+            self._flushing += 1
             asyncio.get_running_loop().create_task(self._flush(batch))
 
     async def _flush(self, batch: list[tuple[str, asyncio.Future[TaskStatus]]]) -> None:
+        try:
+            await self._flush_batch(batch)
+        finally:
+            self._flushing -= 1
+            if self._pending and not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._start_flush)
+
+    async def _flush_batch(self, batch: list[tuple[str, asyncio.Future[TaskStatus]]]) -> None:
         try:
             statuses = await self.fetch_many([task_id for task_id, _ in batch])
         except BaseException as exc:
@@ -416,12 +437,35 @@ class ResultReader:
             await self._hub.unsubscribe(channel, queue)
 
     async def wait(self, task_id: str, *, known: bool = False) -> TaskStatus:
-        """Wait for a final state and return it (no timeout: the caller sets one)."""
-        last: TaskStatus | None = None
-        async for status in self.watch(task_id, known=known):
-            last = status
-        assert last is not None
-        status = last
+        """Wait for a final state and return it (no timeout: the caller sets one).
+
+        Like :meth:`watch`, but a message for a state that is not final is only peeked at:
+        no status is built for the STARTED and PROGRESS steps nobody is shown.
+        """
+        channel = META_PREFIX + task_id
+        queue = await self._hub.subscribe(channel)
+        try:
+            status = await self.fetch(task_id)
+            if status.state is TaskState.NOT_FOUND and not known:
+                raise TaskNotFoundError(
+                    f"task {task_id} is unknown or has expired", task_id=task_id
+                )
+            status = _lost_if_gone(status)
+            while not status.is_final:
+                item = await queue.get()
+                if isinstance(item, _Recheck):
+                    status = _lost_if_gone(await self.fetch(task_id))
+                    continue
+                try:
+                    meta = json.loads(item)
+                except ValueError:
+                    continue
+                if isinstance(meta, Mapping) and meta.get("status") in _FINAL_STATES:
+                    status = status_from_meta(task_id, meta).model_copy(
+                        update={"submitted_at": status.submitted_at, "queue": status.queue}
+                    )
+        finally:
+            await self._hub.unsubscribe(channel, queue)
         if status.state is TaskState.LOST:
             raise TaskLostError(
                 f"task {task_id} was lost: the server no longer knows it (was it restarted "
