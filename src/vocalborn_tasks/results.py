@@ -163,6 +163,10 @@ class PubSubHub:
         self._waiters: dict[str, set[asyncio.Queue[bytes | _Recheck]]] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._send_lock = asyncio.Lock()
+        self._to_subscribe: set[str] = set()
+        self._to_unsubscribe: set[str] = set()
+        self._flush_scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()
         self._start_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -191,9 +195,43 @@ class PubSubHub:
 
     async def _send(self, *args: str) -> None:
         async with self._send_lock:
-            if self._conn is None or not self._connected.is_set():
+            if self._closed or self._conn is None or not self._connected.is_set():
                 return  # the reader resubscribes everything once it has reconnected
             await self._conn.send_command(*args, check_health=False)
+
+    def _queue_change(self, channel: str, subscribe: bool) -> None:
+        """Send (UN)SUBSCRIBE for ``channel`` with the others asked for in this loop turn.
+
+        Ten thousand waiters starting together cost one SUBSCRIBE command, not ten thousand
+        writes; waiters ending together share one UNSUBSCRIBE.
+        """
+        if self._closed:
+            return
+        (self._to_subscribe if subscribe else self._to_unsubscribe).add(channel)
+        (self._to_unsubscribe if subscribe else self._to_subscribe).discard(channel)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_changes)
+
+    def _start_changes(self) -> None:
+        self._flush_scheduled = False
+        task = asyncio.get_running_loop().create_task(self._send_changes())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _send_changes(self) -> None:
+        # A channel that gained a waiter again before we got here stays subscribed.
+        unsubscribe = [c for c in self._to_unsubscribe if c not in self._waiters]
+        subscribe = list(self._to_subscribe)
+        self._to_unsubscribe.clear()
+        self._to_subscribe.clear()
+        for channel in unsubscribe:
+            self._confirmed.pop(channel, None)
+        with contextlib.suppress(RedisError, OSError):
+            if unsubscribe:
+                await self._send("UNSUBSCRIBE", *unsubscribe)
+            if subscribe:
+                await self._send("SUBSCRIBE", *subscribe)
 
     async def subscribe(self, channel: str) -> asyncio.Queue[bytes | _Recheck]:
         """Subscribe a new waiter to ``channel``; returns once the server has confirmed it."""
@@ -204,9 +242,14 @@ class PubSubHub:
         waiters = self._waiters.get(channel)
         if waiters is None:
             self._waiters[channel] = {queue}
-            confirmed = asyncio.get_running_loop().create_future()
-            self._confirmed[channel] = confirmed
-            await self._send("SUBSCRIBE", channel)
+            confirmed = self._confirmed.get(channel)
+            if channel in self._to_unsubscribe and confirmed is not None:
+                # Its last waiter just left and the UNSUBSCRIBE has not gone out: keep it.
+                self._to_unsubscribe.discard(channel)
+            else:
+                confirmed = asyncio.get_running_loop().create_future()
+                self._confirmed[channel] = confirmed
+                self._queue_change(channel, subscribe=True)
         else:
             waiters.add(queue)
             confirmed = self._confirmed.get(channel) or _done_future()
@@ -225,11 +268,15 @@ class PubSubHub:
         waiters.discard(queue)
         if not waiters:
             del self._waiters[channel]
-            fut = self._confirmed.pop(channel, None)
+            fut = self._confirmed.get(channel)
             if fut is not None and not fut.done():
                 fut.cancel()
-            with contextlib.suppress(RedisError, OSError):
-                await self._send("UNSUBSCRIBE", channel)
+                self._confirmed.pop(channel, None)
+            if channel in self._to_subscribe:  # never sent: nothing to undo
+                self._to_subscribe.discard(channel)
+                self._confirmed.pop(channel, None)
+            else:
+                self._queue_change(channel, subscribe=False)
 
     async def _read_forever(self) -> None:
         backoff = 0.05
@@ -302,13 +349,17 @@ class PubSubHub:
     async def aclose(self) -> None:
         """Stop the reader and close the connection; waiters are cancelled by their owners."""
         self._closed = True
+        for task in list(self._flushes):
+            task.cancel()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
         if self._conn is not None:
+            conn, self._conn = self._conn, None
+            self._connected.clear()
             with contextlib.suppress(Exception):
-                await self._conn.disconnect()
+                await conn.disconnect()
         for fut in self._confirmed.values():
             if not fut.done():
                 fut.cancel()
