@@ -218,6 +218,13 @@ class TaskSettings(BaseSettings):
         gt=0,
         validation_alias=_env("ANALYSIS_MAX_DURATION", "analysis_max_duration_s"),
     )
+    # A progress write costs a round trip; a task's first quarter second is already covered
+    # by STARTED, and a watcher gains nothing from more than a few updates per second.
+    progress_min_interval_s: float = Field(
+        default=0.25,
+        ge=0,
+        validation_alias=_env("PROGRESS_MIN_INTERVAL", "progress_min_interval_s"),
+    )
 
     # --- Maintenance ---------------------------------------------------------------------------
     temp_dir: Path | None = Field(

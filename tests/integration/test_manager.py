@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from support import AUDIO, WorkerProcess
+from support import AUDIO, WorkerProcess, flush, running_worker
 from vocalborn_tasks import (
     AnalysisRequest,
     AnalysisResult,
@@ -57,13 +57,24 @@ def _keys(settings: TaskSettings, pattern: str) -> int:
 
 
 async def test_analysis_end_to_end_with_progress(
-    base_settings: TaskSettings, worker: WorkerProcess
+    base_settings: TaskSettings, tmp_path: Path
 ) -> None:
-    async with TaskManager(base_settings) as manager:
-        task_id = await manager.submit_audio_analysis(_request("rec-e2e"))
-        seen = [status async for status in manager.watch(task_id)]
-        result = await manager.wait_for_result(task_id, timeout=60)
-        status = await manager.get_task_status(task_id)
+    # An analysis takes well under the default 0.25 s between stored progress reports, so
+    # this worker stores every report (its own databases: the shared worker cannot take it).
+    settings = TaskSettings(
+        redis_url=base_settings.redis_url,
+        redis_db_broker=4,
+        redis_db_backend=5,
+        worker_heartbeat_s=0.5,
+        progress_min_interval_s=0.0,
+    )
+    flush(settings)
+    with running_worker(settings, name="progress", pool="solo", log_dir=tmp_path):
+        async with TaskManager(settings) as manager:
+            task_id = await manager.submit_audio_analysis(_request("rec-e2e"))
+            seen = [status async for status in manager.watch(task_id)]
+            result = await manager.wait_for_result(task_id, timeout=60)
+            status = await manager.get_task_status(task_id)
     assert seen[-1].state is TaskState.SUCCESS
     progress = [s.progress for s in seen if s.state is TaskState.PROGRESS]
     assert progress, [s.state for s in seen]
@@ -77,6 +88,19 @@ async def test_analysis_end_to_end_with_progress(
     assert status.state is TaskState.SUCCESS
     assert status.task_name == "vocalborn.analyze_audio"
     assert status.queue == "ai_analysis"
+
+
+async def test_progress_is_stored_at_most_every_quarter_second_by_default(
+    base_settings: TaskSettings, worker: WorkerProcess
+) -> None:
+    # echo reports every 0.1 s: 15 reports in 1.5 s, of which the default interval (0.25 s,
+    # counted from the start) stores at most 6; each stored one reaches a watcher.
+    async with TaskManager(base_settings) as manager:
+        handle = await manager.submit(echo, "throttled", delay_s=1.5)
+        seen = [status async for status in manager.watch(handle)]
+    progress = [s for s in seen if s.state is TaskState.PROGRESS]
+    assert seen[-1].state is TaskState.SUCCESS
+    assert 2 <= len(progress) <= 6, [(s.state, s.progress) for s in seen]
 
 
 async def test_same_sentence_scores_above_a_different_sentence(

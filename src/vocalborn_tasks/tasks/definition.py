@@ -50,7 +50,9 @@ class TaskContext:
         """Publish ``step`` and ``percent`` (0-100) as the task's PROGRESS state.
 
         Callers see it through ``TaskManager.watch`` and ``get_task_status``. Cheap enough to
-        call at each stage; not meant for every loop iteration.
+        call at each stage; not meant for every loop iteration. Reports are stored at most every
+        ``PROGRESS_MIN_INTERVAL`` seconds (0.25 s by default, counted from the task's start):
+        a report in between is dropped, since the next one (or the result) supersedes it.
         """
         if self._report is not None:
             self._report(step, max(0.0, min(100.0, float(percent))))

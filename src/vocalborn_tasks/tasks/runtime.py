@@ -270,12 +270,16 @@ def execute_definition(
             f"delivered {delivery} times without finishing (workers died running it); giving up"
         )
 
-    last: list[tuple[str, float]] = []
+    # STARTED was stored just now; progress is stored at most every progress_min_interval_s
+    # after it (a report in between is dropped: the next one, or the result, supersedes it).
+    interval = runtime.settings.progress_min_interval_s
+    last: list[Any] = [None, time.monotonic()]
 
     def report(step: str, percent: float) -> None:
-        if last and last[0] == (step, percent):
+        now = time.monotonic()
+        if last[0] == (step, percent) or now - last[1] < interval:
             return
-        last[:] = [(step, percent)]
+        last[:] = [(step, percent), now]
         if not runtime.store_progress(task_id, step, percent):
             # Cancelled while running (a pool without terminate, or the signal was lost):
             # stop here, cooperatively; the REVOKED state is already stored.
