@@ -11,23 +11,24 @@ statistics of the run that produced the state travel in the same round trip (see
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import states
 from celery.backends.redis import RedisBackend
-from redis.exceptions import NoScriptError
 
 from .stats import recorder_of
 
 __all__ = ["VocalbornRedisBackend"]
 
-logger = logging.getLogger(__name__)
-
 _FINAL = (states.SUCCESS, states.FAILURE, states.REVOKED)
 
-#: KEYS: meta key, submit marker. ARGV: encoded meta, expiry seconds (0: none), state.
+#: KEYS: meta key, submit marker. ARGV: encoded meta, expiry seconds (0: none), state, and
+#: optionally the run's statistics: a JSON list of commands (stats.py), applied first (a run
+#: that happened is counted even when its state is not stored).
 _STORE_SCRIPT = """
+if ARGV[4] then
+  for _, command in ipairs(cjson.decode(ARGV[4])) do redis.call(unpack(command)) end
+end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, decoded = pcall(cjson.decode, cur)
@@ -88,20 +89,9 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
         seconds = (
             int(expires.total_seconds()) if hasattr(expires, "total_seconds") else int(expires or 0)
         )
-        keys, args = [key, marker], [value, seconds, state]
+        args = [value, seconds, state]
         recorder = recorder_of(self.app)
-        pipe = client.pipeline(transaction=False)
-        # Not the Script object in a pipeline: redis-py would add a SCRIPT EXISTS round trip.
-        pipe.evalsha(self._store_script.sha, len(keys), *keys, *args)
-        if recorder is None or not recorder.add_finish(pipe, task_id, state, result):
-            self._store_script(keys=keys, args=args, client=client)
-            return
-        # The run's statistics ride along with the stored state: one round trip for both.
-        replies = pipe.execute(raise_on_error=False)
-        if isinstance(replies[0], NoScriptError):  # the server lost its script cache
-            self._store_script(keys=keys, args=args, client=client)
-        elif isinstance(replies[0], Exception):
-            raise replies[0]
-        failed = [r for r in replies[1:] if isinstance(r, Exception)]
-        if failed:
-            logger.debug("stats: could not record end of %s: %s", task_id, failed[0])
+        stats = recorder.finish_ops(task_id, state, result) if recorder is not None else None
+        if stats is not None:  # the run's statistics ride along: one round trip for both
+            args.append(stats)
+        self._store_script(keys=[key, marker], args=args, client=client)

@@ -120,8 +120,8 @@ class _Recorder:
 
     The start of a run costs no round trip of its own: the library's task runtime lists the
     task as running in the same script that counts the delivery (``running_entry``). The end
-    costs none either when the result backend stores the final state: it appends the
-    statistics to that round trip (``add_finish``); ``task_postrun`` records only the runs
+    costs none either when the result backend stores the final state: its script applies the
+    statistics in the same call (``finish_ops``); ``task_postrun`` records only the runs
     the backend did not store (a cancelled run that raised ``Ignore``, say).
     """
 
@@ -144,21 +144,20 @@ class _Recorder:
             perf=time.perf_counter(),
         )
 
-    def add_finish(self, pipe: Any, task_id: str, state: str, retval: Any) -> bool:
-        """Append the end of ``task_id``'s run to ``pipe`` if it runs in this process.
+    def finish_ops(self, task_id: str, state: str, retval: Any) -> str | None:
+        """The end of ``task_id``'s run as Redis commands (JSON), if it runs in this process.
 
-        Called by the result backend as it stores a state; returns False (and adds nothing)
-        for a task this process is not running, such as a failure the main process stores
-        for a pool child that died.
+        Called by the result backend as it stores a state, which applies them in the same
+        script; None for a task this process is not running (such as a failure the main
+        process stores for a pool child that died) or a state that is not an end.
         """
         outcome = _OUTCOME_OF.get(state)
         if outcome is None:  # not an end (a custom state a task stored for itself)
-            return False
+            return None
         run = self._runs.pop(task_id, None)
         if run is None:
-            return False
-        self._add_commands(pipe, task_id, run, outcome, retval)
-        return True
+            return None
+        return json.dumps(self._ops(task_id, run, outcome, retval).commands)
 
     def on_postrun(
         self,
@@ -174,13 +173,15 @@ class _Recorder:
         if run is None:  # the backend recorded it with the stored state
             return
         try:
+            ops = self._ops(task_id, run, _OUTCOME_OF.get(state or "", "other"), retval)
             pipe = _client(self.app).pipeline(transaction=False)
-            self._add_commands(pipe, task_id, run, _OUTCOME_OF.get(state or "", "other"), retval)
+            for command in ops.commands:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
             pipe.execute()
         except Exception as exc:  # statistics must never break a task
             logger.debug("stats: could not record end of %s: %s", task_id, exc)
 
-    def _add_commands(self, pipe: Any, task_id: str, run: _Run, outcome: str, retval: Any) -> None:
+    def _ops(self, task_id: str, run: _Run, outcome: str, retval: Any) -> _Ops:
         settings = self.app.settings
         now = time.time()
         duration = max(0.0, time.perf_counter() - run.perf)
@@ -199,18 +200,32 @@ class _Recorder:
         runs = _key(settings, "runs", name)
         hist = _key(settings, "hist", name)
         bucket = next((b for b in DURATION_BUCKETS if duration <= b), math.inf)
-        pipe.hdel(_key(settings, "running"), task_id)
-        pipe.zadd(runs, {member: now})
-        pipe.zremrangebyrank(runs, 0, -(settings.stats_keep + 1))
-        pipe.expire(runs, int(settings.stats_window_s * 4) + 60)
-        pipe.hset(_key(settings, "tasks"), name, run.queue)
-        pipe.hincrby(_key(settings, "count"), f"{name}|{outcome}", 1)
+        ops = _Ops()
+        ops.add("HDEL", _key(settings, "running"), task_id)
+        ops.add("ZADD", runs, repr(now), member)
+        ops.add("ZREMRANGEBYRANK", runs, "0", str(-(settings.stats_keep + 1)))
+        ops.add("EXPIRE", runs, str(int(settings.stats_window_s * 4) + 60))
+        ops.add("HSET", _key(settings, "tasks"), name, run.queue)
+        ops.add("HINCRBY", _key(settings, "count"), f"{name}|{outcome}", "1")
         if outcome != "retry":  # a retried run is counted once it ends for good
-            pipe.hincrby(hist, _bucket_label(bucket), 1)
-            pipe.hincrbyfloat(hist, "sum", duration)
-            pipe.hincrby(hist, "count", 1)
+            ops.add("HINCRBY", hist, _bucket_label(bucket), "1")
+            ops.add("HINCRBYFLOAT", hist, "sum", repr(duration))
+            ops.add("HINCRBY", hist, "count", "1")
         if outcome == "success" and name == _ANALYSIS_TASK and isinstance(retval, Mapping):
-            _record_scores(pipe, settings, retval)
+            _record_scores(ops, settings, retval)
+        return ops
+
+
+class _Ops:
+    """Redis commands collected as lists of strings (applied by a script or a pipeline)."""
+
+    __slots__ = ("commands",)
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def add(self, *command: str) -> None:
+        self.commands.append(list(command))
 
 
 def running_entry(task: Any) -> str:
@@ -232,19 +247,19 @@ def recorder_of(app: Any) -> _Recorder | None:
     return recorder
 
 
-def _record_scores(pipe: Any, settings: TaskSettings, result: Mapping[str, Any]) -> None:
+def _record_scores(ops: _Ops, settings: TaskSettings, result: Mapping[str, Any]) -> None:
     key = _key(settings, "scores")
     for label, field in SCORE_FIELDS.items():
         value = result.get(field)
         if not isinstance(value, int | float):
             continue
         bucket = next((b for b in SCORE_BUCKETS if value <= b), math.inf)
-        pipe.hincrby(key, f"{label}|{_bucket_label(bucket)}", 1)
-        pipe.hincrbyfloat(key, f"{label}|sum", float(value))
-        pipe.hincrby(key, f"{label}|count", 1)
+        ops.add("HINCRBY", key, f"{label}|{_bucket_label(bucket)}", "1")
+        ops.add("HINCRBYFLOAT", key, f"{label}|sum", repr(float(value)))
+        ops.add("HINCRBY", key, f"{label}|count", "1")
     level = result.get("level")
     if isinstance(level, int):
-        pipe.hincrby(_key(settings, "levels"), str(level), 1)
+        ops.add("HINCRBY", _key(settings, "levels"), str(level), "1")
 
 
 def _queue_of(request: Any) -> str:
