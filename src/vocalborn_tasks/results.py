@@ -39,6 +39,8 @@ META_PREFIX: Final = "celery-task-meta-"
 _MAX_FLUSHES: Final = 4
 #: Meta ``status`` values after which a task's state does not change any more.
 _FINAL_STATES: Final = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+#: A message for a final state contains one of these; any other is skipped undecoded.
+_FINAL_WORDS: Final = tuple(state.encode() for state in sorted(_FINAL_STATES))
 
 
 class _Recheck:
@@ -507,6 +509,8 @@ class ResultReader:
                 if isinstance(item, _Recheck):
                     status = _lost_if_gone(await self.fetch(task_id))
                     continue
+                if not any(word in item for word in _FINAL_WORDS):
+                    continue  # STARTED or PROGRESS: not worth decoding here
                 try:
                     meta = json.loads(item)
                 except ValueError:
