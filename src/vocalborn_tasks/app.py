@@ -161,6 +161,9 @@ def create_celery_app(
     from .heartbeat import HeartbeatStep
 
     app.steps["worker"].add(HeartbeatStep)
+    from ._result_logging import HideResultsStep
+
+    app.steps["worker"].add(HideResultsStep)
     from .stats import install_stats
 
     install_stats(app)

@@ -218,6 +218,11 @@ class TaskSettings(BaseSettings):
         gt=0,
         validation_alias=_env("ANALYSIS_MAX_DURATION", "analysis_max_duration_s"),
     )
+    # Results of analyses are health data: workers keep them out of their INFO lines unless
+    # the host opts in (see _result_logging.py).
+    log_task_results: bool = Field(
+        default=False, validation_alias=_env("LOG_TASK_RESULTS", "log_task_results")
+    )
     # A progress write costs a round trip; a task's first quarter second is already covered
     # by STARTED, and a watcher gains nothing from more than a few updates per second.
     progress_min_interval_s: float = Field(

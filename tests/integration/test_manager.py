@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from support import AUDIO, WorkerProcess, flush, running_worker
+from support import AUDIO, WorkerProcess, flush, running_worker, wait_until
 from vocalborn_tasks import (
     AnalysisRequest,
     AnalysisResult,
@@ -26,6 +26,7 @@ from vocalborn_tasks import (
     TaskState,
     TaskTimeoutError,
 )
+from vocalborn_tasks._result_logging import HIDDEN
 from vocalborn_tasks.embedded import free_port
 from vocalborn_tasks.tasks import EchoResult, TaskContext, echo, task_definition
 
@@ -67,9 +68,10 @@ async def test_analysis_end_to_end_with_progress(
         redis_db_backend=5,
         worker_heartbeat_s=0.5,
         progress_min_interval_s=0.0,
+        log_task_results=True,
     )
     flush(settings)
-    with running_worker(settings, name="progress", pool="solo", log_dir=tmp_path):
+    with running_worker(settings, name="progress", pool="solo", log_dir=tmp_path) as own:
         async with TaskManager(settings) as manager:
             task_id = await manager.submit_audio_analysis(_request("rec-e2e"))
             seen = [status async for status in manager.watch(task_id)]
@@ -88,6 +90,8 @@ async def test_analysis_end_to_end_with_progress(
     assert status.state is TaskState.SUCCESS
     assert status.task_name == "vocalborn.analyze_audio"
     assert status.queue == "ai_analysis"
+    # This worker opted in to logging results (LOG_TASK_RESULTS=true).
+    assert "'overall_score'" in own.log_path.read_text(errors="replace")
 
 
 async def test_progress_is_stored_at_most_every_quarter_second_by_default(
@@ -113,6 +117,14 @@ async def test_same_sentence_scores_above_a_different_sentence(
         same, diff = await asyncio.gather(*(manager.wait_for_result(i, timeout=60) for i in ids))
     assert same.pronunciation_accuracy > diff.pronunciation_accuracy
     assert diff.level >= same.level
+    # Patients' scores stay out of the worker's log by default; the success line remains.
+    log = wait_until(
+        lambda: (text := worker.log_path.read_text(errors="replace")).count(ids[1]) >= 2 and text,
+        timeout=10,
+    )
+    succeeded = [line for line in log.splitlines() if ids[0] in line and "succeeded" in line]
+    assert succeeded and all(HIDDEN in line for line in succeeded), succeeded
+    assert "overall_score" not in log
 
 
 async def test_inflight_resubmission_returns_the_same_id(base_settings: TaskSettings) -> None:

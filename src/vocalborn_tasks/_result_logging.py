@@ -1,0 +1,49 @@
+"""Keep task results out of worker logs unless the host asks for them.
+
+Celery logs every success at INFO as ``Task name[id] succeeded in 0.05s: <repr of the result>``.
+For an analysis that repr is a patient's practice record id, scores and advice: health data in
+plain log files, shipped wherever the host's logs go. The worker of a library app therefore
+replaces the return value in that line (and in the record's ``data`` extra, which custom
+handlers read) with a placeholder, unless ``LOG_TASK_RESULTS`` is true.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from celery import bootsteps
+
+__all__ = ["HIDDEN", "HideResultsFilter", "HideResultsStep"]
+
+#: What the log line shows instead of the result.
+HIDDEN = "<result not logged; set LOG_TASK_RESULTS=true to log it>"
+_TRACE_LOGGER = "celery.app.trace"
+
+
+class HideResultsFilter(logging.Filter):
+    """Replace ``return_value`` in Celery's task-success records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, Mapping) and "return_value" in args:
+            record.args = {**args, "return_value": HIDDEN}
+            data = getattr(record, "data", None)
+            if isinstance(data, Mapping):
+                record.data = {**data, "return_value": HIDDEN}
+        return True
+
+
+class HideResultsStep(bootsteps.Step):  # type: ignore[misc]
+    """Worker bootstep: install the filter before the pool forks (children inherit it)."""
+
+    label = "vocalborn result logging"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        if worker.app.settings.log_task_results:
+            return
+        trace_logger = logging.getLogger(_TRACE_LOGGER)
+        if not any(isinstance(f, HideResultsFilter) for f in trace_logger.filters):
+            trace_logger.addFilter(HideResultsFilter())
