@@ -190,6 +190,12 @@ class TaskManager:
     def _marker_key(self, task_id: str) -> str:
         return self.settings.key("task", task_id)
 
+    @property
+    def _marker_ttl_s(self) -> int:
+        """How long a submit marker lives: a queued task plus twice its result's lifetime."""
+        s = self.settings
+        return int(s.result_expires_s * 2 + s.visibility_timeout_s)
+
     def _remember(self, task_id: str) -> None:
         self._submitted[task_id] = None
         if len(self._submitted) > _REMEMBERED_IDS:
@@ -318,7 +324,7 @@ class TaskManager:
         # Path resolution and header probes touch the filesystem: one thread hop for the batch.
         prepared = await anyio.to_thread.run_sync(self._check_files, located)
         settings = self.settings
-        ttl = str(int(settings.result_expires_s * 2 + settings.visibility_timeout_s))
+        ttl = str(self._marker_ttl_s)
         now = repr(time.time())
         candidates = [new_task_id() for _ in prepared]
         definition = analyze_audio
@@ -380,7 +386,7 @@ class TaskManager:
                     definition.name,
                     definition.queue,
                     repr(time.time()),
-                    int(settings.result_expires_s * 2 + settings.visibility_timeout_s),
+                    self._marker_ttl_s,
                     settings.redis_db_broker,
                     message,
                 ],

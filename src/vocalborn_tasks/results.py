@@ -460,6 +460,34 @@ class ResultReader:
             TaskNotFoundError: the id is unknown (or its result expired) at the start.
             TaskLostError: the server forgot the task while we were waiting.
         """
+        async for status in self._follow(task_id, known=known, final_only=False):
+            yield status
+
+    async def wait(self, task_id: str, *, known: bool = False) -> TaskStatus:
+        """Wait for a final state and return it (no timeout: the caller sets one).
+
+        Like :meth:`watch`, but a message for a state that is not final is only peeked at:
+        no status is built for the STARTED and PROGRESS steps nobody is shown.
+        """
+        last: TaskStatus | None = None
+        async for status in self._follow(task_id, known=known, final_only=True):
+            last = status
+        assert last is not None
+        if last.state is TaskState.LOST:
+            raise TaskLostError(
+                f"task {task_id} was lost: the server no longer knows it (was it restarted "
+                "without persistence?)",
+                task_id=task_id,
+            )
+        return last
+
+    async def _follow(
+        self, task_id: str, *, known: bool, final_only: bool
+    ) -> AsyncGenerator[TaskStatus, None]:
+        """Subscribe, read the key, then yield each change until a final state.
+
+        With ``final_only``, messages for states that are not final are skipped undecoded.
+        """
         channel = META_PREFIX + task_id
         queue = await self._hub.subscribe(channel)
         try:
@@ -476,9 +504,15 @@ class ResultReader:
                 if isinstance(item, _Recheck):
                     status = _lost_if_gone(await self.fetch(task_id))
                 else:
+                    if final_only and not any(word in item for word in _FINAL_WORDS):
+                        continue  # STARTED or PROGRESS: not worth decoding here
                     try:
                         meta = json.loads(item)
                     except ValueError:
+                        continue
+                    if final_only and not (
+                        isinstance(meta, Mapping) and meta.get("status") in _FINAL_STATES
+                    ):
                         continue
                     status = status_from_meta(task_id, meta).model_copy(
                         update={"submitted_at": last.submitted_at, "queue": last.queue}
@@ -488,46 +522,6 @@ class ResultReader:
                     last = status
         finally:
             await self._hub.unsubscribe(channel, queue)
-
-    async def wait(self, task_id: str, *, known: bool = False) -> TaskStatus:
-        """Wait for a final state and return it (no timeout: the caller sets one).
-
-        Like :meth:`watch`, but a message for a state that is not final is only peeked at:
-        no status is built for the STARTED and PROGRESS steps nobody is shown.
-        """
-        channel = META_PREFIX + task_id
-        queue = await self._hub.subscribe(channel)
-        try:
-            status = await self.fetch(task_id)
-            if status.state is TaskState.NOT_FOUND and not known:
-                raise TaskNotFoundError(
-                    f"task {task_id} is unknown or has expired", task_id=task_id
-                )
-            status = _lost_if_gone(status)
-            while not status.is_final:
-                item = await queue.get()
-                if isinstance(item, _Recheck):
-                    status = _lost_if_gone(await self.fetch(task_id))
-                    continue
-                if not any(word in item for word in _FINAL_WORDS):
-                    continue  # STARTED or PROGRESS: not worth decoding here
-                try:
-                    meta = json.loads(item)
-                except ValueError:
-                    continue
-                if isinstance(meta, Mapping) and meta.get("status") in _FINAL_STATES:
-                    status = status_from_meta(task_id, meta).model_copy(
-                        update={"submitted_at": status.submitted_at, "queue": status.queue}
-                    )
-        finally:
-            await self._hub.unsubscribe(channel, queue)
-        if status.state is TaskState.LOST:
-            raise TaskLostError(
-                f"task {task_id} was lost: the server no longer knows it (was it restarted "
-                "without persistence?)",
-                task_id=task_id,
-            )
-        return status
 
 
 def _lost_if_gone(status: TaskStatus) -> TaskStatus:

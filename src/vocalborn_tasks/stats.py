@@ -114,6 +114,18 @@ class _Run:
     wall: float
     perf: float
 
+    @classmethod
+    def starting(cls, task: Any) -> _Run:
+        """``task``'s run, starting now."""
+        request = task.request
+        return cls(
+            name=str(task.name),
+            queue=_queue_of(request),
+            worker=str(getattr(request, "hostname", "") or ""),
+            wall=time.time(),
+            perf=time.perf_counter(),
+        )
+
 
 class _Recorder:
     """Signal handlers bound to one app (held by the app, connected weakly).
@@ -135,14 +147,7 @@ class _Recorder:
     def on_prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
         if task_id is None or not self._ours(sender):
             return
-        request = sender.request
-        self._runs[task_id] = _Run(
-            name=str(sender.name),
-            queue=_queue_of(request),
-            worker=str(getattr(request, "hostname", "") or ""),
-            wall=time.time(),
-            perf=time.perf_counter(),
-        )
+        self._runs[task_id] = _Run.starting(sender)
 
     def finish_ops(self, task_id: str, state: str, retval: Any) -> str | None:
         """The end of ``task_id``'s run as Redis commands (JSON), if it runs in this process.
@@ -230,15 +235,8 @@ class _Ops:
 
 def running_entry(task: Any) -> str:
     """The ``stats:running`` value for ``task`` starting now (JSON)."""
-    request = task.request
-    return json.dumps(
-        {
-            "n": task.name,
-            "q": _queue_of(request),
-            "w": str(getattr(request, "hostname", "") or ""),
-            "s": time.time(),
-        }
-    )
+    run = _Run.starting(task)
+    return json.dumps({"n": run.name, "q": run.queue, "w": run.worker, "s": run.wall})
 
 
 def recorder_of(app: Any) -> _Recorder | None:

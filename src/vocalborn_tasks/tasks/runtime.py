@@ -137,16 +137,7 @@ class WorkerRuntime:
         request = task.request
         task_id: str = request.id
         hostname = str(getattr(request, "hostname", "") or "")
-        started = json.dumps(
-            {
-                "status": "STARTED",
-                "result": {"pid": os.getpid(), "hostname": hostname},
-                "traceback": None,
-                "children": [],
-                "date_done": None,
-                "task_id": task_id,
-            }
-        )
+        started = _meta_json(task_id, "STARTED", {"pid": os.getpid(), "hostname": hostname})
         count, revoked = self._script(_BEGIN_SCRIPT)(
             keys=[
                 s.key("deliveries", task_id, str(request.retries or 0)),
@@ -208,23 +199,14 @@ class WorkerRuntime:
             deliver()
         except BaseException:
             # Give the claim back at once, but only if it is still ours.
-            self.redis.eval(_RELEASE_SCRIPT, 1, key, token)
+            self._script(_RELEASE_SCRIPT)(keys=[key], args=[token])
             raise
         self.redis.set(key, "acked", ex=int(s.result_expires_s * 2))
         return True
 
     def store_progress(self, task_id: str, step: str, percent: float) -> bool:
         """Publish PROGRESS in Celery's meta format; False if the task was cancelled meanwhile."""
-        meta = json.dumps(
-            {
-                "status": "PROGRESS",
-                "result": {"step": step, "percent": percent},
-                "traceback": None,
-                "children": [],
-                "date_done": None,
-                "task_id": task_id,
-            }
-        )
+        meta = _meta_json(task_id, "PROGRESS", {"step": step, "percent": percent})
         stored = self._script(_PROGRESS_SCRIPT)(
             keys=[f"celery-task-meta-{task_id}"],
             args=[meta, max(1, int(self.settings.result_expires_s))],
@@ -236,6 +218,20 @@ class WorkerRuntime:
         s = self.settings
         ceiling = min(s.retry_backoff_max_s, s.retry_backoff_s * float(2**retries))
         return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+def _meta_json(task_id: str, status: str, result: Any) -> str:
+    """A state in Celery's result-meta format (what its backend would store), as JSON."""
+    return json.dumps(
+        {
+            "status": status,
+            "result": result,
+            "traceback": None,
+            "children": [],
+            "date_done": None,
+            "task_id": task_id,
+        }
+    )
 
 
 def runtime_for(app: VocalbornCelery) -> WorkerRuntime:
