@@ -1,13 +1,14 @@
 """vocalborn-tasks: a typed, reliable async task layer for long audio-analysis jobs.
 
 The public names are re-exported here; everything else may change between 0.x releases.
-Importing this package connects to nothing and starts nothing.
+Importing this package connects to nothing, starts nothing and does not import Celery: the two
+worker-side names (``create_celery_app``, ``register_task``) are imported on first use.
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from .alerts import Alert, AlertSink
-from .app import create_celery_app
 from .config import TaskSettings
 from .errors import (
     AudioError,
@@ -48,7 +49,11 @@ from .monitor import (
 )
 from .recordings import RecordingResolver
 from .sinks import ResultSink
-from .tasks import TaskContext, TaskDefinition, TaskHandle, register_task, task_definition
+from .tasks import TaskContext, TaskDefinition, TaskHandle, task_definition
+
+if TYPE_CHECKING:
+    from .worker.app import create_celery_app
+    from .worker.runtime import register_task
 
 try:
     __version__ = version("vocalborn-tasks")
@@ -100,3 +105,16 @@ __all__ = [
     "register_task",
     "task_definition",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The worker-side public names, imported on first use (they need Celery)."""
+    if name == "create_celery_app":
+        from .worker.app import create_celery_app
+
+        return create_celery_app
+    if name == "register_task":
+        from .worker.runtime import register_task
+
+        return register_task
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,16 +16,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-__all__ = ["build_task_message", "new_task_id"]
+__all__ = ["build_task_message"]
 
 _ORIGIN = f"vocalborn@{socket.gethostname()}:{os.getpid()}"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _REPR_MAX = 512
-
-
-def new_task_id() -> str:
-    """A fresh task id (a UUID4 string, as Celery makes them)."""
-    return str(uuid.uuid4())
 
 
 def _short_repr(value: Any) -> str:

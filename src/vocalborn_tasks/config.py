@@ -175,6 +175,15 @@ class TaskSettings(BaseSettings):
         default=3, ge=1, validation_alias=_env("TASK_MAX_DELIVERIES", "max_deliveries")
     )
 
+    #: How long a worker waits out a broker outage in the middle of a task (storing progress,
+    #: the sink's claim and acknowledgement, the result) before giving up on that step.
+    #: Longer outages end the task with code ``broker_unavailable``; shorter ones cost nothing.
+    broker_outage_tolerance_s: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias=_env("BROKER_OUTAGE_TOLERANCE", "broker_outage_tolerance_s"),
+    )
+
     #: How often a worker writes its heartbeat, and how long without one makes it dead (its
     #: unacknowledged tasks are then handed back to the queue by the other workers).
     worker_heartbeat_s: float = Field(

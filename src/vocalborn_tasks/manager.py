@@ -9,9 +9,7 @@ round trip, by a script), and reads and awaits results natively through
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 import anyio
 from pydantic import JsonValue, ValidationError
 
-from ._protocol import build_task_message, new_task_id
+from ._protocol import build_task_message
 from ._redis import async_client, pubsub_connection_factory, redis_errors
 from .config import TaskSettings
 from .errors import (
@@ -32,6 +30,7 @@ from .errors import (
     TaskTimeoutError,
 )
 from .models import AnalysisRequest, AnalysisResult, TaskState, TaskStatus
+from .record import RecordKeys, ScriptSet, new_task_id, revoked_meta
 from .recordings import (
     RecordingResolver,
     check_recording_location,
@@ -39,77 +38,23 @@ from .recordings import (
     local_path,
     probe_audio_header,
 )
-from .results import META_PREFIX, PubSubHub, ResultReader
+from .results import PubSubHub, ResultReader
 from .tasks.builtin import analyze_audio
 from .tasks.definition import TaskDefinition, TaskHandle
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
-    from redis.commands.core import AsyncScript
 
-    from .app import VocalbornCelery
+    from .worker.app import VocalbornCelery
 
 __all__ = ["TaskManager"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Claim the in-flight slot of a practice record, write the submit marker and queue the
-#: message, atomically: a slot is never claimed for a message that was not queued.
-#: KEYS: in-flight slot, marker, queue (in the broker database, ARGV[10]).
-#: Returns the id that owns the slot: ours, or the one already queued or running.
-_CLAIM_SCRIPT = """
-local cur = redis.call('GET', KEYS[1])
-if cur and ARGV[6] ~= '1' then
-  local meta = redis.call('GET', ARGV[7] .. cur)
-  local live = false
-  if meta then
-    local ok, decoded = pcall(cjson.decode, meta)
-    local s = ok and decoded['status'] or 'PENDING'
-    live = not (s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED')
-  else
-    local marker = ARGV[8] .. cur
-    live = redis.call('EXISTS', marker) == 1 and redis.call('HEXISTS', marker, 'done') == 0
-  end
-  if live then return cur end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('HSET', KEYS[2], 'name', ARGV[3], 'queue', ARGV[4], 't', ARGV[5], 'record', ARGV[9])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('SELECT', ARGV[10])
-redis.call('LPUSH', KEYS[3], ARGV[11])
-return ARGV[1]
-"""
-
-#: Write the submit marker (result database) and queue the message (broker database) in one
-#: round trip. SELECT inside a script changes the database for the script only.
-#: KEYS: marker, queue. ARGV: name, queue, submit time, marker TTL, broker db, message.
-_SUBMIT_SCRIPT = """
-redis.call('HSET', KEYS[1], 'name', ARGV[1], 'queue', ARGV[2], 't', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('SELECT', ARGV[5])
-redis.call('LPUSH', KEYS[2], ARGV[6])
-return 1
-"""
-
-#: Store REVOKED for a task that has not finished, and publish it so waiters resolve now.
-_REVOKE_SCRIPT = """
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local ok, decoded = pcall(cjson.decode, cur)
-  local s = ok and decoded['status'] or 'PENDING'
-  if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'done', 'REVOKED') end
-return 1
-"""
-
 _LIVE_STATES = frozenset(
     {TaskState.PENDING, TaskState.STARTED, TaskState.PROGRESS, TaskState.RETRY}
 )
-_REMEMBERED_IDS = 100_000
 
 
 class TaskManager:
@@ -137,9 +82,9 @@ class TaskManager:
         self._backend: aioredis.Redis | None = None
         self._hub: PubSubHub | None = None
         self._reader: ResultReader | None = None
-        self._submit_script: AsyncScript | None = None
+        self._scripts: ScriptSet | None = None
+        self._keys = RecordKeys.of(self.settings)
         self._closed = False
-        self._submitted: OrderedDict[str, None] = OrderedDict()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -174,32 +119,26 @@ class TaskManager:
         if self._reader is None:
             self._backend = async_client(self.settings, self.settings.backend_url)
             self._hub = PubSubHub(pubsub_connection_factory(self.settings))
-            self._reader = ResultReader(self._backend, self._hub, marker_key=self._marker_key)
-            self._submit_script = self._backend.register_script(_SUBMIT_SCRIPT)
+            self._reader = ResultReader(
+                self._backend, self._hub, keys=self._keys, record_ttl_s=self._marker_ttl_s
+            )
+            self._scripts = ScriptSet(self._backend)
         return self._reader
 
     @property
     def app(self) -> VocalbornCelery:
         """The Celery app behind the facade, for experts (built on first access)."""
         if self._app is None:
-            from .app import create_celery_app
+            from .worker.app import create_celery_app
 
             self._app = create_celery_app(self.settings)
         return self._app
-
-    def _marker_key(self, task_id: str) -> str:
-        return self.settings.key("task", task_id)
 
     @property
     def _marker_ttl_s(self) -> int:
         """How long a submit marker lives: a queued task plus twice its result's lifetime."""
         s = self.settings
         return int(s.result_expires_s * 2 + s.visibility_timeout_s)
-
-    def _remember(self, task_id: str) -> None:
-        self._submitted[task_id] = None
-        if len(self._submitted) > _REMEMBERED_IDS:
-            self._submitted.popitem(last=False)
 
     async def ping(self) -> float:
         """Round-trip time to the server in milliseconds.
@@ -328,33 +267,39 @@ class TaskManager:
         now = repr(time.time())
         candidates = [new_task_id() for _ in prepared]
         definition = analyze_audio
+        keys = self._keys
+        assert self._scripts is not None
+        claim = self._scripts["claim"]
         async with redis_errors(settings, "submit"):
             pipe = backend.pipeline(transaction=False)
             for task_id, req in zip(candidates, prepared, strict=True):
                 message = build_task_message(
                     task_id, definition.name, definition.encode_arguments(req), definition.queue
                 )
-                pipe.eval(
-                    _CLAIM_SCRIPT,
-                    3,
-                    settings.key("inflight", req.practice_record_id),
-                    self._marker_key(task_id),
-                    definition.queue,
-                    task_id,
-                    ttl,
-                    definition.name,
-                    definition.queue,
-                    now,
-                    "1" if force else "0",
-                    META_PREFIX,
-                    settings.key("task", ""),
-                    req.practice_record_id,
-                    settings.redis_db_broker,
-                    message,
+                await claim(
+                    keys=[
+                        keys.inflight(req.practice_record_id),
+                        keys.marker(task_id),
+                        keys.epoch,
+                        definition.queue,
+                        keys.wake(definition.queue),
+                    ],
+                    args=[
+                        task_id,
+                        ttl,
+                        definition.name,
+                        definition.queue,
+                        now,
+                        "1" if force else "0",
+                        keys.meta(""),
+                        keys.marker_prefix,
+                        req.practice_record_id,
+                        settings.redis_db_broker,
+                        message,
+                    ],
+                    client=pipe,
                 )
             owners = [o.decode() if isinstance(o, bytes) else str(o) for o in await pipe.execute()]
-        for owner in owners:
-            self._remember(owner)
         return owners
 
     async def submit(
@@ -377,11 +322,16 @@ class TaskManager:
         task_id = new_task_id()
         settings = self.settings
         message = build_task_message(task_id, definition.name, encoded, definition.queue)
-        marker = self._marker_key(task_id)
-        assert self._submit_script is not None
+        keys = self._keys
+        assert self._scripts is not None
         async with redis_errors(settings, "submit"):
-            await self._submit_script(
-                keys=[marker, definition.queue],
+            await self._scripts["submit"](
+                keys=[
+                    keys.marker(task_id),
+                    keys.epoch,
+                    definition.queue,
+                    keys.wake(definition.queue),
+                ],
                 args=[
                     definition.name,
                     definition.queue,
@@ -391,7 +341,6 @@ class TaskManager:
                     message,
                 ],
             )
-        self._remember(task_id)
         return TaskHandle(task_id, definition)
 
     # --- reading ------------------------------------------------------------------------------
@@ -399,28 +348,20 @@ class TaskManager:
         """The task's current status (one round trip).
 
         Unknown and expired ids are reported as ``NOT_FOUND``/``EXPIRED``, not PENDING; an id
-        this manager submitted that the server has since forgotten is ``LOST``.
+        the server has forgotten (a data loss since it was submitted) is ``LOST``, the same
+        answer in every process (see :mod:`vocalborn_tasks.record.task_ids`).
         """
         reader = self._ensure_open()
         task_id = str(task)
         async with redis_errors(self.settings, f"status of task {task_id}"):
-            status = await reader.fetch(task_id)
-        if status.state is TaskState.NOT_FOUND and task_id in self._submitted:
-            status = status.model_copy(update={"state": TaskState.LOST})
-        return status
+            return await reader.fetch(task_id)
 
     async def get_statuses(self, tasks: Iterable[str | TaskHandle[Any]]) -> list[TaskStatus]:
         """Statuses of many tasks in one pipelined round trip."""
         reader = self._ensure_open()
         ids = [str(t) for t in tasks]
         async with redis_errors(self.settings, "status of tasks"):
-            statuses = await reader.fetch_many(ids)
-        return [
-            s.model_copy(update={"state": TaskState.LOST})
-            if s.state is TaskState.NOT_FOUND and s.task_id in self._submitted
-            else s
-            for s in statuses
-        ]
+            return await reader.fetch_many(ids)
 
     async def watch(self, task: str | TaskHandle[Any]) -> AsyncIterator[TaskStatus]:
         """Yield the task's status now and at each change (progress included); ends when final.
@@ -430,8 +371,7 @@ class TaskManager:
         """
         reader = self._ensure_open()
         task_id = str(task)
-        known = task_id in self._submitted
-        stream = reader.watch(task_id, known=known)
+        stream = reader.watch(task_id)
         try:
             async with redis_errors(self.settings, f"watch task {task_id}"):
                 first = await anext(stream)
@@ -467,11 +407,10 @@ class TaskManager:
         """
         reader = self._ensure_open()
         task_id = str(task)
-        known = task_id in self._submitted
         try:
             async with asyncio.timeout(timeout):
                 async with redis_errors(self.settings, f"wait for task {task_id}", bounded=False):
-                    status = await reader.wait(task_id, known=known)
+                    status = await reader.wait(task_id)
         except TimeoutError:
             raise TaskTimeoutError(
                 f"task {task_id} did not finish within {timeout:g} s", task_id=task_id
@@ -529,35 +468,16 @@ class TaskManager:
         assert self._backend is not None
         task_id = str(task)
         settings = self.settings
-        meta = json.dumps(
-            {
-                "status": "REVOKED",
-                "result": {
-                    "exc_type": "TaskRevokedError",
-                    "exc_message": ["revoked"],
-                    "exc_module": "celery.exceptions",
-                },
-                "traceback": None,
-                "children": [],
-                "date_done": _utcnow_iso(),
-                "task_id": task_id,
-            }
-        )
         async with redis_errors(settings, f"cancel task {task_id}"):
             status = await self._ensure_open().fetch(task_id)
             if status.is_final and status.state is not TaskState.REVOKED:
                 return status
-            pipe = self._backend.pipeline(transaction=False)
-            pipe.zadd(settings.key("revoked"), {task_id: time.time()})
-            pipe.eval(
-                _REVOKE_SCRIPT,
-                2,
-                META_PREFIX + task_id,
-                self._marker_key(task_id),
-                meta,
-                int(settings.result_expires_s),
+            keys = self._keys
+            assert self._scripts is not None
+            await self._scripts["revoke"](
+                keys=[keys.revoked, keys.meta(task_id), keys.marker(task_id)],
+                args=[task_id, time.time(), revoked_meta(task_id), int(settings.result_expires_s)],
             )
-            await pipe.execute()
         if terminate and status.state in (TaskState.STARTED, TaskState.PROGRESS, TaskState.RETRY):
             await self._broadcast_revoke(task_id)
         return await self.get_task_status(task_id)
@@ -571,12 +491,6 @@ class TaskManager:
 
         with anyio.move_on_after(self.settings.redis_connect_timeout_s):
             await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
-
-
-def _utcnow_iso() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat()
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -1,7 +1,8 @@
 """Monitor: typed, async answers to "are workers alive, how long are the queues, is Redis safe".
 
-It reads what workers publish in their heartbeats (see :mod:`vocalborn_tasks.heartbeat`) and the
-broker's own lists and settings, so none of its calls needs a broadcast to every worker.
+It reads what workers publish in their heartbeats (see
+:mod:`vocalborn_tasks.worker.heartbeat`) and the broker's own lists and settings, so none of
+its calls needs a broadcast to every worker.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import math
+import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -28,12 +29,12 @@ from redis.exceptions import RedisError
 
 from .errors import TaskLostError, TaskNotFoundError
 from .models import TaskErrorInfo, TaskState, TaskStatus, state_from_celery
+from .record import META_PREFIX, RecordKeys, epoch_seconds, missing_state
 
 __all__ = ["META_PREFIX", "PubSubHub", "ResultReader", "status_from_meta"]
 
 logger = logging.getLogger(__name__)
 
-META_PREFIX: Final = "celery-task-meta-"
 #: Coalesced status reads in flight at once per reader (each holds one pooled connection);
 #: reads requested meanwhile wait and go together in the next round trip.
 _MAX_FLUSHES: Final = 4
@@ -97,12 +98,15 @@ def status_from_meta(
     task_id: str,
     meta: Mapping[str, Any] | None,
     marker: Mapping[str, str] | None = None,
+    *,
+    missing: TaskState = TaskState.NOT_FOUND,
 ) -> TaskStatus:
     """Build a :class:`TaskStatus` from Celery's stored meta and our submit marker.
 
     Without meta, the marker tells a queued task (PENDING) from one whose result has expired
-    (EXPIRED); with neither, the id is unknown (NOT_FOUND). Celery alone would say PENDING for
-    all three.
+    (EXPIRED); with neither, the state is ``missing`` (NOT_FOUND, or LOST/EXPIRED as the id's
+    time and the server epoch tell: see :func:`vocalborn_tasks.record.missing_state`). Celery
+    alone would say PENDING for all of them.
     """
     marker = marker or {}
     submitted_at = _parse_time(float(marker["t"])) if marker.get("t") else None
@@ -114,7 +118,7 @@ def status_from_meta(
     }
     if meta is None:
         if not marker:
-            return TaskStatus(state=TaskState.NOT_FOUND, **common)
+            return TaskStatus(state=missing, **common)
         if marker.get("done"):
             return TaskStatus(state=TaskState.EXPIRED, **common)
         return TaskStatus(state=TaskState.PENDING, **common)
@@ -383,11 +387,13 @@ class ResultReader:
         backend: aioredis.Redis,
         hub: PubSubHub,
         *,
-        marker_key: Callable[[str], str],
+        keys: RecordKeys,
+        record_ttl_s: float,
     ) -> None:
         self._backend = backend
         self._hub = hub
-        self._marker_key = marker_key
+        self._keys = keys
+        self._record_ttl_s = record_ttl_s
         self._pending: list[tuple[str, asyncio.Future[TaskStatus]]] = []
         self._flush_scheduled = False
         self._flushing = 0
@@ -440,37 +446,48 @@ class ResultReader:
                 fut.set_result(status)
 
     async def fetch_many(self, task_ids: list[str]) -> list[TaskStatus]:
-        """Statuses of many tasks in one pipelined round trip."""
+        """Statuses of many tasks in one pipelined round trip.
+
+        The server epoch rides along (and is written if missing, as a submit would): it tells
+        an id the server forgot (LOST) from one it never had (NOT_FOUND).
+        """
+        keys = self._keys
         pipe = self._backend.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe.get(META_PREFIX + task_id)
-            pipe.hgetall(self._marker_key(task_id))
+            pipe.get(keys.meta(task_id))
+            pipe.hgetall(keys.marker(task_id))
+        pipe.set(keys.epoch, str(time.time_ns() // 1000), nx=True)
+        pipe.get(keys.epoch)
         raw = await pipe.execute()
-        return [
-            _to_status(task_id, raw[2 * i], raw[2 * i + 1]) for i, task_id in enumerate(task_ids)
-        ]
+        epoch = epoch_seconds(raw[-1])
+        now = time.time()
+        statuses = []
+        for i, task_id in enumerate(task_ids):
+            meta, marker = raw[2 * i], raw[2 * i + 1]
+            missing = TaskState(
+                missing_state(task_id, epoch, record_ttl_s=self._record_ttl_s, now=now)
+            )
+            statuses.append(_to_status(task_id, meta, marker, missing))
+        return statuses
 
-    async def watch(self, task_id: str, *, known: bool = False) -> AsyncGenerator[TaskStatus, None]:
+    async def watch(self, task_id: str) -> AsyncGenerator[TaskStatus, None]:
         """Yield the task's status now and at every change, ending at a final state.
-
-        Args:
-            known: the caller knows the id was submitted (so "not found" later means LOST).
 
         Raises:
             TaskNotFoundError: the id is unknown (or its result expired) at the start.
             TaskLostError: the server forgot the task while we were waiting.
         """
-        async for status in self._follow(task_id, known=known, final_only=False):
+        async for status in self._follow(task_id, final_only=False):
             yield status
 
-    async def wait(self, task_id: str, *, known: bool = False) -> TaskStatus:
+    async def wait(self, task_id: str) -> TaskStatus:
         """Wait for a final state and return it (no timeout: the caller sets one).
 
         Like :meth:`watch`, but a message for a state that is not final is only peeked at:
         no status is built for the STARTED and PROGRESS steps nobody is shown.
         """
         last: TaskStatus | None = None
-        async for status in self._follow(task_id, known=known, final_only=True):
+        async for status in self._follow(task_id, final_only=True):
             last = status
         assert last is not None
         if last.state is TaskState.LOST:
@@ -481,9 +498,7 @@ class ResultReader:
             )
         return last
 
-    async def _follow(
-        self, task_id: str, *, known: bool, final_only: bool
-    ) -> AsyncGenerator[TaskStatus, None]:
+    async def _follow(self, task_id: str, *, final_only: bool) -> AsyncGenerator[TaskStatus, None]:
         """Subscribe, read the key, then yield each change until a final state.
 
         With ``final_only``, messages for states that are not final are skipped undecoded.
@@ -492,7 +507,7 @@ class ResultReader:
         queue = await self._hub.subscribe(channel)
         try:
             status = await self.fetch(task_id)
-            if status.state is TaskState.NOT_FOUND and not known:
+            if status.state is TaskState.NOT_FOUND:
                 raise TaskNotFoundError(
                     f"task {task_id} is unknown or has expired", task_id=task_id
                 )
@@ -531,7 +546,10 @@ def _lost_if_gone(status: TaskStatus) -> TaskStatus:
 
 
 def _to_status(
-    task_id: str, raw_meta: bytes | None, raw_marker: Mapping[bytes, bytes]
+    task_id: str,
+    raw_meta: bytes | None,
+    raw_marker: Mapping[bytes, bytes],
+    missing: TaskState = TaskState.NOT_FOUND,
 ) -> TaskStatus:
     meta: Mapping[str, Any] | None = None
     if raw_meta is not None:
@@ -541,4 +559,4 @@ def _to_status(
         except ValueError:
             meta = None
     marker = {_decode(k) or "": _decode(v) or "" for k, v in raw_marker.items()}
-    return status_from_meta(task_id, meta, marker)
+    return status_from_meta(task_id, meta, marker, missing=missing)

@@ -392,7 +392,7 @@ def test_tls_options_reach_redis_py_and_celery(certs: dict[str, Path]) -> None:
     }
     assert app.conf.broker_use_ssl == expected
     assert app.conf.redis_backend_use_ssl == expected
-    assert app.conf.broker_transport == "vocalborn_tasks._transport:Transport"
+    assert app.conf.broker_transport == "vocalborn_tasks.worker.transport:Transport"
     plain = TaskSettings(redis_url="redis://127.0.0.1:1")
     assert "ssl_cert_reqs" not in plain.redis_client_kwargs()
     assert not create_celery_app(plain, register=False).conf.broker_use_ssl

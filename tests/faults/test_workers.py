@@ -199,7 +199,8 @@ async def test_pickle_unknown_task_and_malformed_json_are_discarded(
     import base64
     import pickle
 
-    from vocalborn_tasks._protocol import build_task_message, new_task_id
+    from vocalborn_tasks._protocol import build_task_message
+    from vocalborn_tasks.record import new_task_id
 
     settings = make_settings()
     worker = start_worker(settings, "hostile", pool="solo")

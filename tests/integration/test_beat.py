@@ -22,8 +22,8 @@ import redis
 
 from support import flush, wait_until
 from vocalborn_tasks import TaskSettings
-from vocalborn_tasks.beat import beat_runs
 from vocalborn_tasks.embedded import die_with_parent
+from vocalborn_tasks.worker.beat import beat_runs
 
 pytestmark = pytest.mark.integration
 

@@ -26,9 +26,9 @@ from vocalborn_tasks import (
     TaskState,
     TaskTimeoutError,
 )
-from vocalborn_tasks._result_logging import HIDDEN
 from vocalborn_tasks.embedded import free_port
 from vocalborn_tasks.tasks import EchoResult, TaskContext, echo, task_definition
+from vocalborn_tasks.worker.result_logging import HIDDEN
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,10 @@ import redis
 
 from support import WorkerProcess, flush, wait_until
 from vocalborn_tasks import HealthLevel, Monitor, TaskManager, TaskSettings, task_definition
-from vocalborn_tasks.app import create_celery_app
 from vocalborn_tasks.embedded import LocalServer
 from vocalborn_tasks.stats import parse_run
 from vocalborn_tasks.tasks import TaskContext, echo
+from vocalborn_tasks.worker.factory import create_celery_app
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from vocalborn_tasks.app import create_celery_app, queue_for_task
 from vocalborn_tasks.config import TaskSettings
+from vocalborn_tasks.worker.factory import create_celery_app, queue_for_task
 
 
 def test_reliability_defaults() -> None:
@@ -25,7 +25,8 @@ def test_reliability_defaults() -> None:
     assert c.result_backend_transport_options["visibility_timeout"] == 900
     assert c.visibility_timeout == 900
     assert c.accept_content == ["json"] and c.result_accept_content == ["json"]
-    assert c.worker_cancel_long_running_tasks_on_connection_loss is True
+    # Redis keeps a running task reserved across a connection loss: never kill it (issue 10).
+    assert c.worker_cancel_long_running_tasks_on_connection_loss is False
     assert c.result_backend_always_retry is True
     assert c.broker_url == "redis://h:1/0"
     assert c.result_backend == "redis://h:1/1"

@@ -103,8 +103,42 @@ print("ok")
 
 def test_lazy_celery_app_for_celery_cli() -> None:
     mod = importlib.import_module("vocalborn_tasks.worker")
-    assert ("_lazy_app" in vars(mod) and vars(mod)["_lazy_app"] is None) or True
     app = mod.app  # built on first access, from the environment
     assert "vocalborn.analyze_audio" in app.tasks
     assert app.conf.task_serializer == "json"
     assert app.conf.accept_content == ["json"]
+
+
+def test_caller_side_imports_no_celery() -> None:
+    # The caller side (package, TaskManager, Monitor, results, task definitions, metrics) never
+    # imports Celery or kombu: a web process pays for neither, and the layers stay apart.
+    code = """
+import sys
+import vocalborn_tasks
+from vocalborn_tasks import TaskManager, Monitor, AnalysisRequest, TaskSettings, task_definition
+from vocalborn_tasks.tasks import echo, analyze_audio
+import vocalborn_tasks.results, vocalborn_tasks.stats, vocalborn_tasks.record
+TaskManager(TaskSettings(redis_url="redis://127.0.0.1:1"))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("celery", "kombu", "billiard"))
+print(loaded)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_worker_side_names_load_on_first_use() -> None:
+    code = """
+import sys
+import vocalborn_tasks
+assert "celery" not in sys.modules
+register_task = vocalborn_tasks.register_task
+create_celery_app = vocalborn_tasks.create_celery_app
+from vocalborn_tasks.worker.runtime import register_task as real
+assert register_task is real
+assert "celery" in sys.modules
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

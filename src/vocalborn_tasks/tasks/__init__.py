@@ -1,12 +1,13 @@
 """Task definitions and their registration on a Celery app.
 
-Definitions are typed data (:class:`TaskDefinition`); :func:`register_task` turns one into a
-Celery task on a given app, so nothing here creates or needs an app at import time.
+Definitions are typed data (:class:`TaskDefinition`): the caller imports them to submit (name,
+queue, argument and result types) without Celery. :func:`register_task` (worker side, imported
+on first use) turns one into a Celery task on a given app.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .builtin import (
     BUILTIN_DEFINITIONS,
@@ -19,10 +20,14 @@ from .builtin import (
     health_check,
 )
 from .definition import TaskContext, TaskDefinition, TaskHandle, task_definition
-from .runtime import WorkerRuntime, register_task, runtime_for
 
 if TYPE_CHECKING:
-    from ..app import VocalbornCelery
+    from ..worker.runtime import (
+        WorkerRuntime,
+        register_builtin_tasks,
+        register_task,
+        runtime_for,
+    )
 
 __all__ = [
     "BUILTIN_DEFINITIONS",
@@ -44,7 +49,15 @@ __all__ = [
 ]
 
 
-def register_builtin_tasks(app: VocalbornCelery) -> None:
-    """Register the analysis, maintenance, health and test tasks on ``app``."""
-    for definition in BUILTIN_DEFINITIONS:
-        register_task(app, definition)
+_WORKER_SIDE = frozenset(
+    {"WorkerRuntime", "register_builtin_tasks", "register_task", "runtime_for"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Worker-side names, imported on first use so that importing definitions needs no Celery."""
+    if name in _WORKER_SIDE:
+        from ..worker import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@ import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,7 +19,9 @@ from ..errors import ConfigurationError, InvalidRequestError
 from ..models import AnalysisRequest, AnalysisResult
 from ..recordings import check_recording_location, local_path
 from .definition import TaskContext, task_definition
-from .runtime import WorkerRuntime
+
+if TYPE_CHECKING:
+    from ..worker.runtime import WorkerRuntime
 
 __all__ = [
     "BUILTIN_DEFINITIONS",

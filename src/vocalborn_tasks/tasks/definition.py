@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 from pydantic_core import to_jsonable_python
 
 if TYPE_CHECKING:
-    from .runtime import WorkerRuntime
+    from ..worker.runtime import WorkerRuntime
 
 __all__ = ["TaskContext", "TaskDefinition", "TaskHandle", "task_definition"]
 

@@ -7,33 +7,55 @@ Each worker process builds one :class:`WorkerRuntime` per app, lazily, after it 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 import time
 import uuid
+from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import DeliveryLimitError, InvalidRequestError, RetryableTaskError, is_retryable
+from ..errors import (
+    BrokerUnavailableError,
+    DeliveryLimitError,
+    InvalidRequestError,
+    RetryableTaskError,
+    is_retryable,
+)
+from ..record import RecordKeys, ScriptSet, celery_meta
 from ..recordings import RecordingResolver, load_resolver
 from ..sinks import ResultSink, as_result_sink
-from .definition import TaskContext, TaskDefinition
+from ..tasks.definition import TaskContext, TaskDefinition
+from . import faults
 
 if TYPE_CHECKING:
     import redis
 
     from ..analysis import Analyzer
-    from ..app import VocalbornCelery
     from ..config import TaskSettings
+    from .factory import VocalbornCelery
 
-__all__ = ["WorkerRuntime", "execute_definition", "register_task", "runtime_for"]
+__all__ = [
+    "WorkerRuntime",
+    "execute_definition",
+    "register_builtin_tasks",
+    "register_task",
+    "runtime_for",
+]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: begin.lua's verdicts.
+_RUN, _REVOKED, _FINISHED = 0, 1, 2
 
 _RUNTIME_ATTR = "_vocalborn_runtime"
 
@@ -41,45 +63,10 @@ _RUNTIME_ATTR = "_vocalborn_runtime"
 #: redelivered run by at most this long (instead of failing it).
 _SINK_CLAIM_TTL_S = 15
 
-#: Store a PROGRESS meta unless the task already has a final state (a cancel stored REVOKED):
-#: a running task must not overwrite its own cancellation. KEYS: meta key; ARGV: meta, TTL.
-_PROGRESS_SCRIPT = """
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local ok, decoded = pcall(cjson.decode, cur)
-  local s = ok and decoded['status'] or ''
-  if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"""
-
-#: Begin a delivery: count it, check the revoke set and, unless revoked, list the task as
-#: running and store STARTED (never over a final state). KEYS: delivery counter, revoke set,
-#: running hash, meta key. ARGV: task id, counter TTL, running entry, STARTED meta, meta TTL.
-#: Returns {delivery number, 1 if revoked else 0}.
-_BEGIN_SCRIPT = """
-local n = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return {n, 1} end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-local cur = redis.call('GET', KEYS[4])
-if cur then
-  local ok, decoded = pcall(cjson.decode, cur)
-  local s = ok and type(decoded) == 'table' and decoded['status'] or ''
-  if s == 'SUCCESS' or s == 'FAILURE' or s == 'REVOKED' then return {n, 0} end
-end
-redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[5])
-redis.call('PUBLISH', KEYS[4], ARGV[4])
-return {n, 0}
-"""
-
-#: Delete a sink claim only if it is still the caller's (KEYS: claim key; ARGV: token).
-_RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+#: Redis errors a worker waits out (a restart, a failover, a server still loading its data).
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
+_FIRST_PAUSE_S = 0.05
+_MAX_PAUSE_S = 1.0
 
 
 class WorkerRuntime:
@@ -121,49 +108,82 @@ class WorkerRuntime:
         except TypeError as exc:
             raise ConfigurationError(f"RESULT_SINK: {exc}") from exc
 
-    def begin_delivery(self, task: Any) -> tuple[int, bool]:
-        """Start a delivery of ``task`` in one round trip (see ``_BEGIN_SCRIPT``).
+    @cached_property
+    def keys(self) -> RecordKeys:
+        return RecordKeys.of(self.settings)
 
-        Counts the delivery, checks the persistent revoke set and, unless revoked, stores
-        STARTED (Celery's ``task_track_started`` is off: it would cost a round trip of its own)
-        and lists the task as running for the Monitor's wait estimate.
+    @cached_property
+    def scripts(self) -> ScriptSet:
+        """The task record's scripts on this process's client."""
+        return ScriptSet(self.redis)
+
+    def patiently(self, what: str, call: Callable[[], T]) -> T:
+        """Run a Redis step, waiting out an outage up to ``BROKER_OUTAGE_TOLERANCE``.
+
+        A broker blip (a restart, a failover) in the middle of a task must cost neither the
+        task nor its result: the step is retried with capped exponential pauses.
+
+        Raises:
+            BrokerUnavailableError: Redis stayed unreachable for the whole tolerance (code
+                ``broker_unavailable``).
+        """
+        deadline = time.monotonic() + self.settings.broker_outage_tolerance_s
+        pause = _FIRST_PAUSE_S
+        while True:
+            try:
+                return call()
+            except _TRANSIENT as exc:
+                if time.monotonic() + pause > deadline:
+                    raise BrokerUnavailableError(
+                        f"{what}: Redis unreachable for longer than "
+                        f"BROKER_OUTAGE_TOLERANCE ({self.settings.broker_outage_tolerance_s:g} s)"
+                        f": {exc}",
+                        code="broker_unavailable",
+                    ) from exc
+                logger.warning("%s: Redis unavailable (%s); retrying in %.2f s", what, exc, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, _MAX_PAUSE_S)
+
+    def begin_delivery(self, task: Any) -> tuple[int, int]:
+        """Start a delivery of ``task`` in one round trip (the record's ``begin`` script).
+
+        Counts the delivery, checks the persistent revoke set and the stored state and, unless
+        revoked or finished, stores STARTED (Celery's ``task_track_started`` is off: it would
+        cost a round trip of its own) and lists the task as running for the Monitor.
 
         Returns:
-            ``(delivery number, revoked)``.
+            ``(delivery number, verdict)``: 0 run it, 1 revoked, 2 already finished.
         """
-        from ..stats import running_entry
+        from .stats_recorder import running_entry
 
         s = self.settings
+        keys = self.keys
         request = task.request
         task_id: str = request.id
         hostname = str(getattr(request, "hostname", "") or "")
-        started = _meta_json(task_id, "STARTED", {"pid": os.getpid(), "hostname": hostname})
-        count, revoked = self._script(_BEGIN_SCRIPT)(
-            keys=[
-                s.key("deliveries", task_id, str(request.retries or 0)),
-                s.key("revoked"),
-                s.key("stats", "running"),
-                f"celery-task-meta-{task_id}",
-            ],
-            args=[
-                task_id,
-                int(s.visibility_timeout_s + s.task_time_limit_s) * (s.max_deliveries + 1),
-                running_entry(task),
-                started,
-                max(1, int(s.result_expires_s)),
-            ],
+        started = celery_meta(task_id, "STARTED", {"pid": os.getpid(), "hostname": hostname})
+        script = self.scripts["begin"]
+        count, verdict = self.patiently(
+            f"task {task_id}: begin",
+            lambda: script(
+                keys=[
+                    keys.deliveries(task_id, request.retries or 0),
+                    keys.revoked,
+                    keys.running,
+                    keys.meta(task_id),
+                ],
+                args=[
+                    task_id,
+                    int(s.visibility_timeout_s + s.task_time_limit_s) * (s.max_deliveries + 1),
+                    running_entry(task),
+                    started,
+                    max(1, int(s.result_expires_s)),
+                ],
+            ),
         )
-        return int(count), bool(revoked)
+        return int(count), int(verdict)
 
-    def _script(self, source: str) -> Any:
-        """A registered script (EVALSHA, loaded on first NOSCRIPT), one per process."""
-        scripts: dict[str, Any] = self.__dict__.setdefault("_scripts", {})
-        script = scripts.get(source)
-        if script is None:
-            script = scripts[source] = self.redis.register_script(source)
-        return script
-
-    def deliver_once(self, task_id: str, deliver: Any) -> bool:
+    def deliver_once(self, task_id: str, deliver: Callable[[], object]) -> bool:
         """Call ``deliver()`` unless a run of this task already had it acknowledged.
 
         Two runs of one task can overlap (a worker's main process was killed while its pool
@@ -171,8 +191,12 @@ class WorkerRuntime:
         turns: the first run claims, delivers, then marks the key ``acked``; a run that finds
         ``acked`` skips the sink, and one that finds a live claim waits for its outcome. A run
         that dies between claiming and acknowledging leaves a claim that expires after
-        ``_SINK_CLAIM_TTL_S``; the waiting run then takes over (so a sink call that takes longer
-        than that may overlap with a redelivered run's: the sink's at-least-once window).
+        ``_SINK_CLAIM_TTL_S``; the waiting run then takes over. Every Redis step waits out a
+        broker outage (:meth:`patiently`): an outage after the sink committed delays the
+        acknowledgement, it does not turn a stored result into a failure or a second call.
+
+        The one window left: a run killed after ``deliver()`` returned and before ``acked`` is
+        written (one round trip) has its redelivery call the sink again.
 
         Returns:
             True if ``deliver`` ran now, False if it had already been acknowledged.
@@ -180,13 +204,15 @@ class WorkerRuntime:
         Raises:
             RetryableTaskError: another run has held the claim for too long.
         """
-        s = self.settings
-        key = s.key("sink-acked", task_id)
+        key = self.keys.sink(task_id)
         token = f"claim:{uuid.uuid4()}"
-        claim_ttl = _SINK_CLAIM_TTL_S
-        deadline = time.monotonic() + claim_ttl + 5.0
-        while not self.redis.set(key, token, nx=True, ex=claim_ttl):
-            current = self.redis.get(key)
+        deadline = time.monotonic() + _SINK_CLAIM_TTL_S + 5.0
+        redis = self.redis
+        what = f"task {task_id}: result sink"
+        while not self.patiently(
+            what, lambda: redis.set(key, token, nx=True, ex=_SINK_CLAIM_TTL_S)
+        ):
+            current = self.patiently(what, lambda: redis.get(key))
             if current in (b"1", b"acked", "1", "acked"):
                 logger.info("task %s: the sink already stored its result; skipping", task_id)
                 return False
@@ -196,21 +222,36 @@ class WorkerRuntime:
                 )
             time.sleep(0.1)
         try:
+            faults.point("in_sink", task_id)
             deliver()
         except BaseException:
-            # Give the claim back at once, but only if it is still ours.
-            self._script(_RELEASE_SCRIPT)(keys=[key], args=[token])
+            # Give the claim back at once, but only if it is still ours (best effort: it
+            # expires anyway).
+            try:
+                self.scripts["release"](keys=[key], args=[token])
+            except _TRANSIENT as exc:
+                logger.warning("task %s: could not release the sink claim: %s", task_id, exc)
             raise
-        self.redis.set(key, "acked", ex=int(s.result_expires_s * 2))
+        faults.point("after_sink_commit", task_id)
+        self.patiently(
+            what, lambda: redis.set(key, "acked", ex=int(self.settings.result_expires_s * 2))
+        )
         return True
 
     def store_progress(self, task_id: str, step: str, percent: float) -> bool:
-        """Publish PROGRESS in Celery's meta format; False if the task was cancelled meanwhile."""
-        meta = _meta_json(task_id, "PROGRESS", {"step": step, "percent": percent})
-        stored = self._script(_PROGRESS_SCRIPT)(
-            keys=[f"celery-task-meta-{task_id}"],
-            args=[meta, max(1, int(self.settings.result_expires_s))],
-        )
+        """Publish PROGRESS in Celery's meta format; False if the task was cancelled meanwhile.
+
+        Progress is advisory: during a broker outage the report is dropped (the task goes on).
+        """
+        meta = celery_meta(task_id, "PROGRESS", {"step": step, "percent": percent})
+        try:
+            stored = self.scripts["progress"](
+                keys=[self.keys.meta(task_id)],
+                args=[meta, max(1, int(self.settings.result_expires_s))],
+            )
+        except _TRANSIENT as exc:
+            logger.info("task %s: progress not stored (Redis unavailable: %s)", task_id, exc)
+            return True
         return bool(stored)
 
     def backoff(self, retries: int) -> float:
@@ -218,20 +259,6 @@ class WorkerRuntime:
         s = self.settings
         ceiling = min(s.retry_backoff_max_s, s.retry_backoff_s * float(2**retries))
         return float(ceiling / 2 + random.uniform(0, ceiling / 2))
-
-
-def _meta_json(task_id: str, status: str, result: Any) -> str:
-    """A state in Celery's result-meta format (what its backend would store), as JSON."""
-    return json.dumps(
-        {
-            "status": status,
-            "result": result,
-            "traceback": None,
-            "children": [],
-            "date_done": None,
-            "task_id": task_id,
-        }
-    )
 
 
 def runtime_for(app: VocalbornCelery) -> WorkerRuntime:
@@ -256,11 +283,17 @@ def execute_definition(
     request = task.request
     task_id: str = request.id
     retries: int = request.retries or 0
-    delivery, revoked = runtime.begin_delivery(task)
-    if revoked:
+    delivery, verdict = runtime.begin_delivery(task)
+    if verdict == _REVOKED:
         logger.info("task %s was revoked; not running it", task_id)
         task.backend.mark_as_revoked(task_id, "revoked", request=request)
         raise Ignore()
+    if verdict == _FINISHED:
+        # A redelivery of a task whose outcome is stored (its worker died after storing it,
+        # before the acknowledgement reached Redis): acknowledge, never run it again.
+        logger.info("task %s already finished; acknowledging its redelivery", task_id)
+        raise Ignore()
+    faults.point("after_begin", task_id)
     if delivery > runtime.settings.max_deliveries:
         raise DeliveryLimitError(
             f"delivered {delivery} times without finishing (workers died running it); giving up"
@@ -306,9 +339,19 @@ def execute_definition(
                 runtime.settings.max_retries,
                 countdown,
             )
-            raise task.retry(
-                exc=exc, countdown=countdown, max_retries=runtime.settings.max_retries
-            ) from exc
+            try:
+                retry = task.retry(
+                    exc=exc, countdown=countdown, max_retries=runtime.settings.max_retries
+                )
+            except Reject as rejected:
+                # Celery could not publish the retry (the broker is gone): say so with a
+                # stable code instead of a bare Reject.
+                raise BrokerUnavailableError(
+                    f"{definition.name}: could not schedule retry {retries + 1} "
+                    f"({type(exc).__name__}: {exc}): {rejected.reason}",
+                    code="broker_unavailable",
+                ) from exc
+            raise retry from exc
         raise
 
 
@@ -335,3 +378,11 @@ def register_task(app: VocalbornCelery, definition: TaskDefinition[..., Any]) ->
         acks_late=True,
         reject_on_worker_lost=True,
     )
+
+
+def register_builtin_tasks(app: VocalbornCelery) -> None:
+    """Register the analysis, maintenance, health and test tasks on ``app``."""
+    from ..tasks.builtin import BUILTIN_DEFINITIONS
+
+    for definition in BUILTIN_DEFINITIONS:
+        register_task(app, definition)

@@ -13,7 +13,7 @@ pane) send every periodic job twice. :class:`LockedScheduler` makes that harmles
   leader continues the schedule instead of restarting it). ``<prefix>:beat:runs:<job>`` keeps
   the times of the recent sends for operators.
 
-It is the app's ``beat_scheduler`` (set by :func:`~vocalborn_tasks.app.create_celery_app`).
+It is the app's ``beat_scheduler`` (set by :func:`~vocalborn_tasks.worker.factory.create_celery_app`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.beat import ScheduleEntry, Scheduler
 
-from .config import TaskSettings
+from ..config import TaskSettings
 
 if TYPE_CHECKING:
     import redis

@@ -24,36 +24,17 @@ from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 
+from ..record import RecordKeys, ScriptSet
+
 if TYPE_CHECKING:
     import redis
     from redis.typing import EncodableT, FieldT
 
-    from .app import VocalbornCelery
+    from .factory import VocalbornCelery
 
 __all__ = ["HeartbeatStep", "process_rss_kb", "restore_dead_worker_messages"]
 
 logger = logging.getLogger(__name__)
-
-#: Move one unacked message back to its queue, if it is still unacked (atomic).
-#: KEYS: unacked hash, unacked index zset; ARGV: delivery tag. Returns 1 if restored.
-_RESTORE_SCRIPT = """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 0 end
-local ok, entry = pcall(cjson.decode, raw)
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if not ok then return 0 end
-local payload = entry[1]
-local queue = entry[3]
-if type(payload) ~= 'table' or type(queue) ~= 'string' or queue == '' then return 0 end
-payload['headers'] = payload['headers'] or {}
-payload['headers']['redelivered'] = true
-if payload['properties'] and payload['properties']['delivery_info'] then
-  payload['properties']['delivery_info']['redelivered'] = true
-end
-redis.call('RPUSH', queue, cjson.encode(payload))
-return 1
-"""
 
 
 def process_rss_kb(pid: int) -> int:
@@ -68,18 +49,14 @@ def process_rss_kb(pid: int) -> int:
     return 0
 
 
-def restore_dead_worker_messages(
-    broker: redis.Redis,
-    tags: list[str],
-    *,
-    unacked_key: str = "unacked",
-    index_key: str = "unacked_index",
-) -> int:
-    """Put a dead worker's unacknowledged messages back on their queues; returns how many."""
+def restore_dead_worker_messages(broker: redis.Redis, keys: RecordKeys, tags: list[str]) -> int:
+    """Put a dead worker's reserved messages back on their queues; returns how many."""
     restored = 0
-    script = broker.register_script(_RESTORE_SCRIPT)
+    script = ScriptSet(broker)["restore"]
     for tag in tags:
-        restored += int(script(keys=[unacked_key, index_key], args=[tag]))
+        restored += int(
+            script(keys=[keys.unacked, keys.unacked_index], args=[tag, keys.wake_prefix])
+        )
     return restored
 
 
@@ -108,8 +85,9 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         try:
             app: VocalbornCelery = worker.app
             client = _backend_client(app)
-            client.delete(app.settings.key("worker", worker.hostname))
-            client.srem(app.settings.key("workers"), worker.hostname)
+            keys = RecordKeys.of(app.settings)
+            client.delete(keys.worker(worker.hostname))
+            client.srem(keys.workers, worker.hostname)
         except Exception as exc:  # shutting down: the TTL will clean up anyway
             logger.debug("heartbeat: could not remove our key on stop: %s", exc)
 
@@ -158,12 +136,13 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
             "tags": json.dumps(tags),
         }
         client = _backend_client(app)
-        key = settings.key("worker", worker.hostname)
+        keys = RecordKeys.of(settings)
+        key = keys.worker(worker.hostname)
         pipe = client.pipeline(transaction=False)
         pipe.hset(key, mapping=record)
         pipe.hsetnx(key, "started_at", repr(time.time()))
         pipe.expire(key, int(max(settings.worker_dead_after_s, 2 * settings.worker_heartbeat_s)))
-        pipe.sadd(settings.key("workers"), worker.hostname)
+        pipe.sadd(keys.workers, worker.hostname)
         pipe.execute()
 
     def _reap(self, worker: Any, app: VocalbornCelery) -> None:
@@ -176,11 +155,12 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         worker's last heartbeat. Kombu itself would wait for the visibility timeout.
         """
         settings = app.settings
+        keys = RecordKeys.of(settings)
         client = _backend_client(app)
-        names = [_text(n) for n in client.smembers(settings.key("workers"))]
+        names = [_text(n) for n in client.smembers(keys.workers)]
         pipe = client.pipeline(transaction=False)
         for name in names:
-            pipe.hget(settings.key("worker", name), "tags")
+            pipe.hget(keys.worker(name), "tags")
         live_tags: set[str] = set()
         dead: list[str] = []
         for name, raw in zip(names, pipe.execute(), strict=True):
@@ -189,18 +169,18 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
             else:
                 live_tags.update(json.loads(raw))
         if dead:
-            client.srem(settings.key("workers"), *dead)
+            client.srem(keys.workers, *dead)
             logger.warning("workers stopped sending heartbeats: %s", ", ".join(sorted(dead)))
         # One reaper at a time across all workers.
         lock_ms = max(100, int(settings.worker_heartbeat_s * 1000))
-        if not client.set(settings.key("reaper"), worker.hostname, nx=True, px=lock_ms):
+        if not client.set(keys.reaper, worker.hostname, nx=True, px=lock_ms):
             return
         broker = self._broker_client(app)
         horizon = time.time() - settings.worker_dead_after_s
-        old = [_text(t) for t in broker.zrangebyscore("unacked_index", "-inf", horizon, 0, 500)]
+        old = [_text(t) for t in broker.zrangebyscore(keys.unacked_index, "-inf", horizon, 0, 500)]
         orphans = [tag for tag in old if tag not in live_tags]
         if orphans:
-            restored = restore_dead_worker_messages(broker, orphans)
+            restored = restore_dead_worker_messages(broker, keys, orphans)
             if restored:
                 logger.warning(
                     "restored %d unacknowledged tasks whose worker is gone to their queues",

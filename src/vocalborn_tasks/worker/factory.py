@@ -12,7 +12,8 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from .config import QUEUES, TaskSettings
+from ..config import QUEUES, TaskSettings
+from .transport import PREFIX_OPTION
 
 __all__ = ["VocalbornCelery", "create_celery_app", "queue_for_task"]
 
@@ -56,6 +57,8 @@ def _transport_options(settings: TaskSettings) -> dict[str, Any]:
         "retry_on_timeout": True,
         # Consume ai_analysis before maintenance before health when a worker serves several.
         "queue_order_strategy": "priority",
+        # Our transport's wake-up lists live under the deployment's key prefix.
+        PREFIX_OPTION: settings.key_prefix,
     }
 
 
@@ -81,7 +84,7 @@ def create_celery_app(
         "broker_url": settings.broker_url,
         "result_backend": settings.backend_url,
         # kombu's Redis transport, but one malformed queue entry cannot stop the worker.
-        "broker_transport": "vocalborn_tasks._transport:Transport",
+        "broker_transport": "vocalborn_tasks.worker.transport:Transport",
         "broker_transport_options": transport,
         "result_backend_transport_options": dict(transport),
         "visibility_timeout": settings.visibility_timeout_s,
@@ -104,7 +107,10 @@ def create_celery_app(
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # On Redis a running task's message stays reserved across a connection loss (unlike
+        # AMQP, nothing requeues it), and its outcome is stored and acknowledged by one script
+        # once Redis is back: a broker blip must not kill and re-run every running task.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # A redelivered message whose task already stored SUCCESS (its worker died between
         # storing the result and acknowledging) is not run again.
         "worker_deduplicate_successful_tasks": True,
@@ -149,7 +155,7 @@ def create_celery_app(
         "enable_utc": True,
         "beat_schedule": _beat_schedule(settings),
         # Two beat processes started by mistake must not send every job twice: a Redis lock.
-        "beat_scheduler": "vocalborn_tasks.beat:LockedScheduler",
+        "beat_scheduler": "vocalborn_tasks.worker.beat:LockedScheduler",
     }
     if ssl is not None:
         conf["broker_use_ssl"] = ssl
@@ -157,18 +163,18 @@ def create_celery_app(
     app.conf.update(conf)
     # Our Redis backend: one round trip per state instead of two (see _backend.py). Celery
     # takes a backend class by "module:Class+url"; conf.result_backend keeps the plain URL.
-    app.backend_cls = f"vocalborn_tasks._backend:VocalbornRedisBackend+{settings.backend_url}"
+    app.backend_cls = f"vocalborn_tasks.worker.backend:VocalbornRedisBackend+{settings.backend_url}"
     from .heartbeat import HeartbeatStep
 
     app.steps["worker"].add(HeartbeatStep)
-    from ._result_logging import HideResultsStep
+    from .result_logging import HideResultsStep
 
     app.steps["worker"].add(HideResultsStep)
-    from .stats import install_stats
+    from .stats_recorder import install_stats
 
     install_stats(app)
     if register:
-        from .tasks import register_builtin_tasks
+        from .runtime import register_builtin_tasks
 
         register_builtin_tasks(app)
     return app

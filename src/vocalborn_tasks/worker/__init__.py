@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .app import VocalbornCelery, create_celery_app
-from .config import QUEUES, TaskSettings
+from ..config import QUEUES, TaskSettings
+from .factory import VocalbornCelery, create_celery_app
 
 __all__ = ["prepare_worker_environment", "run_beat", "run_worker", "worker_argv"]
 

@@ -1,0 +1,48 @@
+"""The task record: every key a task touches in Redis, its state machine, and its JSON.
+
+One owner for what the caller and the worker both read and write, so the rules ("a final state
+is never overwritten", "a reserved message is in ``unacked``", "an outcome and its
+acknowledgement are one step") live in one place. The transitions are Lua scripts in
+``record/lua`` (each loaded once with a shared prelude, see :mod:`.scripts`):
+
+======== ================================================ =====================================
+script   transition                                        called by
+======== ================================================ =====================================
+submit   (none) -> queued: marker + message + wake-up      TaskManager.submit
+claim    same, holding a practice record's in-flight slot  TaskManager.submit_audio_analysis
+reserve  queued -> reserved (``unacked``), folds acks       worker transport (fetch)
+begin    reserved -> STARTED (delivery count, revoke check) worker runtime
+progress STARTED/PROGRESS -> PROGRESS (never over final)   worker runtime
+store    -> RETRY/SUCCESS/FAILURE/REVOKED + ack, one step  worker result backend
+revoke   any unfinished -> REVOKED (persisted cancel)      TaskManager.cancel
+restore  reserved by a dead worker -> queued (reaper)      worker heartbeat
+release  drop a claim or lock still held by its owner      sink claim, beat lock
+lock     take or renew a lock                              beat scheduler
+======== ================================================ =====================================
+
+Neither this package nor anything it imports needs Celery: the caller side uses it with
+``redis.asyncio``, the worker side with ``redis``.
+"""
+
+from __future__ import annotations
+
+from .keys import RecordKeys
+from .meta import FINAL_STATES, META_PREFIX, celery_meta, is_final_meta, revoked_meta
+from .scripts import SCRIPT_NAMES, ScriptSet, script_source
+from .task_ids import epoch_seconds, id_time, missing_state, new_task_id
+
+__all__ = [
+    "FINAL_STATES",
+    "META_PREFIX",
+    "SCRIPT_NAMES",
+    "RecordKeys",
+    "ScriptSet",
+    "celery_meta",
+    "epoch_seconds",
+    "id_time",
+    "is_final_meta",
+    "missing_state",
+    "new_task_id",
+    "revoked_meta",
+    "script_source",
+]

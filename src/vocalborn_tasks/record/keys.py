@@ -1,0 +1,99 @@
+"""The key schema of the task record: every Redis key name, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .meta import META_PREFIX
+
+if TYPE_CHECKING:
+    from ..config import TaskSettings
+
+__all__ = ["RecordKeys"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordKeys:
+    """Key names for one deployment (``VOCALBORN_KEY_PREFIX``).
+
+    Result database: ``meta`` (Celery's, which its waiters also read), ``marker``, ``inflight``,
+    ``deliveries``, ``revoked``, ``running``, ``sink``, ``epoch``, worker heartbeats. Broker
+    database: the queue lists, ``unacked``/``unacked_index`` (kombu's names, which its own
+    visibility-timeout restore also reads) and the wake-up lists.
+    """
+
+    prefix: str = "vocalborn"
+
+    @classmethod
+    def of(cls, settings: TaskSettings) -> RecordKeys:
+        return cls(settings.key_prefix)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # --- result database --------------------------------------------------------------------
+    @staticmethod
+    def meta(task_id: str) -> str:
+        """Celery's result meta (JSON), also the pub/sub channel of the task's changes."""
+        return META_PREFIX + task_id
+
+    def marker(self, task_id: str) -> str:
+        """Submit marker (hash: name, queue, t, record, done): tells PENDING from unknown."""
+        return self._key("task", task_id)
+
+    @property
+    def marker_prefix(self) -> str:
+        return self._key("task", "")
+
+    def inflight(self, practice_record_id: str) -> str:
+        """The task id analysing a practice record right now (de-duplication slot)."""
+        return self._key("inflight", practice_record_id)
+
+    def deliveries(self, task_id: str, retry: int) -> str:
+        """How many times this (task, retry) message was delivered (the poison cap)."""
+        return self._key("deliveries", task_id, str(retry))
+
+    @property
+    def revoked(self) -> str:
+        """Sorted set of cancelled task ids (score: when), checked before every delivery."""
+        return self._key("revoked")
+
+    @property
+    def running(self) -> str:
+        """Hash task id -> JSON of the tasks running now (the Monitor's wait estimate)."""
+        return self._key("stats", "running")
+
+    def sink(self, task_id: str) -> str:
+        """The result-sink claim of a task: a run's token while it calls the sink, then acked."""
+        return self._key("sink-acked", task_id)
+
+    @property
+    def epoch(self) -> str:
+        """When this server's memory of tasks began (microseconds); see task_ids.py."""
+        return self._key("epoch")
+
+    def worker(self, hostname: str) -> str:
+        """A worker's heartbeat hash (TTL ``WORKER_DEAD_AFTER``)."""
+        return self._key("worker", hostname)
+
+    @property
+    def workers(self) -> str:
+        return self._key("workers")
+
+    @property
+    def reaper(self) -> str:
+        """Lock: one dead-worker reaper at a time."""
+        return self._key("reaper")
+
+    # --- broker database --------------------------------------------------------------------
+    unacked: str = "unacked"
+    unacked_index: str = "unacked_index"
+
+    @property
+    def wake_prefix(self) -> str:
+        return self._key("wake", "")
+
+    def wake(self, queue: str) -> str:
+        """One token per queued message: what idle workers block on (see reserve.lua)."""
+        return self.wake_prefix + queue

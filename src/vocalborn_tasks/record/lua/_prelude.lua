@@ -1,0 +1,49 @@
+-- Shared by every script of the task record (vocalborn_tasks/record). Loaded in front of each.
+-- Final states: once one is stored, no script replaces it (a late copy of a task, a progress
+-- report or a second cancel cannot undo an outcome a caller may already have seen).
+local FINAL = {SUCCESS = true, FAILURE = true, REVOKED = true}
+
+-- The Celery status stored at a meta key: nil when there is none, 'PENDING' when unreadable.
+local function meta_status(key)
+  local raw = redis.call('GET', key)
+  if not raw then return nil end
+  local ok, decoded = pcall(cjson.decode, raw)
+  if ok and type(decoded) == 'table' and type(decoded['status']) == 'string' then
+    return decoded['status']
+  end
+  return 'PENDING'
+end
+
+local function is_final(key)
+  local status = meta_status(key)
+  return status ~= nil and FINAL[status] == true
+end
+
+-- Store a meta and publish it on the channel of the same name (where every waiter listens).
+local function put_meta(key, value, ttl)
+  ttl = tonumber(ttl)
+  if ttl and ttl > 0 then
+    redis.call('SET', key, value, 'EX', ttl)
+  else
+    redis.call('SET', key, value)
+  end
+  redis.call('PUBLISH', key, value)
+end
+
+-- Record the final state on the submit marker, so an expired result reads EXPIRED, not unknown.
+local function mark_done(marker, status)
+  if FINAL[status] and redis.call('EXISTS', marker) == 1 then
+    redis.call('HSET', marker, 'done', status)
+  end
+end
+
+-- The epoch: when this server's memory of tasks began (written once; gone with a data loss).
+local function ensure_epoch(key)
+  local now = redis.call('TIME')
+  redis.call('SET', key, now[1] .. string.format('%06d', tonumber(now[2])), 'NX')
+end
+
+-- The queue a (priority) list belongs to: kombu names them '<queue>\6\22<priority>'.
+local function base_queue(list)
+  return string.match(list, '^(.-)\6\22%d+$') or list
+end

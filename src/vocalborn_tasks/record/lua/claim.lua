@@ -1,0 +1,26 @@
+-- claim: take a practice record's in-flight slot, write the marker and queue the message, in
+-- one step (a slot never points at a message that was not queued). A slot whose task is still
+-- queued or running is kept: its id is returned and nothing is queued (unless forced).
+-- KEYS: in-flight slot, marker, epoch (result db); queue list, wake list (broker db).
+-- ARGV: task id, marker TTL, task name, queue, submit time, force ('1'), meta key prefix,
+--       marker key prefix, practice record id, broker db, message.
+local cur = redis.call('GET', KEYS[1])
+if cur and ARGV[6] ~= '1' then
+  local status = meta_status(ARGV[7] .. cur)
+  local live
+  if status then
+    live = not FINAL[status]
+  else
+    local marker = ARGV[8] .. cur
+    live = redis.call('EXISTS', marker) == 1 and redis.call('HEXISTS', marker, 'done') == 0
+  end
+  if live then return cur end
+end
+ensure_epoch(KEYS[3])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('HSET', KEYS[2], 'name', ARGV[3], 'queue', ARGV[4], 't', ARGV[5], 'record', ARGV[9])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SELECT', ARGV[10])
+redis.call('LPUSH', KEYS[4], ARGV[11])
+redis.call('LPUSH', KEYS[5], '1')
+return ARGV[1]

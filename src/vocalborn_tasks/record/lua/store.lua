@@ -1,0 +1,24 @@
+-- store: the result backend's write. Apply the run's statistics, store the state unless a final
+-- one is there, mark the submit marker, and, when the state ends this delivery, acknowledge
+-- the message (remove its 'unacked' entry): the outcome and the acknowledgement are one step,
+-- so a worker killed in between can neither lose the result nor have the task run again.
+-- KEYS: meta key, marker (result db); unacked hash, unacked index (broker db).
+-- ARGV: meta, expiry seconds (0: none), state, statistics (JSON list of commands, or ''),
+--       delivery tag ('' for none), broker db, result db.
+-- Returns 1 if stored, 0 if a final state was already there.
+if ARGV[4] ~= '' then
+  for _, command in ipairs(cjson.decode(ARGV[4])) do redis.call(unpack(command)) end
+end
+local stored = 0
+if not is_final(KEYS[1]) then
+  put_meta(KEYS[1], ARGV[1], ARGV[2])
+  mark_done(KEYS[2], ARGV[3])
+  stored = 1
+end
+if ARGV[5] ~= '' and (FINAL[ARGV[3]] or ARGV[3] == 'RETRY') then
+  redis.call('SELECT', ARGV[6])
+  redis.call('HDEL', KEYS[3], ARGV[5])
+  redis.call('ZREM', KEYS[4], ARGV[5])
+  redis.call('SELECT', ARGV[7])
+end
+return stored

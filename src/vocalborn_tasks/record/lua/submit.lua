@@ -1,0 +1,10 @@
+-- submit: write the submit marker and queue the message, in one step.
+-- KEYS: marker, epoch (result db); queue list, wake list (broker db).
+-- ARGV: task name, queue, submit time, marker TTL, broker db, message.
+ensure_epoch(KEYS[2])
+redis.call('HSET', KEYS[1], 'name', ARGV[1], 'queue', ARGV[2], 't', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SELECT', ARGV[5])
+redis.call('LPUSH', KEYS[3], ARGV[6])
+redis.call('LPUSH', KEYS[4], '1')
+return 1

@@ -1,0 +1,125 @@
+"""Every private (or undocumented) name of Celery and kombu the worker side relies on.
+
+Borrowed internals break silently on upgrade, so they are quarantined here: the list below
+names each one, the module that uses it and why, and ``tests/unit/test_celery_private.py``
+checks that each still exists with the expected shape. pyproject pins Celery and kombu to the
+minor versions CI tests (``>=5.7,<5.8``); raise the pin only after that test passes.
+
+- ``kombu.transport.redis.Channel._brpop_start`` (transport): our consume loop (reserve)
+- ``kombu.transport.redis.Channel._brpop_read`` (transport): reads the reserve reply
+- ``kombu.transport.redis.Channel._put`` (transport): wake-up token per publish
+- ``kombu.transport.redis.Channel._do_restore_message`` (transport): wake-up token per restore
+- ``kombu.transport.redis.Channel._create_client`` (transport): one client per pool
+- ``kombu.transport.redis.Channel._queue_cycle`` (transport): queue order (priority)
+- ``kombu.transport.redis.Channel._q_for_pri`` (transport): priority list names
+- ``kombu.transport.redis.Channel._lookup`` (transport): routing on restore
+- ``kombu.transport.redis.Channel._get_message_priority`` (transport): priority list on publish
+- ``kombu.transport.redis.Channel._flush_brpop_reauth`` (transport): kept after each read
+- ``kombu.transport.redis.Channel._in_poll`` (transport): "command in flight" flag
+- ``kombu.transport.redis.Channel._brpop_sent_at`` (transport): kombu's stale-socket check
+- ``kombu.transport.redis.QoS.append / ack`` (transport): reservation, folded acks
+- ``kombu.transport.virtual.QoS.append / ack`` (transport): in-memory bookkeeping only
+- ``kombu.transport.redis.Transport._deliver`` (transport): drops foreign entries
+- ``celery.backends.redis.RedisBackend._store_result`` (backend): the store script
+- ``celery.backends.redis.RedisBackend._get_result_meta`` (backend): Celery's meta of a state
+- ``celery.backends.redis.RedisBackend.failure_expires`` (backend, via this module): the TTL of
+  a FAILURE
+- ``celery.worker.state.active_requests/reserved_requests`` (heartbeat): the tags a live
+  worker holds
+- ``celery.worker.state.all_total_count`` (heartbeat): processed count
+- ``celery.worker.state.should_stop/should_terminate`` (transport, via this module): tells a
+  shutdown from a connection loss
+- ``kombu.transport.redis.QoS.restore_unacked`` (transport): keep running tasks reserved
+- ``request.properties["delivery_tag"]`` (backend, via this module): the message to
+  acknowledge
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery import states
+
+__all__ = [
+    "PRIVATE_NAMES",
+    "delivery_tag_of",
+    "held_requests",
+    "result_expiry",
+    "running_delivery_tags",
+    "worker_stopping",
+]
+
+#: (module, dotted attribute) pairs checked by the test (see the table above).
+PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
+    ("kombu.transport.redis", "Channel._brpop_start"),
+    ("kombu.transport.redis", "Channel._brpop_read"),
+    ("kombu.transport.redis", "Channel._put"),
+    ("kombu.transport.redis", "Channel._do_restore_message"),
+    ("kombu.transport.redis", "Channel._create_client"),
+    ("kombu.transport.redis", "Channel._q_for_pri"),
+    ("kombu.transport.redis", "Channel._lookup"),
+    ("kombu.transport.redis", "Channel._get_message_priority"),
+    ("kombu.transport.redis", "Channel._flush_brpop_reauth"),
+    ("kombu.transport.redis", "Channel.priority_steps"),
+    ("kombu.transport.redis", "Channel.sep"),
+    ("kombu.transport.redis", "QoS.append"),
+    ("kombu.transport.redis", "QoS.ack"),
+    ("kombu.transport.redis", "QoS.unacked_key"),
+    ("kombu.transport.redis", "QoS.unacked_index_key"),
+    ("kombu.transport.redis", "Transport._deliver"),
+    ("kombu.transport.virtual", "QoS.append"),
+    ("kombu.transport.virtual", "QoS.ack"),
+    ("celery.backends.redis", "RedisBackend._store_result"),
+    ("celery.backends.redis", "RedisBackend._get_result_meta"),
+    ("celery.backends.redis", "RedisBackend.ensure"),
+    ("celery.backends.redis", "RedisBackend.supports_failure_expires"),
+    ("celery.worker.state", "active_requests"),
+    ("celery.worker.state", "reserved_requests"),
+    ("celery.worker.state", "all_total_count"),
+    ("celery.worker.state", "should_stop"),
+    ("celery.worker.state", "should_terminate"),
+    ("kombu.transport.redis", "QoS.restore_unacked"),
+)
+
+
+def delivery_tag_of(request: Any) -> str:
+    """The delivery tag of the message a request came in ('' when there is none)."""
+    properties = getattr(request, "properties", None)
+    if isinstance(properties, Mapping):
+        tag = properties.get("delivery_tag")
+        if isinstance(tag, str):
+            return tag
+    return ""
+
+
+def result_expiry(backend: Any, state: str) -> Any:
+    """How long a stored state lives: ``result_failure_expires`` for failures (Celery 5.7)."""
+    if state == states.FAILURE:
+        return backend.failure_expires
+    return backend.expires
+
+
+def worker_stopping() -> bool:
+    """Whether this worker process is shutting down (warm, soft or cold)."""
+    from celery.worker import state
+
+    return any(flag not in (None, False) for flag in (state.should_stop, state.should_terminate))
+
+
+def held_requests() -> list[Any]:
+    """The requests this worker holds: running, then reserved (copies: other threads mutate)."""
+    from celery.worker import state
+
+    return [*list(state.active_requests), *list(state.reserved_requests)]
+
+
+def running_delivery_tags() -> set[str]:
+    """Delivery tags of the tasks this worker is running now."""
+    from celery.worker import state
+
+    return {
+        str(r.message.delivery_tag)
+        for r in list(state.active_requests)
+        if getattr(r, "message", None) is not None
+    }

@@ -1,0 +1,289 @@
+"""kombu's Redis transport with atomic reservation, folded acks and wake-up lists.
+
+kombu takes a message with ``BRPOP`` (which removes it from its list) and records it in
+``unacked`` in a second round trip: a worker SIGKILLed between the two held the only copy
+(kombu#305, celery#7950). This transport takes and records in one step, the ``reserve`` script
+of the task record, and so a kill can leave a message queued or reserved, never nowhere.
+
+A Lua script cannot block, so an idle worker waits on *wake-up lists* instead: every publish
+(ours and kombu's) pushes one token on ``<prefix>:wake:<queue>`` next to the message, and an
+idle worker blocks with ``BRPOP`` on the tokens of its queues, then reserves. The consume loop
+is a small state machine on the channel's one connection:
+
+    busy:  EVALSHA reserve --message--> deliver, stay busy
+                            --nothing--> idle
+    idle:  BRPOP wake lists (1 s) --token or timeout--> busy (reserve, telling which token)
+
+A token lost with a killed worker costs at most one ``BRPOP`` timeout (1 s); a stale token costs
+one empty reserve. The reserve script also applies the acknowledgements made since the last
+call, so acking costs no round trip of its own (the result backend's ``store`` script already
+removes the entry of every task that stores an outcome; this is the fallback for the rest).
+
+It also drops queue entries that are not task messages instead of dying on them (kombu decodes
+each entry inside its event loop: one stray ``LPUSH`` would stop every worker that pops it),
+and reuses one command client per connection pool.
+"""
+
+# kombu's transport is partly annotated: calls into it are untyped by nature.
+# mypy: disable-error-code="no-untyped-call"
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import time
+from queue import Empty
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from redis.exceptions import NoScriptError
+
+from ..record import RecordKeys, script_source
+from . import faults
+from .celery_private import running_delivery_tags, worker_stopping
+
+__all__ = ["Channel", "QoS", "Transport"]
+
+logger = logging.getLogger(__name__)
+
+#: Transport option naming the deployment's key prefix (set by the app factory).
+PREFIX_OPTION = "vocalborn_key_prefix"
+
+
+def _is_envelope(message: Any) -> bool:
+    return (
+        isinstance(message, dict)
+        and isinstance(message.get("properties"), dict)
+        and isinstance(message.get("headers", {}), dict)
+        and isinstance(message["properties"].get("delivery_tag", ""), str)
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's ack emulation, with the Redis side of acks and reservations moved into scripts."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        channel: Channel = self.channel
+        if channel.reserved_by_script(delivery_tag):
+            virtual.QoS.append(self, message, delivery_tag)  # in-memory bookkeeping only
+        else:
+            super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        channel: Channel = self.channel
+        channel.defer_ack(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> Any:
+        """Hand reserved messages back when the channel closes, except those still running.
+
+        kombu restores every delivered, unacknowledged message when a channel closes: at
+        shutdown, and also when the connection to Redis is lost. After a connection loss the
+        worker keeps running its tasks (each stores its outcome and acknowledges itself
+        through the result backend once Redis is back): handing their messages back would run
+        them twice. So only a stopping worker hands back what it runs; messages it holds but
+        has not started go back either way.
+        """
+        if worker_stopping():
+            return super().restore_unacked(client)
+        running = running_delivery_tags()
+        with self.channel.conn_or_acquire(client) as conn:
+            for tag in list(self._delivered):
+                if tag not in running:
+                    self.restore_by_tag(tag, client=conn)
+        self._delivered.clear()
+        return None
+
+
+class Channel(kombu_redis.Channel):
+    """A Redis channel whose consume loop reserves atomically (see the module docstring)."""
+
+    QoS = QoS
+    _sync_client: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._vb_idle = False  # our last reserve found nothing: wait on the wake-up lists
+        self._vb_waiting = False  # the command in flight is the BRPOP on the wake-up lists
+        self._vb_token = ""  # queue whose wake-up token we consumed, told to the next reserve
+        self._vb_acks: list[str] = []  # acknowledgements not yet applied in Redis
+        self._vb_sent_acks = 0  # how many of them the reserve in flight carries
+        self._vb_reserved: set[str] = set()  # tags the reserve script recorded as unacked
+        self._vb_send_source = False  # the server forgot our script: send it whole once
+        super().__init__(*args, **kwargs)
+        options = self.connection.client.transport_options or {}
+        self._vb_keys = RecordKeys(str(options.get(PREFIX_OPTION, "vocalborn")))
+
+    # --- command client -----------------------------------------------------------------------
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        # kombu builds a new redis.Redis (a ~200-entry callback table) for every ack and
+        # every unacked-index write: a tenth of a no-op task's worker time. The client holds
+        # no connection of its own (the pool does), so one per pool is as safe and free.
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        pool = self.pool
+        client = self._sync_client
+        if client is None or client.connection_pool is not pool:
+            client = self._sync_client = super()._create_client()
+        return client
+
+    # --- publishing: a wake-up token with every message ---------------------------------------
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        if kwargs.get("_publish_batch") is not None:
+            super()._put(queue, message, **kwargs)
+            self._wake(queue)
+            return
+        pri = self._get_message_priority(message, reverse=False)
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            pipe.lpush(self._q_for_pri(queue, pri), json.dumps(message))
+            pipe.lpush(self._vb_keys.wake(queue), "1")
+            pipe.execute()
+
+    def _wake(self, queue: str) -> None:
+        with self.conn_or_acquire() as client:
+            client.lpush(self._vb_keys.wake(queue), "1")
+
+    def _do_restore_message(
+        self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
+    ) -> None:
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        for queue in self._lookup(exchange, routing_key):
+            pipe.lpush(self._vb_keys.wake(queue), "1")
+
+    # --- consuming ----------------------------------------------------------------------------
+    def reserved_by_script(self, delivery_tag: str) -> bool:
+        """Whether ``delivery_tag`` was recorded in ``unacked`` by our reserve (forget it)."""
+        try:
+            self._vb_reserved.remove(delivery_tag)
+        except KeyError:
+            return False
+        return True
+
+    def defer_ack(self, delivery_tag: str) -> None:
+        """Remember an ack; the next reserve applies it (or ``close`` does)."""
+        self._vb_acks.append(delivery_tag)
+
+    def _consume_keys(self) -> tuple[list[str], list[str]] | None:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return None
+        lists = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
+        return list(queues), lists
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if self.global_keyprefix:  # pragma: no cover - refused by the app factory
+            raise RuntimeError("global_keyprefix is not supported by the vocalborn transport")
+        keys = self._consume_keys()
+        if keys is None:
+            return
+        queues, lists = keys
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
+        if self._vb_idle:
+            self._vb_waiting = True
+            wake = [self._vb_keys.wake(q) for q in dict.fromkeys(queues)]
+            connection.send_command("BRPOP", *wake, timeout or self.brpop_timeout or 1)
+            return
+        self._vb_waiting = False
+        self._vb_sent_acks = len(self._vb_acks)
+        keys_ = [self._vb_keys.unacked, self._vb_keys.unacked_index, *lists]
+        args = [
+            repr(time.time()),
+            self._vb_token,
+            json.dumps(self._vb_acks),
+            self._vb_keys.wake_prefix,
+        ]
+        source = script_source("reserve")
+        if self._vb_send_source:
+            connection.send_command("EVAL", source, len(keys_), *keys_, *args)
+        else:
+            sha = _sha(source)
+            connection.send_command("EVALSHA", sha, len(keys_), *keys_, *args)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        waiting = self._vb_waiting
+        try:
+            try:
+                reply = self.client.parse_response(
+                    self.client.connection, "BRPOP" if waiting else "EVALSHA", **options
+                )
+            except NoScriptError:
+                self._vb_send_source = True
+                raise Empty() from None
+            except self.connection_errors:
+                # Disconnect so the next iteration reconnects. Unapplied acks stay pending
+                # (HDEL is idempotent); a token we consumed is lost (costs one BRPOP timeout).
+                self.client.connection.disconnect()
+                raise
+            if waiting:
+                self._vb_idle = False
+                prefix = self._vb_keys.wake_prefix
+                self._vb_token = _text(reply[0]).removeprefix(prefix) if reply else ""
+                raise Empty()
+            self._vb_send_source = False
+            del self._vb_acks[: self._vb_sent_acks]
+            self._vb_sent_acks = 0
+            self._vb_token = ""
+            if not reply:
+                self._vb_idle = True
+                raise Empty()
+            return self._deliver_reserved(reply)
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            self._flush_brpop_reauth()
+
+    def _deliver_reserved(self, reply: Any) -> bool:
+        source, raw, tag = reply
+        dest = _text(source).rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(dest)
+        try:
+            message = json.loads(_text(raw))
+        except ValueError as exc:
+            logger.error("discarded a queue entry on %r that is not JSON: %s", dest, exc)
+            return True
+        if not tag or not _is_envelope(message):
+            logger.error("discarded a queue entry on %r that is not a task message", dest)
+            return True
+        tag = _text(tag)
+        faults.point("after_reserve")
+        self._vb_reserved.add(tag)
+        self.connection._deliver(message, dest)
+        return True
+
+    def close(self) -> None:
+        if self._vb_acks and not self.closed:
+            try:  # apply what the next reserve would have; the reaper covers a failure
+                with self.conn_or_acquire() as client:
+                    pipe = client.pipeline(transaction=False)
+                    for tag in self._vb_acks:
+                        pipe.hdel(self._vb_keys.unacked, tag)
+                        pipe.zrem(self._vb_keys.unacked_index, tag)
+                    pipe.execute()
+                self._vb_acks.clear()
+            except Exception as exc:
+                logger.debug("could not apply %d acks on close: %s", len(self._vb_acks), exc)
+        super().close()
+
+
+@functools.cache
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+
+class Transport(kombu_redis.Transport):
+    """The ``broker_transport`` of the library's apps."""
+
+    Channel = Channel
+
+    def _deliver(self, message: Any, queue: str) -> None:
+        if not _is_envelope(message):
+            logger.error("discarded a queue entry on %r that is not a task message", queue)
+            return
+        super()._deliver(message, queue)

@@ -1,0 +1,643 @@
+"""The task record's Lua scripts against the real server: one test per transition and refusal.
+
+Every test works under its own key prefix (and its own unacked hash, queues and task ids), so
+nothing here sees another test's keys; the fixture deletes them afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+
+from vocalborn_tasks.config import TaskSettings
+from vocalborn_tasks.record import (
+    FINAL_STATES,
+    RecordKeys,
+    ScriptSet,
+    celery_meta,
+    epoch_seconds,
+    id_time,
+    new_task_id,
+    revoked_meta,
+    script_source,
+)
+
+pytestmark = pytest.mark.integration
+
+FINALS = sorted(FINAL_STATES)
+TTL = 600
+
+
+@dataclass
+class Rec:
+    """One test's view of the record: clients on both databases and its own key names."""
+
+    settings: TaskSettings
+    result: redis.Redis
+    broker: redis.Redis
+    keys: RecordKeys
+    ids: list[str] = field(default_factory=list)
+    subs: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rs = ScriptSet(self.result)  # scripts run on the result database
+        self.bs = ScriptSet(self.broker)  # scripts run on the broker database
+        self.queue = self.k("q")
+        self.unacked = self.k("unacked")
+        self.index = self.k("unacked_index")
+
+    def k(self, *parts: str) -> str:
+        return ":".join((self.keys.prefix, *parts))
+
+    def new_id(self) -> str:
+        task_id = new_task_id()
+        self.ids.append(task_id)
+        return task_id
+
+    def meta(self, task_id: str) -> str:
+        return RecordKeys.meta(task_id)
+
+    def listen(self, task_id: str) -> Any:
+        """A pubsub on the task's meta channel, its subscription confirmed."""
+        pubsub = redis.Redis.from_url(self.settings.backend_url).pubsub()  # type: ignore[no-untyped-call]
+        self.subs.append(pubsub)
+        pubsub.subscribe(self.meta(task_id))
+        assert pubsub.get_message(timeout=5.0)["type"] == "subscribe"
+        return pubsub
+
+    def set_meta(self, task_id: str, status: str) -> str:
+        value = celery_meta(task_id, status, None, done=status in FINAL_STATES)
+        self.result.set(self.meta(task_id), value)
+        return value
+
+    def get_meta(self, task_id: str) -> Any:
+        raw = self.result.get(self.meta(task_id))
+        return None if raw is None else json.loads(raw)
+
+    def submit(self, task_id: str, message: bytes = b"{}") -> Any:
+        k, q, db = self.keys, self.queue, self.settings.redis_db_broker
+        return self.rs["submit"](
+            keys=[k.marker(task_id), k.epoch, q, k.wake(q)],
+            args=["t.name", q, "1700000000.5", TTL, db, message],
+        )
+
+    def claim(self, task_id: str, record: str, force: str = "0", message: bytes = b"m") -> Any:
+        k, q, db = self.keys, self.queue, self.settings.redis_db_broker
+        return self.rs["claim"](
+            keys=[k.inflight(record), k.marker(task_id), k.epoch, q, k.wake(q)],
+            args=[task_id, TTL, "t.analyse", q, "1700000000.5", force, "celery-task-meta-",
+                  k.marker_prefix, record, db, message],
+        )  # fmt: skip
+
+    def reserve(self, lists: list[str], token: str = "", acks: tuple[str, ...] = ()) -> Any:
+        return self.bs["reserve"](
+            keys=[self.unacked, self.index, *lists],
+            args=["1234.5", token, json.dumps(list(acks)), self.keys.wake_prefix],
+        )
+
+    def store(
+        self, task_id: str, state: str, tag: str = "", expiry: int = 60, stats: str = ""
+    ) -> Any:
+        value = celery_meta(task_id, state, 42, done=state in FINAL_STATES)
+        dbs = (self.settings.redis_db_broker, self.settings.redis_db_backend)
+        return self.rs["store"](
+            keys=[self.meta(task_id), self.keys.marker(task_id), self.unacked, self.index],
+            args=[value, expiry, state, stats, tag, *dbs],
+        )
+
+    def put_unacked(self, tag: str, entry: bytes = b'[{},"","q"]') -> None:
+        self.broker.hset(self.unacked, tag, entry)
+        self.broker.zadd(self.index, {tag: 1.0})
+
+    def reserved(self) -> list[Any]:
+        """Tags in ``unacked`` (sorted), checked to match the index."""
+        tags = sorted(self.broker.hkeys(self.unacked))
+        assert sorted(self.broker.zrange(self.index, 0, -1)) == tags
+        return tags
+
+    def restore(self, tag: str) -> Any:
+        return self.bs["restore"](
+            keys=[self.unacked, self.index], args=[tag, self.keys.wake_prefix]
+        )
+
+    def queued(self, name: str | None = None) -> list[Any]:
+        return self.broker.lrange(name or self.queue, 0, -1)
+
+    def tokens(self, queue: str | None = None) -> int:
+        return self.broker.llen(self.keys.wake(queue or self.queue))
+
+
+@pytest.fixture
+def rec(base_settings: TaskSettings) -> Iterator[Rec]:
+    result = redis.Redis.from_url(base_settings.backend_url, single_connection_client=True)
+    broker = redis.Redis.from_url(base_settings.broker_url, single_connection_client=True)
+    r = Rec(base_settings, result, broker, RecordKeys(prefix=f"t-{uuid.uuid4().hex}"))
+    try:
+        yield r
+    finally:
+        for pubsub in r.subs:
+            pubsub.close()
+        for client in (result, broker):
+            stale = list(client.scan_iter(match=f"{r.keys.prefix}*", count=1000))
+            stale += [r.meta(task_id) for task_id in r.ids]
+            if stale:
+                client.delete(*stale)
+            client.close()
+
+
+def envelope(tag: str | None, routing_key: str | None = None, **headers: Any) -> bytes:
+    props: dict[str, Any] = {"correlation_id": "c", "body_encoding": "base64", "priority": 0}
+    if tag is not None:
+        props["delivery_tag"] = tag
+    if routing_key is not None:
+        props["delivery_info"] = {"exchange": "", "routing_key": routing_key}
+    return json.dumps(
+        {"body": "e30=", "headers": {"id": "x", **headers}, "properties": props}
+    ).encode()
+
+
+def published(pubsub: Any) -> Any:
+    """The next published message on a subscribed pubsub (bounded wait), or None."""
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        msg = pubsub.get_message(timeout=0.5)
+        if msg is not None and msg["type"] == "message":
+            return msg["data"]
+    return None
+
+
+# --- task ids and the epoch --------------------------------------------------------------------
+def test_new_task_id_is_uuid7() -> None:
+    parsed = uuid.UUID(new_task_id())
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+    assert abs(id_time(str(parsed)) - time.time()) < 5  # type: ignore[operator]
+
+
+def test_task_ids_are_time_ordered() -> None:
+    ids = [new_task_id() for _ in range(200)]
+    times = [id_time(i) or 0.0 for i in ids]
+    assert all(times) and times == sorted(times)
+    assert sorted(ids, key=lambda i: id_time(i) or 0.0) == ids  # stable: creation order
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("value", [str(uuid.uuid4()), "not-a-uuid", "", "1234"])
+def test_id_time_none_without_a_time(value: str) -> None:
+    assert id_time(value) is None
+
+
+def test_epoch_seconds_decodes_what_the_prelude_writes(rec: Rec) -> None:
+    before = rec.result.time()
+    rec.submit(rec.new_id())
+    after = rec.result.time()
+    epoch = epoch_seconds(rec.result.get(rec.keys.epoch))
+    assert epoch is not None
+    assert before[0] + before[1] / 1e6 <= epoch <= after[0] + after[1] / 1e6
+    assert epoch_seconds(None) is None and epoch_seconds(b"garbage") is None
+
+
+# --- submit -------------------------------------------------------------------------------------
+def test_submit_writes_marker_and_queues_message_with_a_token(rec: Rec) -> None:
+    task_id = rec.new_id()
+    assert rec.submit(task_id, b'{"raw": 1}') == 1
+    marker = rec.keys.marker(task_id)
+    fields = {b"name": b"t.name", b"queue": rec.queue.encode(), b"t": b"1700000000.5"}
+    assert rec.result.hgetall(marker) == fields
+    assert 0 < rec.result.ttl(marker) <= TTL
+    assert rec.queued() == [b'{"raw": 1}']
+    assert rec.broker.lrange(rec.keys.wake(rec.queue), 0, -1) == [b"1"]
+    assert not rec.result.exists(rec.queue, rec.keys.wake(rec.queue))  # broker db only
+
+
+def test_submit_writes_the_epoch_once(rec: Rec) -> None:
+    rec.submit(rec.new_id())
+    first = rec.result.get(rec.keys.epoch)
+    assert first is not None and first.isdigit()
+    rec.submit(rec.new_id())
+    assert rec.result.get(rec.keys.epoch) == first
+    assert rec.tokens() == 2 and len(rec.queued()) == 2
+
+
+def test_submit_leaves_the_client_on_the_result_db(rec: Rec) -> None:
+    rec.submit(rec.new_id())
+    probe = rec.k("probe")
+    rec.result.set(probe, "1")
+    assert rec.result.client_info()["db"] == rec.settings.redis_db_backend
+    assert rec.broker.get(probe) is None
+    assert redis.Redis.from_url(rec.settings.backend_url).get(probe) == b"1"
+
+
+# --- claim --------------------------------------------------------------------------------------
+def test_claim_takes_a_free_slot(rec: Rec) -> None:
+    task_id = rec.new_id()
+    assert rec.claim(task_id, "rec-1", message=b"msg") == task_id.encode()
+    slot = rec.keys.inflight("rec-1")
+    assert rec.result.get(slot) == task_id.encode()
+    assert 0 < rec.result.ttl(slot) <= TTL
+    marker = rec.result.hgetall(rec.keys.marker(task_id))
+    assert marker[b"record"] == b"rec-1" and marker[b"name"] == b"t.analyse"
+    assert b"done" not in marker
+    assert rec.result.exists(rec.keys.epoch)
+    assert rec.queued() == [b"msg"] and rec.tokens() == 1
+    assert rec.result.client_info()["db"] == rec.settings.redis_db_backend
+
+
+def test_claim_refuses_while_the_slot_task_is_queued(rec: Rec) -> None:
+    first, second = rec.new_id(), rec.new_id()
+    rec.claim(first, "rec-1")
+    assert rec.claim(second, "rec-1") == first.encode()  # no meta, live marker
+    assert rec.queued() == [b"m"] and rec.tokens() == 1
+    assert rec.result.get(rec.keys.inflight("rec-1")) == first.encode()
+    assert not rec.result.exists(rec.keys.marker(second))
+
+
+@pytest.mark.parametrize("status", ["STARTED", "PROGRESS", "RETRY", "PENDING", "unreadable"])
+def test_claim_refuses_while_the_slot_task_has_a_non_final_meta(rec: Rec, status: str) -> None:
+    first, second = rec.new_id(), rec.new_id()
+    rec.claim(first, "rec-1")
+    if status == "unreadable":
+        rec.result.set(rec.meta(first), b"not json")
+    else:
+        rec.set_meta(first, status)
+    rec.result.hset(rec.keys.marker(first), "done", "SUCCESS")  # the meta decides, not the marker
+    assert rec.claim(second, "rec-1") == first.encode()
+    assert rec.queued() == [b"m"] and rec.tokens() == 1
+
+
+@pytest.mark.parametrize("status", FINALS)
+def test_claim_takes_over_from_a_final_task(rec: Rec, status: str) -> None:
+    first, second = rec.new_id(), rec.new_id()
+    rec.claim(first, "rec-1")
+    rec.set_meta(first, status)
+    assert rec.claim(second, "rec-1", message=b"m2") == second.encode()
+    assert rec.result.get(rec.keys.inflight("rec-1")) == second.encode()
+    assert rec.queued() == [b"m2", b"m"] and rec.tokens() == 2
+
+
+def test_claim_takes_over_when_the_marker_is_done(rec: Rec) -> None:
+    first, second = rec.new_id(), rec.new_id()
+    rec.claim(first, "rec-1")
+    rec.result.hset(rec.keys.marker(first), "done", "SUCCESS")  # result expired, marker kept
+    assert rec.claim(second, "rec-1") == second.encode()
+    assert rec.tokens() == 2
+
+
+def test_claim_takes_over_when_the_slot_task_is_forgotten(rec: Rec) -> None:
+    second = rec.new_id()
+    rec.result.set(rec.keys.inflight("rec-1"), rec.new_id())  # no meta, no marker
+    assert rec.claim(second, "rec-1") == second.encode()
+    assert rec.tokens() == 1
+
+
+def test_claim_force_always_queues(rec: Rec) -> None:
+    first, second = rec.new_id(), rec.new_id()
+    rec.claim(first, "rec-1")
+    rec.set_meta(first, "STARTED")
+    assert rec.claim(second, "rec-1", "1", b"m2") == second.encode()
+    assert rec.result.get(rec.keys.inflight("rec-1")) == second.encode()
+    assert rec.queued() == [b"m2", b"m"] and rec.tokens() == 2
+
+
+# --- reserve ------------------------------------------------------------------------------------
+def test_reserve_takes_from_the_first_non_empty_list_in_order(rec: Rec) -> None:
+    a, b, c = rec.k("a"), rec.k("b"), rec.k("c")
+    rec.broker.lpush(b, envelope("tb1", b), envelope("tb2", b))  # tb1 is the oldest (RPOP end)
+    rec.broker.lpush(c, envelope("tc", c))
+    lst, raw, tag = rec.reserve([a, b, c])
+    assert (lst, tag) == (b.encode(), b"tb1")
+    assert json.loads(raw)["properties"]["delivery_tag"] == "tb1"
+    assert rec.queued(b) == [envelope("tb2", b)] and rec.queued(c) == [envelope("tc", c)]
+
+
+def test_reserve_writes_unacked_verbatim_with_the_index(rec: Rec) -> None:
+    # Spacing, a float and an escape cjson would re-encode differently: kept byte for byte.
+    raw = (
+        b'{"body":  "e30=", "n": 1.10, "s": "\\u00e9\xc3\xa9", "properties": {"delivery_tag": "t1",'
+        b' "delivery_info": {"exchange": "ex", "routing_key": "rk"}}}'
+    )
+    rec.broker.lpush(rec.queue, raw)
+    assert rec.reserve([rec.queue]) == [rec.queue.encode(), raw, b"t1"]
+    assert rec.broker.hgetall(rec.unacked) == {b"t1": b"[" + raw + b',"ex","rk"]'}
+    assert rec.broker.zrange(rec.index, 0, -1, withscores=True) == [(b"t1", 1234.5)]
+
+
+def test_reserve_routing_key_defaults_to_the_base_queue(rec: Rec) -> None:
+    priority = rec.queue + "\x06\x163"
+    rec.broker.lpush(priority, envelope("t1"))
+    rec.broker.lpush(rec.keys.wake(rec.queue), "1")
+    lst, _, tag = rec.reserve([priority])
+    assert (lst, tag) == (priority.encode(), b"t1")
+    entry = json.loads(rec.broker.hget(rec.unacked, "t1") or b"null")
+    assert entry[1:] == ["", rec.queue]
+    assert rec.tokens() == 0  # the priority list's token is the base queue's
+
+
+def test_reserve_applies_acks_first(rec: Rec) -> None:
+    rec.put_unacked("old1")
+    rec.put_unacked("old2")
+    rec.put_unacked("keep")
+    rec.broker.lpush(rec.queue, envelope("new"))
+    rec.reserve([rec.queue], acks=("old1", "old2"))
+    assert rec.reserved() == [b"keep", b"new"]
+    assert rec.reserve([rec.queue], acks=("keep",)) is None  # applied when nothing is queued too
+    assert rec.reserved() == [b"new"]
+
+
+def test_reserve_consumes_the_taken_queue_token_when_caller_had_none(rec: Rec) -> None:
+    rec.broker.lpush(rec.queue, envelope("t1"), envelope("t2"))
+    rec.broker.lpush(rec.keys.wake(rec.queue), "1", "1")
+    rec.reserve([rec.queue])
+    assert rec.tokens() == 1
+
+
+def test_reserve_keeps_tokens_when_caller_consumed_the_taken_queue_token(rec: Rec) -> None:
+    rec.broker.lpush(rec.queue, envelope("t1"), envelope("t2"))
+    rec.broker.lpush(rec.keys.wake(rec.queue), "1")  # the other token: the caller BRPOPed it
+    rec.reserve([rec.queue], token=rec.queue)
+    assert rec.tokens() == 1
+
+
+def test_reserve_gives_another_queue_token_back(rec: Rec) -> None:
+    other = rec.k("other")
+    rec.broker.lpush(rec.queue, envelope("t1"))
+    rec.broker.lpush(rec.keys.wake(rec.queue), "1")
+    rec.broker.lpush(other, envelope("o1"))  # its token was consumed by the caller
+    lst, _, _ = rec.reserve([rec.queue, other], token=other)
+    assert lst == rec.queue.encode()
+    assert rec.tokens() == 0 and rec.tokens(other) == 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b'{"properties": {"delivery_info": {}}}', b'{"properties": {"delivery_tag": 7}}',
+     b'{"properties": {"delivery_tag": ""}}', b"[1, 2]", b'"text"'],
+)  # fmt: skip
+def test_reserve_hands_over_a_non_task_entry_without_reserving_it(rec: Rec, raw: bytes) -> None:
+    rec.broker.lpush(rec.queue, raw)
+    rec.broker.lpush(rec.keys.wake(rec.queue), "1")
+    assert rec.reserve([rec.queue]) == [rec.queue.encode(), raw, None]
+    assert not rec.broker.exists(rec.unacked, rec.index)
+    assert rec.queued() == [] and rec.tokens() == 0
+
+
+def test_reserve_empty_returns_nil_and_deletes_stale_tokens(rec: Rec) -> None:
+    other = rec.k("other")
+    rec.broker.lpush(rec.keys.wake(rec.queue), "1", "1")
+    rec.broker.lpush(rec.keys.wake(other), "1")
+    assert rec.reserve([rec.queue + "\x06\x163", other], token=rec.queue) is None
+    assert rec.tokens() == 0 and rec.tokens(other) == 0
+    assert not rec.broker.exists(rec.unacked)
+
+
+# --- begin --------------------------------------------------------------------------------------
+def _begin(rec: Rec, task_id: str, retry: int = 0) -> Any:
+    started = celery_meta(task_id, "STARTED", {"pid": 1})
+    k = rec.keys
+    return rec.rs["begin"](
+        keys=[k.deliveries(task_id, retry), k.revoked, k.running, rec.meta(task_id)],
+        args=[task_id, 300, '{"t": 1}', started, 60],
+    )
+
+
+def test_begin_starts_a_task(rec: Rec) -> None:
+    task_id = rec.new_id()
+    pubsub = rec.listen(task_id)
+    assert _begin(rec, task_id) == [1, 0]
+    counter = rec.keys.deliveries(task_id, 0)
+    assert rec.result.get(counter) == b"1" and 0 < rec.result.ttl(counter) <= 300
+    assert rec.result.hget(rec.keys.running, task_id) == b'{"t": 1}'
+    assert rec.get_meta(task_id)["status"] == "STARTED"
+    assert 0 < rec.result.ttl(rec.meta(task_id)) <= 60
+    assert json.loads(published(pubsub))["status"] == "STARTED"
+
+
+def test_begin_counts_deliveries(rec: Rec) -> None:
+    task_id = rec.new_id()
+    assert _begin(rec, task_id) == [1, 0]
+    assert _begin(rec, task_id) == [2, 0]
+    assert _begin(rec, task_id, retry=1) == [1, 0]  # counted per retry
+
+
+def test_begin_refuses_a_revoked_task(rec: Rec) -> None:
+    task_id = rec.new_id()
+    rec.result.zadd(rec.keys.revoked, {task_id: 1.0})
+    assert _begin(rec, task_id) == [1, 1]
+    assert _begin(rec, task_id) == [2, 1]
+    assert rec.result.get(rec.meta(task_id)) is None
+    assert not rec.result.hexists(rec.keys.running, task_id)
+
+
+@pytest.mark.parametrize("status", FINALS)
+def test_begin_refuses_a_finished_task(rec: Rec, status: str) -> None:
+    task_id = rec.new_id()
+    before = rec.set_meta(task_id, status)
+    assert _begin(rec, task_id) == [1, 2]
+    assert rec.result.get(rec.meta(task_id)) == before.encode()
+    assert not rec.result.hexists(rec.keys.running, task_id)
+
+
+# --- progress -----------------------------------------------------------------------------------
+def _progress(rec: Rec, task_id: str) -> Any:
+    value = celery_meta(task_id, "PROGRESS", {"done": 3})
+    return rec.rs["progress"](keys=[rec.meta(task_id)], args=[value, 60])
+
+
+@pytest.mark.parametrize("before", [None, "STARTED", "PROGRESS"])
+def test_progress_is_stored_and_published(rec: Rec, before: str | None) -> None:
+    task_id = rec.new_id()
+    if before:
+        rec.set_meta(task_id, before)
+    pubsub = rec.listen(task_id)
+    assert _progress(rec, task_id) == 1
+    assert rec.get_meta(task_id)["result"] == {"done": 3}
+    assert 0 < rec.result.ttl(rec.meta(task_id)) <= 60
+    assert json.loads(published(pubsub))["status"] == "PROGRESS"
+
+
+@pytest.mark.parametrize("status", FINALS)
+def test_progress_is_refused_after_a_final_state(rec: Rec, status: str) -> None:
+    task_id = rec.new_id()
+    before = rec.set_meta(task_id, status)
+    pubsub = rec.listen(task_id)
+    assert _progress(rec, task_id) == 0
+    assert rec.result.get(rec.meta(task_id)) == before.encode()
+    assert pubsub.get_message(timeout=0.2) is None
+
+
+# --- store --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("status", FINALS)
+def test_store_final_state_publishes_marks_done_and_acks(rec: Rec, status: str) -> None:
+    task_id = rec.new_id()
+    rec.submit(task_id)
+    rec.put_unacked("tag1")
+    rec.put_unacked("other")
+    pubsub = rec.listen(task_id)
+    assert rec.store(task_id, status, tag="tag1") == 1
+    assert rec.get_meta(task_id)["status"] == status
+    assert 0 < rec.result.ttl(rec.meta(task_id)) <= 60
+    assert json.loads(published(pubsub))["status"] == status
+    assert rec.result.hget(rec.keys.marker(task_id), "done") == status.encode()
+    assert rec.reserved() == [b"other"]
+    assert rec.result.client_info()["db"] == rec.settings.redis_db_backend
+
+
+def test_store_retry_acks_without_marking_done(rec: Rec) -> None:
+    task_id = rec.new_id()
+    rec.submit(task_id)
+    rec.put_unacked("tag1")
+    assert rec.store(task_id, "RETRY", tag="tag1") == 1
+    assert rec.get_meta(task_id)["status"] == "RETRY"
+    assert not rec.result.hexists(rec.keys.marker(task_id), "done")
+    assert not rec.broker.exists(rec.unacked, rec.index)
+
+
+@pytest.mark.parametrize("status", ["STARTED", "PROGRESS"])
+def test_store_non_final_state_keeps_the_delivery_reserved(rec: Rec, status: str) -> None:
+    task_id = rec.new_id()
+    rec.submit(task_id)
+    rec.put_unacked("tag1")
+    assert rec.store(task_id, status, tag="tag1") == 1
+    assert rec.get_meta(task_id)["status"] == status
+    assert not rec.result.hexists(rec.keys.marker(task_id), "done")
+    assert rec.reserved() == [b"tag1"]
+
+
+@pytest.mark.parametrize("status", FINALS)
+def test_store_refuses_over_a_final_state_but_acks_and_counts(rec: Rec, status: str) -> None:
+    task_id = rec.new_id()
+    before = rec.set_meta(task_id, "REVOKED")
+    rec.put_unacked("tag1")
+    pubsub = rec.listen(task_id)
+    stats = json.dumps([["HINCRBY", rec.k("stats"), "runs", 1]])
+    assert rec.store(task_id, status, "tag1", stats=stats) == 0
+    assert rec.result.get(rec.meta(task_id)) == before.encode()
+    assert pubsub.get_message(timeout=0.2) is None
+    assert not rec.broker.exists(rec.unacked, rec.index)
+    assert rec.result.hget(rec.k("stats"), "runs") == b"1"
+
+
+def test_store_applies_statistics(rec: Rec) -> None:
+    task_id = rec.new_id()
+    stats = json.dumps([["HINCRBY", rec.k("stats"), "ok", 2], ["HDEL", rec.keys.running, task_id]])
+    rec.result.hset(rec.keys.running, task_id, "{}")
+    assert rec.store(task_id, "SUCCESS", stats=stats) == 1
+    assert rec.result.hget(rec.k("stats"), "ok") == b"2"
+    assert not rec.result.hexists(rec.keys.running, task_id)
+
+
+def test_store_without_tag_touches_no_unacked_entry(rec: Rec) -> None:
+    task_id = rec.new_id()
+    rec.put_unacked("tag1")
+    rec.put_unacked("")  # even an entry named '' is left alone
+    assert rec.store(task_id, "SUCCESS", tag="") == 1
+    assert rec.reserved() == [b"", b"tag1"]
+
+
+def test_store_expiry_zero_means_no_ttl_and_no_marker_created(rec: Rec) -> None:
+    task_id = rec.new_id()
+    assert rec.store(task_id, "SUCCESS", expiry=0) == 1
+    assert rec.result.ttl(rec.meta(task_id)) == -1
+    assert not rec.result.exists(rec.keys.marker(task_id))  # mark_done never creates a marker
+
+
+# --- revoke -------------------------------------------------------------------------------------
+def _revoke(rec: Rec, task_id: str) -> Any:
+    return rec.rs["revoke"](
+        keys=[rec.keys.revoked, rec.meta(task_id), rec.keys.marker(task_id)],
+        args=[task_id, "1700000000.25", revoked_meta(task_id), 60],
+    )
+
+
+@pytest.mark.parametrize("before", [None, "STARTED", "PROGRESS", "RETRY"])
+def test_revoke_stores_revoked_and_marks_done(rec: Rec, before: str | None) -> None:
+    task_id = rec.new_id()
+    rec.submit(task_id)
+    if before:
+        rec.set_meta(task_id, before)
+    pubsub = rec.listen(task_id)
+    assert _revoke(rec, task_id) == 1
+    assert rec.result.zscore(rec.keys.revoked, task_id) == 1700000000.25
+    assert rec.get_meta(task_id)["status"] == "REVOKED"
+    assert 0 < rec.result.ttl(rec.meta(task_id)) <= 60
+    assert json.loads(published(pubsub))["status"] == "REVOKED"
+    assert rec.result.hget(rec.keys.marker(task_id), "done") == b"REVOKED"
+
+
+def test_revoke_without_marker_creates_none(rec: Rec) -> None:
+    task_id = rec.new_id()
+    assert _revoke(rec, task_id) == 1
+    assert not rec.result.exists(rec.keys.marker(task_id))
+
+
+@pytest.mark.parametrize("status", FINALS)
+def test_revoke_refuses_a_finished_task(rec: Rec, status: str) -> None:
+    task_id = rec.new_id()
+    rec.submit(task_id)
+    before = rec.set_meta(task_id, status)
+    assert _revoke(rec, task_id) == 0
+    assert rec.result.get(rec.meta(task_id)) == before.encode()
+    assert rec.result.zscore(rec.keys.revoked, task_id) is None
+    assert not rec.result.hexists(rec.keys.marker(task_id), "done")
+
+
+# --- restore ------------------------------------------------------------------------------------
+def test_restore_moves_a_reserved_message_back_to_its_queue(rec: Rec) -> None:
+    raw = envelope("t1", rec.queue, timelimit=[None, None], stamps={}, retries=0)
+    rec.broker.lpush(rec.queue, envelope("t0", rec.queue), raw)
+    rec.reserve([rec.queue])  # t0
+    rec.reserve([rec.queue])  # t1
+    assert rec.queued() == []
+    assert rec.restore("t1") == 1
+    assert rec.reserved() == [b"t0"]
+    assert rec.tokens() == 1
+    [back] = rec.queued()
+    message, expected = json.loads(back), json.loads(raw)
+    expected["headers"]["redelivered"] = True
+    expected["properties"]["delivery_info"]["redelivered"] = True
+    assert message == expected
+    # RPUSH: at the RPOP end, so it is the next message reserved.
+    rec.broker.lpush(rec.queue, envelope("t2", rec.queue))
+    assert rec.reserve([rec.queue], token=rec.queue)[2] == b"t1"
+
+
+def test_restore_unknown_tag_returns_zero(rec: Rec) -> None:
+    rec.put_unacked("t1")
+    assert rec.restore("nope") == 0
+    assert rec.reserved() == [b"t1"] and rec.queued() == [] and rec.tokens() == 0
+
+
+# --- release and lock ---------------------------------------------------------------------------
+def test_release_deletes_only_with_the_right_token(rec: Rec) -> None:
+    key = rec.k("lock")
+    rec.result.set(key, "mine")
+    assert rec.rs["release"](keys=[key], args=["theirs"]) == 0
+    assert rec.result.get(key) == b"mine"
+    assert rec.rs["release"](keys=[key], args=["mine"]) == 1
+    assert not rec.result.exists(key)
+    assert rec.rs["release"](keys=[key], args=["mine"]) == 0
+
+
+@pytest.mark.parametrize(("holder", "taken"), [(None, 1), ("mine", 1), ("theirs", 0)])
+def test_lock_takes_a_free_lock_renews_its_own_refuses_another(
+    rec: Rec, holder: str | None, taken: int
+) -> None:
+    key = rec.k("lock")
+    if holder:
+        rec.result.set(key, holder, px=1000)
+    assert rec.rs["lock"](keys=[key], args=["mine", 60000]) == taken
+    assert rec.result.get(key) == (b"mine" if taken else b"theirs")
+    assert (rec.result.pttl(key) > 1000) == bool(taken)  # taken or renewed: the new TTL
+
+
+def test_script_source_has_the_prelude_and_refuses_unknown_names() -> None:
+    assert "local FINAL" in script_source("store") and "put_meta(KEYS[1]" in script_source("store")
+    with pytest.raises(KeyError):
+        script_source("nope")
