@@ -52,7 +52,7 @@ from .sinks import ResultSink
 from .tasks import TaskContext, TaskDefinition, TaskHandle, task_definition
 
 if TYPE_CHECKING:
-    from .worker.app import create_celery_app
+    from .worker.factory import create_celery_app
     from .worker.runtime import register_task
 
 try:
@@ -110,7 +110,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """The worker-side public names, imported on first use (they need Celery)."""
     if name == "create_celery_app":
-        from .worker.app import create_celery_app
+        from .worker.factory import create_celery_app
 
         return create_celery_app
     if name == "register_task":

@@ -102,7 +102,7 @@ def run_flower(
             "Flower listens on %s, not loopback: serve it only behind TLS and a firewall", bind
         )
     os.environ["FLOWER_BASIC_AUTH"] = auth
-    from .worker.app import create_celery_app
+    from .worker.factory import create_celery_app
 
     app = create_celery_app(settings)
     app.start(flower_argv(settings, address=bind, port=port, extra=extra))

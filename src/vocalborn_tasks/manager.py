@@ -45,7 +45,7 @@ from .tasks.definition import TaskDefinition, TaskHandle
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from .worker.app import VocalbornCelery
+    from .worker.factory import VocalbornCelery
 
 __all__ = ["TaskManager"]
 
@@ -129,7 +129,7 @@ class TaskManager:
     def app(self) -> VocalbornCelery:
         """The Celery app behind the facade, for experts (built on first access)."""
         if self._app is None:
-            from .worker.app import create_celery_app
+            from .worker.factory import create_celery_app
 
             self._app = create_celery_app(self.settings)
         return self._app
