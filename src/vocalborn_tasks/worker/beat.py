@@ -13,7 +13,8 @@ pane) send every periodic job twice. :class:`LockedScheduler` makes that harmles
   leader continues the schedule instead of restarting it). ``<prefix>:beat:runs:<job>`` keeps
   the times of the recent sends for operators.
 
-It is the app's ``beat_scheduler`` (set by :func:`~vocalborn_tasks.worker.factory.create_celery_app`).
+It is the app's ``beat_scheduler`` (set by
+:func:`~vocalborn_tasks.worker.factory.create_celery_app`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from celery.beat import ScheduleEntry, Scheduler
 
 from ..config import TaskSettings
+from ..record import ScriptSet
 
 if TYPE_CHECKING:
     import redis
@@ -37,23 +39,6 @@ __all__ = ["LockedScheduler", "beat_runs"]
 
 logger = logging.getLogger(__name__)
 
-#: Renew if ours, else take it if free. KEYS: lock; ARGV: token, ttl ms. Returns 1 if held.
-_LOCK_SCRIPT = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-_RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 _RUNS_KEPT = 200
 
 
@@ -103,7 +88,11 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]
     def _hold_lock(self) -> bool:
         ttl_ms = int(self._settings.beat_lock_ttl_s * 1000)
         try:
-            held = bool(self.redis.eval(_LOCK_SCRIPT, 1, self._key("leader"), self._token, ttl_ms))
+            held = bool(
+                ScriptSet(self.redis)["lock"](
+                    keys=[self._key("leader")], args=[self._token, ttl_ms]
+                )
+            )
         except Exception as exc:
             logger.warning("beat: cannot reach Redis for the leader lock (%s); not sending", exc)
             held = False
@@ -173,7 +162,9 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]
         finally:
             if self._client is not None:
                 try:
-                    self._client.eval(_RELEASE_SCRIPT, 1, self._key("leader"), self._token)
+                    ScriptSet(self._client)["release"](
+                        keys=[self._key("leader")], args=[self._token]
+                    )
                 except Exception as exc:  # the TTL frees it anyway
                     logger.debug("beat: could not release the lock: %s", exc)
                 self._client.close()
