@@ -69,15 +69,34 @@ def counting_sink(task_id: str, result: Any) -> None:
 
 
 @task_definition(name="faults.count", queue="ai_analysis")
-def count(ctx: TaskContext, n: int, delay_s: float = 0.0) -> int:
-    """Count this execution, sleep a little, give ``n`` to the sink once, return ``n``."""
+def count(ctx: TaskContext, n: int, delay_s: float = 0.0, gate_dir: str | None = None) -> int:
+    """Count this execution, sleep a little, give ``n`` to the sink once, return ``n``.
+
+    With ``gate_dir``, the sink is a file (a host database that is not Redis): it writes
+    ``entered``, waits for the test to create ``go``, then appends the task id to ``sink``.
+    The test can so take Redis away exactly while the sink runs.
+    """
     client = _client()
     client.hincrby(EXEC_KEY, ctx.task_id, 1)
     if delay_s:
         time.sleep(delay_s)
     assert ctx.runtime is not None
-    ctx.runtime.deliver_once(ctx.task_id, lambda: client.hincrby(SINK_KEY, ctx.task_id, 1))
+    if gate_dir is None:
+        ctx.runtime.deliver_once(ctx.task_id, lambda: client.hincrby(SINK_KEY, ctx.task_id, 1))
+    else:
+        ctx.runtime.deliver_once(ctx.task_id, lambda: _gated_file_sink(Path(gate_dir), ctx.task_id))
     return n
+
+
+def _gated_file_sink(gate: Path, task_id: str) -> None:
+    (gate / "entered").write_text(task_id)
+    deadline = time.monotonic() + 60
+    while not (gate / "go").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test never opened the gate")
+        time.sleep(0.02)
+    with open(gate / "sink", "a") as fh:
+        fh.write(task_id + "\n")
 
 
 def main(argv: list[str]) -> None:

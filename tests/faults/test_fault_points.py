@@ -1,0 +1,130 @@
+"""Issue 10: a worker SIGKILLed at each point of a task's life, reached exactly, not by luck.
+
+Each test starts a solo worker (the task runs in its main process, so the kill takes the whole
+worker) with ``VOCALBORN_FAULT_POINT`` set: it kills itself the first time a task reaches that
+point (``vocalborn_tasks.worker.faults``). A second, healthy worker then finishes the work. For
+every point: nothing is lost, the caller gets one final state, and the sink is called once,
+except after the sink's commit, the one documented window (docs/reliability.md), where it is
+called exactly twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from faults.helpers import EXEC_KEY, SINK_KEY, count
+from support import WorkerProcess, wait_until
+from vocalborn_tasks import TaskManager, TaskSettings, TaskState
+from vocalborn_tasks.embedded import LocalServer
+
+pytestmark = pytest.mark.faults
+
+#: point -> (body executions, sink calls) the test expects once the healthy worker is done.
+EXPECTED = {
+    # Taken and recorded as reserved, then killed: the reaper hands it back; one run.
+    "after_reserve": (1, 1),
+    # STARTED stored, body not run: the redelivery runs it once.
+    "after_begin": (1, 1),
+    # Killed holding the sink's claim before the sink committed: the redelivery waits for the
+    # claim to expire, then calls the sink; the sink saw it once.
+    "in_sink": (2, 1),
+    # The documented window: the sink committed, its acknowledgement was not recorded.
+    "after_sink_commit": (2, 2),
+    # The sink's acknowledgement is recorded, the result is not stored: the redelivery runs
+    # the body again but skips the sink.
+    "before_store": (2, 1),
+    # Result stored and message acknowledged in one script: nothing is redelivered.
+    "after_store": (1, 1),
+}
+
+
+def _counts(settings: TaskSettings, task_id: str) -> tuple[int, int]:
+    client = redis.Redis.from_url(settings.backend_url, decode_responses=True)
+    try:
+        return int(client.hget(EXEC_KEY, task_id) or 0), int(client.hget(SINK_KEY, task_id) or 0)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("point", sorted(EXPECTED))
+async def test_sigkill_at_point(
+    point: str,
+    make_settings: Callable[..., TaskSettings],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    settings = make_settings()
+    doomed = start_worker(
+        settings, "doomed", host=True, pool="solo", extra_env={"VOCALBORN_FAULT_POINT": point}
+    )
+    async with TaskManager(settings) as manager:
+        handle = await manager.submit(count, 7)
+        assert doomed.proc is not None
+        await asyncio.to_thread(doomed.proc.wait, 30)  # it reached the point and died
+        start_worker(settings, "healthy", host=True, pool="solo")
+        result = await manager.wait_for_result(handle, timeout=60)
+        status = await manager.get_task_status(handle)
+    assert result == 7
+    assert status.state is TaskState.SUCCESS
+    assert _counts(settings, handle.id) == EXPECTED[point]
+    # The record is clean: nothing left reserved, nothing left queued.
+    broker = redis.Redis.from_url(settings.broker_url)
+    try:
+        assert broker.hlen("unacked") == 0
+        assert broker.llen("ai_analysis") == 0
+    finally:
+        broker.close()
+
+
+async def test_redis_outage_while_the_sink_runs_is_waited_out(
+    server: LocalServer,
+    make_settings: Callable[..., TaskSettings],
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """Item 3: Redis goes away while the sink commits; the result is stored once, SUCCESS."""
+    settings = make_settings()
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    start_worker(settings, "patient", host=True, pool="solo")
+    async with TaskManager(settings) as manager:
+        handle = await manager.submit(count, 5, gate_dir=str(gate))
+        await asyncio.to_thread(wait_until, (gate / "entered").exists, 30, 0.02, "sink entered")
+        server.stop()  # graceful: the AOF has every write so far
+        (gate / "go").write_text("")  # the sink commits while Redis is down
+        await asyncio.to_thread(wait_until, (gate / "sink").exists, 30, 0.02, "sink committed")
+        time.sleep(2.5)  # the worker's acknowledgement of the sink meets a dead server
+        server.start()
+        result = await manager.wait_for_result(handle, timeout=60)
+        status = await manager.get_task_status(handle)
+    assert result == 5
+    assert status.state is TaskState.SUCCESS
+    assert (gate / "sink").read_text().split() == [handle.id]
+
+
+async def test_redis_restart_does_not_restart_a_running_task(
+    server: LocalServer,
+    make_settings: Callable[..., TaskSettings],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Item 4: a 2 s restart while a task runs: it finishes once, its result is stored."""
+    settings = make_settings()
+    start_worker(settings, "steady", host=True, pool="prefork")
+    async with TaskManager(settings) as manager:
+        handle = await manager.submit(count, 3, delay_s=6.0)
+        await asyncio.to_thread(
+            wait_until, lambda: _counts(settings, handle.id)[0] == 1, 30, 0.05, "task started"
+        )
+        server.stop()
+        time.sleep(2.0)
+        server.start()
+        result = await manager.wait_for_result(handle, timeout=60)
+        status = await manager.get_task_status(handle)
+    assert result == 3
+    assert status.state is TaskState.SUCCESS
+    assert _counts(settings, handle.id) == (1, 1)  # ran once, delivered to the sink once
