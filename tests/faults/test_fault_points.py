@@ -11,7 +11,6 @@ called exactly twice.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -91,14 +90,22 @@ async def test_redis_outage_while_the_sink_runs_is_waited_out(
     settings = make_settings()
     gate = tmp_path / "gate"
     gate.mkdir()
-    start_worker(settings, "patient", host=True, pool="solo")
+    patient = start_worker(settings, "patient", host=True, pool="solo")
     async with TaskManager(settings) as manager:
         handle = await manager.submit(count, 5, gate_dir=str(gate))
         await asyncio.to_thread(wait_until, (gate / "entered").exists, 30, 0.02, "sink entered")
         server.stop()  # graceful: the AOF has every write so far
         (gate / "go").write_text("")  # the sink commits while Redis is down
         await asyncio.to_thread(wait_until, (gate / "sink").exists, 30, 0.02, "sink committed")
-        time.sleep(2.5)  # the worker's acknowledgement of the sink meets a dead server
+        # The worker's acknowledgement of the sink meets the dead server and waits it out.
+        await asyncio.to_thread(
+            wait_until,
+            lambda: "result sink: Redis unavailable" in patient.log_path.read_text(),
+            30,
+            0.05,
+            "the sink's acknowledgement waiting for Redis",
+        )
+        await asyncio.sleep(2.0)  # a 2-3 s outage, as the issue measured
         server.start()
         result = await manager.wait_for_result(handle, timeout=60)
         status = await manager.get_task_status(handle)
@@ -121,7 +128,7 @@ async def test_redis_restart_does_not_restart_a_running_task(
             wait_until, lambda: _counts(settings, handle.id)[0] == 1, 30, 0.05, "task started"
         )
         server.stop()
-        time.sleep(2.0)
+        await asyncio.sleep(2.0)  # the outage
         server.start()
         result = await manager.wait_for_result(handle, timeout=60)
         status = await manager.get_task_status(handle)
