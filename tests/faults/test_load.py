@@ -53,8 +53,13 @@ async def test_ten_thousand_tasks_one_worker_killed(
     ids = {h.id for h in handles}
     assert results == list(range(N))  # every caller got its own value, none lost
     assert set(sink) == ids
-    assert all(v == 1 for v in sink.values()), "the sink saw a result twice"
     assert set(executions) == ids
+    # The one documented window (docs/reliability.md): the killed worker's task, if the kill
+    # fell between its sink's commit and the acknowledgement of it, reaches the sink twice.
+    # Anything else seen twice is a bug. tests/faults/test_fault_points.py forces the window.
+    twice = {k: v for k, v in sink.items() if v != 1}
+    assert len(twice) <= 1 and all(v == 2 for v in twice.values()), twice
+    assert all(executions[k] == 2 for k in twice), (twice, {k: executions[k] for k in twice})
     reruns = sum(v - 1 for v in executions.values())
     print(  # the figures docs/reliability.md reports (pytest -s shows them)
         f"\nload: {N} tasks in {elapsed:.1f} s ({N / elapsed:.0f}/s), worker killed at "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -23,6 +25,7 @@ from vocalborn_tasks import (
     TaskTimeoutError,
 )
 from vocalborn_tasks.embedded import LocalServer, free_port
+from vocalborn_tasks.record import new_task_id
 from vocalborn_tasks.tasks import TaskContext, echo, task_definition
 
 pytestmark = pytest.mark.faults
@@ -85,6 +88,18 @@ async def _started(manager: TaskManager, task_id: str) -> None:
             return
 
 
+_STATUS_IN_A_NEW_PROCESS = """
+import asyncio, sys
+from vocalborn_tasks import TaskManager, TaskSettings
+
+async def main() -> None:
+    async with TaskManager(TaskSettings(redis_url=sys.argv[1])) as manager:
+        print((await manager.get_task_status(sys.argv[2])).state.value)
+
+asyncio.run(main())
+"""
+
+
 async def test_restart_without_persistence_reports_lost(
     tmp_path: object, server_binary: str | None
 ) -> None:
@@ -101,10 +116,28 @@ async def test_restart_without_persistence_reports_lost(
             with pytest.raises(TaskLostError):
                 await waiter
             assert (await manager.get_task_status(handle)).state is TaskState.LOST
-        async with TaskManager(settings) as stranger:  # never submitted it: merely unknown
-            assert (await stranger.get_task_status(handle)).state is TaskState.NOT_FOUND
-            with pytest.raises(TaskNotFoundError):
+        # Issue 10 item 5: every process gives the same answer, not only the one that
+        # submitted: another manager, and a process started only now.
+        async with TaskManager(settings) as stranger:
+            assert (await stranger.get_task_status(handle)).state is TaskState.LOST
+            with pytest.raises(TaskLostError):
                 await stranger.wait_for_result(handle, timeout=5)
+        later = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", _STATUS_IN_A_NEW_PROCESS, srv.url, handle.id],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert later.returncode == 0, later.stderr
+        assert later.stdout.strip() == "LOST"
+        # An id this server never had, made after its epoch, is merely unknown.
+        unknown = new_task_id()
+        async with TaskManager(settings) as stranger:
+            assert (await stranger.get_task_status(unknown)).state is TaskState.NOT_FOUND
+            with pytest.raises(TaskNotFoundError) as exc:
+                await stranger.wait_for_result(unknown, timeout=5)
+            assert not isinstance(exc.value, TaskLostError)
     finally:
         srv.close()
 
