@@ -1,18 +1,35 @@
--- restore (the reaper's step): move one reserved message of a dead worker back to its queue,
--- if it is still reserved, with a wake-up token. KEYS: unacked hash, unacked index.
--- ARGV: delivery tag, wake-up key prefix. Returns 1 if restored.
+-- restore (the reaper's step): move one reserved message of a dead worker back to its queue
+-- (its priority list, as kombu's own restore does), if it is still reserved, with a wake-up
+-- token. The message goes back byte for byte: re-encoding it with cjson would turn empty
+-- arrays into objects and round long numbers.
+-- KEYS: unacked hash, unacked index. ARGV: delivery tag, wake-up key prefix.
+-- Returns 1 if restored.
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 local ok, entry = pcall(cjson.decode, raw)
 if not ok or type(entry) ~= 'table' then return 0 end
-local payload, queue = entry[1], entry[3]
+local payload, exchange, queue = entry[1], entry[2], entry[3]
 if type(payload) ~= 'table' or type(queue) ~= 'string' or queue == '' then return 0 end
-if type(payload['headers']) == 'table' then payload['headers']['redelivered'] = true end
-if type(payload['properties']) == 'table' and type(payload['properties']['delivery_info']) == 'table' then
-  payload['properties']['delivery_info']['redelivered'] = true
+-- The entry is [message, exchange, routing key]: cut the message out verbatim.
+local message = nil
+for _, sep in ipairs({',', ', '}) do
+  local tail = sep .. cjson.encode(exchange) .. sep .. cjson.encode(queue) .. ']'
+  if string.sub(raw, -#tail) == tail then
+    message = string.sub(raw, 2, -#tail - 1)
+    break
+  end
 end
-redis.call('RPUSH', queue, cjson.encode(payload))
+if message == nil then message = cjson.encode(payload) end
+local list = queue
+local props = payload['properties']
+local priority = type(props) == 'table' and tonumber(props['priority']) or 0
+if priority and priority > 0 then
+  local step = 0
+  for _, s in ipairs({3, 6, 9}) do if priority >= s then step = s end end
+  if step > 0 then list = queue .. '\6\22' .. step end
+end
+redis.call('RPUSH', list, message)
 redis.call('LPUSH', ARGV[2] .. queue, '1')
 return 1
