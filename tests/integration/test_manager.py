@@ -77,6 +77,15 @@ async def test_analysis_end_to_end_with_progress(
             seen = [status async for status in manager.watch(task_id)]
             result = await manager.wait_for_result(task_id, timeout=60)
             status = await manager.get_task_status(task_id)
+        # The result is stored before the worker logs it: wait for the line before stopping
+        # the worker (a solo worker's SIGTERM handler would otherwise hold the main thread).
+        await asyncio.to_thread(
+            wait_until,
+            lambda: f"[{task_id}] succeeded" in own.log_path.read_text(errors="replace"),
+            30,
+            0.05,
+            "the worker's success line",
+        )
     assert seen[-1].state is TaskState.SUCCESS
     progress = [s.progress for s in seen if s.state is TaskState.PROGRESS]
     assert progress, [s.state for s in seen]
