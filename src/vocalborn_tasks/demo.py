@@ -46,6 +46,7 @@ from .errors import (
 )
 from .manager import TaskManager
 from .models import AnalysisRequest, AnalysisResult, TaskState
+from .record import RecordKeys
 
 __all__ = ["demo_requests", "follow_analyses", "render_results", "run_demo"]
 
@@ -287,7 +288,7 @@ class _DemoWorker:
         client = redis.Redis.from_url(
             self.settings.backend_url, **self.settings.redis_client_kwargs()
         )
-        key = self.settings.key("worker", self.hostname)
+        key = RecordKeys.of(self.settings).worker(self.hostname)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._redis import async_client, redis_errors
 from .config import QUEUES, TaskSettings
 from .errors import ManagerClosedError
+from .record import RecordKeys
 from .stats import OUTCOMES, RunRecord, parse_run, percentile, running_tasks
 
 if TYPE_CHECKING:
@@ -214,10 +215,10 @@ class Monitor:
         _, backend = self._clients()
         s = self.settings
         async with redis_errors(s, "worker stats"):
-            names = sorted(_s(n) for n in await backend.smembers(s.key("workers")))
+            names = sorted(_s(n) for n in await backend.smembers(RecordKeys.of(s).workers))
             pipe = backend.pipeline(transaction=False)
             for name in names:
-                pipe.hgetall(s.key("worker", name))
+                pipe.hgetall(RecordKeys.of(s).worker(name))
             records = await pipe.execute()
         workers = []
         for raw in records:
@@ -328,7 +329,7 @@ class Monitor:
         now = time.time()
         pipe = backend.pipeline(transaction=False)
         for key, task_id in heads:
-            pipe.hget(s.key("task", task_id), "t")
+            pipe.hget(RecordKeys.of(s).marker(task_id), "t")
             pipe.hmget(s.key("queue-head", key), "id", "seen")
         raw = await pipe.execute()
         ages: dict[str, float] = {}
@@ -367,8 +368,8 @@ class Monitor:
         s = self.settings
         async with redis_errors(s, f"position of task {task_id}"):
             pipe = backend.pipeline(transaction=False)
-            pipe.hget(s.key("task", task_id), "queue")
-            pipe.hget(s.key("stats", "running"), task_id)
+            pipe.hget(RecordKeys.of(s).marker(task_id), "queue")
+            pipe.hget(RecordKeys.of(s).running, task_id)
             marker_queue, running = await pipe.execute()
         if running is not None:
             entry = running_tasks({task_id: running}).get(task_id, {})
@@ -450,7 +451,7 @@ class Monitor:
             return None
         _, backend = self._clients()
         async with redis_errors(self.settings, "running tasks"):
-            running = running_tasks(await backend.hgetall(self.settings.key("stats", "running")))
+            running = running_tasks(await backend.hgetall(RecordKeys.of(self.settings).running))
         now = time.time()
         slots: list[float] = []
         for w in workers:

@@ -20,6 +20,10 @@ release  drop a claim or lock still held by its owner      sink claim, beat lock
 lock     take or renew a lock                              beat scheduler
 ======== ================================================ =====================================
 
+Data *about* tasks that is not the record itself has its own owner: run statistics
+(``stats.py``), alert state (``alerts.py``), beat's schedule lock (``worker/beat.py``) and the
+Monitor's queue observations (``monitor.py``).
+
 Neither this package nor anything it imports needs Celery: the caller side uses it with
 ``redis.asyncio``, the worker side with ``redis``.
 """

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigurationError, InvalidRequestError
 from ..models import AnalysisRequest, AnalysisResult
+from ..record import RecordKeys
 from ..recordings import check_recording_location, local_path
 from .definition import TaskContext, task_definition
 
@@ -105,7 +106,7 @@ def cleanup(ctx: TaskContext) -> CleanupReport:
             except OSError as exc:  # a file vanishing under us is not an error worth failing on
                 logger.debug("cleanup: skipping %s: %s", path, exc)
     horizon = time.time() - settings.result_expires_s - settings.visibility_timeout_s
-    trimmed = int(runtime.redis.zremrangebyscore(settings.key("revoked"), "-inf", horizon))
+    trimmed = int(runtime.redis.zremrangebyscore(RecordKeys.of(settings).revoked, "-inf", horizon))
     return CleanupReport(files_removed=files, bytes_freed=freed, revocations_trimmed=trimmed)
 
 
