@@ -61,6 +61,13 @@ def test_private_signature(where: tuple[str, str], params: list[str]) -> None:
     assert list(inspect.signature(obj).parameters) == params
 
 
+def test_success_log_line_carries_the_return_value_by_name() -> None:
+    # worker/result_logging.py hides the result by replacing this argument of the record.
+    from celery.app import trace
+
+    assert "%(return_value)s" in trace.LOG_SUCCESS
+
+
 def test_installed_celery_and_kombu_are_the_pinned_range() -> None:
     # pyproject pins what CI tests; an install outside it is untested (issue 10, item 6).
     from importlib.metadata import requires

@@ -30,6 +30,8 @@ minor versions CI tests (``>=5.7,<5.8``); raise the pin only after that test pas
 - ``celery.worker.state.should_stop/should_terminate`` (transport, via this module): tells a
   shutdown from a connection loss
 - ``kombu.transport.redis.QoS.restore_unacked`` (transport): keep running tasks reserved
+- ``celery.app.trace.LOG_SUCCESS`` (result_logging): its ``return_value`` argument is what
+  we hide from worker logs
 - ``request.properties["delivery_tag"]`` (backend, via this module): the message to
   acknowledge
 """
@@ -80,6 +82,7 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("celery.worker.state", "should_stop"),
     ("celery.worker.state", "should_terminate"),
     ("kombu.transport.redis", "QoS.restore_unacked"),
+    ("celery.app.trace", "LOG_SUCCESS"),
 )
 
 
