@@ -53,6 +53,17 @@ SCHEMA_VERSION = 1
 #: Silence put around every utterance: real recordings never start on the first phoneme.
 PAD_S = 0.25
 Language = Literal["en", "zh-TW"]
+#: How a file is framed: ``padded`` puts PAD_S of digital silence around the speech (a
+#: recording started before the first word); ``tight`` runs from the first to the last
+#: non-zero sample (a trimmed clip, a TTS reference, an app that records on voice), keeping
+#: espeak-ng's exact digital zeros between words. Every criterion is reported on both.
+Framing = Literal["padded", "tight"]
+FRAMINGS: tuple[Framing, ...] = ("padded", "tight")
+#: Sentences 1-4 of each language are the fitting half: thresholds changed since analyzer
+#: 1.2.0 were chosen looking at these only; sentences 5-8 are the held-out half.
+FIT_SENTENCES = 4
+#: Gain of the heavily clipped tight file (the issue's "x8, clipped to full scale").
+TIGHT_CLIP_GAIN = 8.0
 ZH_VOICE = "cmn-latn-pinyin"
 
 
@@ -314,6 +325,10 @@ EXPECTED: dict[str, str] = {
     "pcm8": "match",
     "float32": "match",
     "clipped": "unreliable",
+    "tight_stereo_44k": "match",
+    "tight_pcm8": "match",
+    "tight_float32": "match",
+    "tight_clipped": "unreliable",
     "silence": "reject",
     "tiny_10ms": "reject",
     "empty": "reject",
@@ -357,6 +372,8 @@ class Entry:
     format: str | None = None
     subtype: str | None = None
     note: str = ""
+    framing: Framing = "padded"
+    held_out: bool = False
 
 
 # --------------------------------------------------------------------------- synthesis
@@ -451,6 +468,22 @@ def add_noise(audio: FloatArray, snr_db: float, key: str) -> FloatArray:
     return mixed * (0.95 / peak) if peak > 0.95 else mixed
 
 
+def tighten(audio: FloatArray) -> FloatArray:
+    """From the first to the last sample that is not digital silence at 16-bit PCM.
+
+    Samples under half a 16-bit step are written as exact zeros, so they do not count.
+    """
+    idx = np.flatnonzero(np.abs(audio) >= 0.5 / 32768.0)
+    if idx.size == 0:
+        return audio
+    return audio[int(idx[0]) : int(idx[-1]) + 1].copy()
+
+
+def truncate_tight_half(audio: FloatArray) -> FloatArray:
+    """The first half of a tight clip's samples, cut dead: an attempt stopped mid-sentence."""
+    return audio[: len(audio) // 2].copy()
+
+
 def truncate_half(audio: FloatArray) -> FloatArray:
     """Keep the first half of the speech (by time), as if the patient stopped mid-sentence."""
     start, end = speech_span(audio)
@@ -526,6 +559,7 @@ class Group:
     sentence_index: int
     voice_index: int
     language: Language
+    framing: Framing = "padded"
 
 
 def sentences_for(language: Language) -> tuple[Sentence, ...]:
@@ -544,8 +578,18 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     ref_voice = REFERENCE_VOICES[group.language][group.voice_index]
     patients = PATIENT_VOICES[group.language]
     lang_dir = "en" if group.language == "en" else "zh"
-    folder = f"{lang_dir}/{sentence.sid}/{ref_voice.label}"
-    ref_id = f"{sentence.sid}.{ref_voice.label}.reference"
+    tight = group.framing == "tight"
+    folder = f"{group.framing}/{lang_dir}/{sentence.sid}/{ref_voice.label}"
+    label = f"{ref_voice.label}.tight" if tight else ref_voice.label
+    ref_id = f"{sentence.sid}.{label}.reference"
+    held_out = group.sentence_index >= FIT_SENTENCES
+
+    def frame(audio: FloatArray) -> FloatArray:
+        return tighten(audio) if tight else audio
+
+    def synth(text: str, voice: Voice) -> FloatArray:
+        return frame(synthesize(text, voice))
+
     ref_path = f"{folder}/reference.wav"
     entries: list[Entry] = []
 
@@ -564,10 +608,10 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     ) -> None:
         name = f"{variant}{suffix}"
         rel = f"{folder}/{name}.wav"
-        write_audio(out / rel, audio)
+        write_audio(out / rel, frame(audio))
         entries.append(
             Entry(
-                id=f"{sentence.sid}.{ref_voice.label}.{name}",
+                id=f"{sentence.sid}.{label}.{name}",
                 path=rel,
                 role="attempt",
                 language=group.language,
@@ -583,11 +627,13 @@ def build_group(group: Group, out: Path) -> list[Entry]:
                 reference_voice=ref_voice.label,
                 reference_text=sentence.text,
                 same_sentence=sid == sentence.sid,
+                framing=group.framing,
+                held_out=held_out,
                 **extra,
             )
         )
 
-    reference = synthesize(sentence.text, ref_voice)
+    reference = synth(sentence.text, ref_voice)
     write_audio(out / ref_path, reference)
     entries.append(
         Entry(
@@ -603,11 +649,13 @@ def build_group(group: Group, out: Path) -> list[Entry]:
             variant="reference",
             expected="reference",
             note=sentence.gloss,
+            framing=group.framing,
+            held_out=held_out,
         )
     )
     entries.append(
         Entry(
-            id=f"{sentence.sid}.{ref_voice.label}.identical",
+            id=f"{sentence.sid}.{label}.identical",
             path=ref_path,
             role="attempt",
             language=group.language,
@@ -624,22 +672,24 @@ def build_group(group: Group, out: Path) -> list[Entry]:
             reference_text=sentence.text,
             same_sentence=True,
             note="the reference file compared with itself: the ceiling",
+            framing=group.framing,
+            held_out=held_out,
         )
     )
 
     text, sid = sentence.text, sentence.sid
-    clean = synthesize(text, patient(0))
+    clean = synth(text, patient(0))
     save("clean", clean, patient(0), text=text, sid=sid)
-    clean_b = synthesize(text, patient(1))
+    clean_b = synth(text, patient(1))
     save("clean", clean_b, patient(1), text=text, sid=sid, suffix="_b")
     slow = replace(patient(2), speed=SLOW_SPEED)
-    save("speed_slow", synthesize(text, slow), slow, text=text, sid=sid)
+    save("speed_slow", synth(text, slow), slow, text=text, sid=sid)
     fast = replace(patient(3), speed=FAST_SPEED)
-    save("speed_fast", synthesize(text, fast), fast, text=text, sid=sid)
+    save("speed_fast", synth(text, fast), fast, text=text, sid=sid)
     shifted = replace(patient(4), pitch=5 if (group.voice_index + group.sentence_index) % 2 else 95)
     save(
         "pitch_shift",
-        synthesize(text, shifted),
+        synth(text, shifted),
         shifted,
         text=text,
         sid=sid,
@@ -650,7 +700,7 @@ def build_group(group: Group, out: Path) -> list[Entry]:
         save(f"noise_{snr}db", noisy, patient(0), text=text, sid=sid, snr_db=float(snr))
     save(
         "pauses",
-        synthesize_with_pauses(text, patient(1), PAUSES_MS),
+        frame(synthesize_with_pauses(text, patient(1), PAUSES_MS)),
         patient(1),
         text=text,
         sid=sid,
@@ -658,7 +708,7 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     )
     save(
         "truncated_half",
-        truncate_half(clean),
+        truncate_tight_half(clean) if tight else truncate_half(clean),
         patient(0),
         text=text,
         sid=sid,
@@ -669,7 +719,7 @@ def build_group(group: Group, out: Path) -> list[Entry]:
         voice = patient(2 + j)
         save(
             kind,
-            synthesize(alt_text, voice),
+            synth(alt_text, voice),
             voice,
             text=alt_text,
             sid=sid,
@@ -679,7 +729,7 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     other = sentences[(group.sentence_index + 1 + group.voice_index) % len(sentences)]
     if other.sid == sid:
         other = sentences[(group.sentence_index + 1) % len(sentences)]
-    different = synthesize(other.text, patient(0))
+    different = synth(other.text, patient(0))
     save("different_sentence", different, patient(0), text=other.text, sid=other.sid)
     save(
         "different_sentence_noise_0db",
@@ -827,8 +877,84 @@ def bad_files(out: Path, prefix: str, *, include_long: bool) -> list[Entry]:
     return [describe(e, out) for e in entries]
 
 
+def tight_format_files(out: Path, prefix: str, *, reference: str, reference_id: str) -> list[Entry]:
+    """The ``en-s01`` patient reading, tightly framed, in other formats and heavily clipped.
+
+    Valid speech in another container or sample format must be analysed like the 16-bit
+    original; the clip amplified x8 and clipped to full scale must be analysed as unreliable.
+    ``reference`` (a tight reading by the ``en-us`` therapist voice) must already exist.
+    """
+    sentence = EN_SENTENCES[0]
+    voice = PATIENT_VOICES["en"][0]
+    ref_voice = REFERENCE_VOICES["en"][0]
+    speech = tighten(synthesize(sentence.text, voice))
+    entries: list[Entry] = []
+
+    def add(variant: str, rel: str, note: str) -> None:
+        entries.append(
+            Entry(
+                id=f"{prefix.replace('/', '.')}{variant}",
+                path=rel,
+                role="bad",
+                language="en",
+                sentence_id=sentence.sid,
+                text=sentence.text,
+                voice=voice.name,
+                speed=voice.speed,
+                pitch=voice.pitch,
+                variant=variant,
+                expected=EXPECTED[variant],
+                reference=reference_id,
+                reference_path=reference,
+                reference_voice=ref_voice.label,
+                reference_text=sentence.text,
+                same_sentence=True,
+                note=note,
+                framing="tight",
+            )
+        )
+
+    rel = f"{prefix}tight_float32.wav"
+    write_float32_wav(out / rel, speech)
+    add("tight_float32", rel, "tight clip, 32-bit float WAV, 16 kHz")
+    rel = f"{prefix}tight_pcm8.wav"
+    write_audio(out / rel, speech, subtype="PCM_U8")
+    add("tight_pcm8", rel, "tight clip, 8-bit unsigned PCM, 16 kHz mono")
+    rel = f"{prefix}tight_stereo_44k.wav"
+    wide = np.asarray(resample_poly(speech, 441, 160), dtype=np.float64)
+    write_audio(out / rel, np.stack([wide, 0.8 * wide], axis=1), rate=44_100)
+    add("tight_stereo_44k", rel, "tight clip, stereo 44.1 kHz PCM 16-bit (right channel 0.8x)")
+    rel = f"{prefix}tight_clipped.wav"
+    write_audio(out / rel, np.clip(speech * TIGHT_CLIP_GAIN, -1.0, 1.0))
+    add("tight_clipped", rel, f"tight clip amplified x{TIGHT_CLIP_GAIN:g} and clipped")
+    return [describe(e, out) for e in entries]
+
+
 def _bad_job(out: Path) -> list[Entry]:
-    return bad_files(out, "bad/", include_long=True)
+    entries = bad_files(out, "bad/", include_long=True)
+    sentence, ref_voice = EN_SENTENCES[0], REFERENCE_VOICES["en"][0]
+    ref_rel = "bad/reference_tight.wav"
+    write_audio(out / ref_rel, tighten(synthesize(sentence.text, ref_voice)))
+    entries.append(
+        Entry(
+            id="bad.reference_tight",
+            path=ref_rel,
+            role="reference",
+            language="en",
+            sentence_id=sentence.sid,
+            text=sentence.text,
+            voice=ref_voice.name,
+            speed=ref_voice.speed,
+            pitch=ref_voice.pitch,
+            variant="reference",
+            expected="reference",
+            framing="tight",
+        )
+    )
+    entries += tight_format_files(
+        out, "bad/", reference=ref_rel, reference_id="bad.reference_tight"
+    )
+    return entries
 
 
 def _group_job(args: tuple[Group, Path]) -> list[Entry]:
@@ -894,7 +1020,8 @@ def make_corpus(out: Path, workers: int) -> list[Entry]:
         shutil.rmtree(build)
     build.mkdir(parents=True)
     groups = [
-        Group(s, v, lang)
+        Group(s, v, lang, framing)
+        for framing in FRAMINGS
         for lang in ("en", "zh-TW")
         for s in range(len(sentences_for(lang)))
         for v in range(len(REFERENCE_VOICES[lang]))
@@ -922,18 +1049,34 @@ def make_corpus(out: Path, workers: int) -> list[Entry]:
 
 
 def _pair_files(
-    out: Path, language: Language, fmt: str, ext: str, subtype: str, variants: Sequence[str]
+    out: Path,
+    language: Language,
+    fmt: str,
+    ext: str,
+    subtype: str,
+    variants: Sequence[str],
+    framing: Framing = "padded",
 ) -> list[Entry]:
-    """Reference plus selected attempts of sentence 1 of ``language``, in ``fmt``."""
+    """Reference plus selected attempts of sentence 1 of ``language``, in ``fmt``.
+
+    ``tight`` files get a ``_tight`` suffix and are compared with the tight reference.
+    """
     sentences = sentences_for(language)
     sentence = sentences[0]
     ref_voice = REFERENCE_VOICES[language][0]
     patient = PATIENT_VOICES[language][1]
+    tight = framing == "tight"
+    suffix = "_tight" if tight else ""
     prefix = "en" if language == "en" else "zh"
-    ref_id = f"{prefix}_reference"
+
+    def synth(text: str, voice: Voice) -> FloatArray:
+        audio = synthesize(text, voice)
+        return tighten(audio) if tight else audio
+
+    ref_id = f"{prefix}_reference{suffix}"
     ref_rel = f"{ref_id}.{ext}"
-    clean = synthesize(sentence.text, patient)
-    write_audio(out / ref_rel, synthesize(sentence.text, ref_voice), fmt=fmt, subtype=subtype)
+    clean = synth(sentence.text, patient)
+    write_audio(out / ref_rel, synth(sentence.text, ref_voice), fmt=fmt, subtype=subtype)
     entries = [
         Entry(
             id=ref_id,
@@ -948,6 +1091,7 @@ def _pair_files(
             variant="reference",
             expected="reference",
             note=sentence.gloss,
+            framing=framing,
         )
     ]
     for variant in variants:
@@ -959,19 +1103,21 @@ def _pair_files(
         elif variant == "noise_0db":
             audio, snr = add_noise(clean, 0.0, f"{ref_id}.noise0"), 0.0
         elif variant == "truncated_half":
-            audio = truncate_half(clean)
+            audio = truncate_tight_half(clean) if tight else truncate_half(clean)
         elif variant == "pauses":
             audio = synthesize_with_pauses(text, patient, PAUSES_MS)
+            audio = tighten(audio) if tight else audio
         elif variant in ("substitution", "tone_substitution"):
             text, change = sentence.alternates[0]
             changes = change.split(",")
-            audio = synthesize(text, patient)
+            audio = synth(text, patient)
         elif variant == "different_sentence":
             other = sentences[1]
             text, sid = other.text, other.sid
-            audio = synthesize(text, patient)
+            audio = synth(text, patient)
         else:
             raise ValueError(variant)
+        name += suffix
         rel = f"{prefix}_{name}.{ext}"
         write_audio(out / rel, audio, fmt=fmt, subtype=subtype)
         entries.append(
@@ -995,6 +1141,7 @@ def _pair_files(
                 same_sentence=sid == sentence.sid,
                 snr_db=snr,
                 changes=changes,
+                framing=framing,
             )
         )
     return [describe(e, out) for e in entries]
@@ -1014,11 +1161,21 @@ FIXTURE_VARIANTS: dict[Language, tuple[str, ...]] = {
 
 
 def make_fixtures(out: Path) -> list[Entry]:
-    """The small committed set the default test suite reads (FLAC speech + bad WAV files)."""
+    """The small committed set the default test suite reads (FLAC speech + bad WAV files).
+
+    Every speech fixture comes in both framings (``en_reference.flac`` and
+    ``en_reference_tight.flac``); the other formats come padded and tight.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    entries = _pair_files(out, "en", "FLAC", "flac", "PCM_16", FIXTURE_VARIANTS["en"])
-    entries += _pair_files(out, "zh-TW", "FLAC", "flac", "PCM_16", FIXTURE_VARIANTS["zh-TW"])
+    entries: list[Entry] = []
+    for framing in FRAMINGS:
+        for language in ("en", "zh-TW"):
+            variants = FIXTURE_VARIANTS[language]
+            entries += _pair_files(out, language, "FLAC", "flac", "PCM_16", variants, framing)
     entries += bad_files(out, "", include_long=False)
+    entries += tight_format_files(
+        out, "", reference="en_reference_tight.flac", reference_id="en_reference_tight"
+    )
     write_manifest(out, entries, "fixtures")
     return entries
 

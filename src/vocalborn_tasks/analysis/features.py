@@ -25,6 +25,7 @@ __all__ = [
     "HOP",
     "N_FFT",
     "Spectra",
+    "band_level_db",
     "bands_below",
     "broad_band_energies",
     "cepstra",
@@ -35,6 +36,7 @@ __all__ = [
     "runs",
     "spectra",
     "speech_mask",
+    "speech_threshold",
 ]
 
 HOP = 160  # 10 ms
@@ -48,6 +50,22 @@ N_CEPS = 8
 #: which the cepstra, normalised frame by frame in shape only, see poorly.
 BROAD_BAND_EDGES_HZ = (1000.0, 2700.0, 4800.0, 7000.0)
 _EPS = 1e-10
+#: Frames this far below the loud end of the speech band are digital silence (or a fade's
+#: tail): never speech, and left out of the noise estimate.
+DIGITAL_SILENCE_DB = 70.0
+#: Frames within this of the noise floor estimate its frame-to-frame wander (their median's
+#: rise above the floor); the speech threshold sits NOISE_WANDER_FACTOR wanders above it.
+NEAR_FLOOR_DB = 6.0
+NOISE_WANDER_FACTOR = 2.0
+#: In a file whose loud end is more than SPEECH_RANGE_DB above its floor (speech, not just
+#: noise), the speech threshold never sits higher than MAX_BELOW_LOUD_DB under the loud end.
+SPEECH_RANGE_DB = 25.0
+MAX_BELOW_LOUD_DB = 15.0
+#: Band level (dB re full scale) at or below which a frame is silence, whatever the file:
+#: 16-bit quantisation noise lies below it, speech at -40 dBFS well above.
+SILENCE_DB = -95.0
+#: Fewer frames than this above digital silence: nothing to detect speech in.
+MIN_LIVE_FRAMES = 10
 _FLOOR_DB = -100.0
 
 
@@ -128,25 +146,59 @@ def runs(mask: NDArray[np.bool_]) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
-def speech_mask(sp: Spectra, *, min_gap_frames: int = 8) -> NDArray[np.bool_]:
-    """Frames that hold speech.
+def band_level_db(sp: Spectra) -> NDArray[np.float64]:
+    """Per-frame energy (dB) in the band of voiced speech, 100-1500 Hz.
 
-    A frame is speech when its energy in the band of voiced speech (100-1500 Hz, where even a
-    noisy recording keeps most of its speech-to-noise ratio) rises above the recording's own
-    noise floor: the threshold sits a quarter of the way from the floor to the loud end, at
-    least 2 dB above the floor, and above the frame-to-frame wander of the noise itself.
-    Gaps shorter than ``min_gap_frames`` are filled (stop closures are not pauses) and blips
-    shorter than 40 ms are dropped.
+    White or pink noise leaves the most speech-to-noise ratio there, and a DC offset or mains
+    hum below 100 Hz does not reach it.
     """
     lo, hi = int(100 * N_FFT / SAMPLE_RATE), int(1500 * N_FFT / SAMPLE_RATE)
     band = sp.power[:, lo:hi].sum(axis=1) / (hi - lo)
-    band_db = np.maximum(10.0 * np.log10(band + _EPS), _FLOOR_DB)
+    return np.asarray(np.maximum(10.0 * np.log10(band + _EPS), _FLOOR_DB), dtype=np.float64)
+
+
+def speech_threshold(band_db: NDArray[np.float64]) -> float:
+    """The band level (dB) above which a frame counts as speech.
+
+    The threshold must not depend on the file holding any silence: a tightly trimmed clip, a
+    text-to-speech reference or an app that starts recording on the first word has few or no
+    non-speech frames, and what it has may be exact digital zeros. So:
+
+    * digital silence (at or below ``SILENCE_DB``, or ``DIGITAL_SILENCE_DB`` under the loud
+      end) is never speech and is left out of the noise estimate: it says nothing about the
+      noise, and a few such frames once pulled the old spread estimate down by 100 dB;
+    * the noise floor is the 1st percentile of the remaining frames, an upper bound on the
+      noise: the room noise when the file has even a few frames of it, otherwise the weakest
+      speech (then the threshold is only conservative about the weakest frames);
+    * the margin above the floor is twice the wander of the frames *near* the floor
+      (within ``NEAR_FLOOR_DB``), so stationary noise alone never reads as speech, or a
+      quarter of the floor-to-loud range when that is more;
+    * in a file with speech-like dynamics the threshold stays ``MAX_BELOW_LOUD_DB`` under the
+      loud end, so the vowels and most consonants are speech whatever the floor estimate.
+    """
     loud = float(np.percentile(band_db, 95))
-    p5, p10, p20 = (float(v) for v in np.percentile(band_db, [5, 10, 20]))
-    floor = max(p10, loud - 55.0)
-    # The low tail's own spread says how much the noise energy wanders from frame to frame.
-    threshold = floor + max(2.0, 3.0 * (p20 - p5), 0.25 * (loud - floor))
-    mask = band_db > threshold
+    live = band_db[band_db > max(SILENCE_DB, loud - DIGITAL_SILENCE_DB)]
+    if live.size < MIN_LIVE_FRAMES:
+        return max(loud, SILENCE_DB) + 1.0
+    floor = max(float(np.percentile(live, 1)), loud - 55.0)
+    near = live[live <= floor + NEAR_FLOOR_DB]
+    wander = float(np.percentile(near, 50)) - floor if near.size else 0.0
+    threshold = floor + max(2.0, NOISE_WANDER_FACTOR * wander, 0.25 * (loud - floor))
+    if loud - floor > SPEECH_RANGE_DB:
+        threshold = min(threshold, loud - MAX_BELOW_LOUD_DB)
+    return max(threshold, SILENCE_DB)
+
+
+def speech_mask(sp: Spectra, *, min_gap_frames: int = 8) -> NDArray[np.bool_]:
+    """Frames that hold speech.
+
+    A frame is speech when its energy in the band of voiced speech rises above
+    :func:`speech_threshold`, which holds whether the file is 0 % or 90 % silence, digital
+    or noisy, quiet or clipped. Gaps shorter than ``min_gap_frames`` are filled (stop
+    closures are not pauses) and blips shorter than 40 ms are dropped.
+    """
+    band_db = band_level_db(sp)
+    mask = band_db > speech_threshold(band_db)
     mask = binary_closing(mask, structure=np.ones(min_gap_frames, dtype=bool))
     mask = binary_opening(mask, structure=np.ones(4, dtype=bool))
     return np.asarray(mask, dtype=bool)
