@@ -59,8 +59,8 @@ Language = Literal["en", "zh-TW"]
 #: espeak-ng's exact digital zeros between words. Every criterion is reported on both.
 Framing = Literal["padded", "tight"]
 FRAMINGS: tuple[Framing, ...] = ("padded", "tight")
-#: Sentences 1-4 of each language are the fitting half: thresholds changed since analyzer
-#: 1.2.0 were chosen looking at these only; sentences 5-8 are the held-out half.
+#: Sentences 1-4 of each language are the fitting half: thresholds changed in analyzer 1.2.0
+#: were chosen looking at these only; sentences 5-8 are the held-out half.
 FIT_SENTENCES = 4
 #: Gain of the heavily clipped tight file (the issue's "x8, clipped to full scale").
 TIGHT_CLIP_GAIN = 8.0
@@ -877,12 +877,16 @@ def bad_files(out: Path, prefix: str, *, include_long: bool) -> list[Entry]:
     return [describe(e, out) for e in entries]
 
 
-def tight_format_files(out: Path, prefix: str, *, reference: str, reference_id: str) -> list[Entry]:
+def tight_format_files(
+    out: Path, prefix: str, *, reference: str, reference_id: str, stereo_format: str = "WAV"
+) -> list[Entry]:
     """The ``en-s01`` patient reading, tightly framed, in other formats and heavily clipped.
 
     Valid speech in another container or sample format must be analysed like the 16-bit
     original; the clip amplified x8 and clipped to full scale must be analysed as unreliable.
     ``reference`` (a tight reading by the ``en-us`` therapist voice) must already exist.
+    ``stereo_format`` "FLAC" keeps the committed fixture small (a 44.1 kHz stereo WAV is
+    three times the size).
     """
     sentence = EN_SENTENCES[0]
     voice = PATIENT_VOICES["en"][0]
@@ -920,9 +924,9 @@ def tight_format_files(out: Path, prefix: str, *, reference: str, reference_id: 
     rel = f"{prefix}tight_pcm8.wav"
     write_audio(out / rel, speech, subtype="PCM_U8")
     add("tight_pcm8", rel, "tight clip, 8-bit unsigned PCM, 16 kHz mono")
-    rel = f"{prefix}tight_stereo_44k.wav"
+    rel = f"{prefix}tight_stereo_44k.{stereo_format.lower()}"
     wide = np.asarray(resample_poly(speech, 441, 160), dtype=np.float64)
-    write_audio(out / rel, np.stack([wide, 0.8 * wide], axis=1), rate=44_100)
+    write_audio(out / rel, np.stack([wide, 0.8 * wide], axis=1), rate=44_100, fmt=stereo_format)
     add("tight_stereo_44k", rel, "tight clip, stereo 44.1 kHz PCM 16-bit (right channel 0.8x)")
     rel = f"{prefix}tight_clipped.wav"
     write_audio(out / rel, np.clip(speech * TIGHT_CLIP_GAIN, -1.0, 1.0))
@@ -1174,7 +1178,11 @@ def make_fixtures(out: Path) -> list[Entry]:
             entries += _pair_files(out, language, "FLAC", "flac", "PCM_16", variants, framing)
     entries += bad_files(out, "", include_long=False)
     entries += tight_format_files(
-        out, "", reference="en_reference_tight.flac", reference_id="en_reference_tight"
+        out,
+        "",
+        reference="en_reference_tight.flac",
+        reference_id="en_reference_tight",
+        stereo_format="FLAC",
     )
     write_manifest(out, entries, "fixtures")
     return entries
