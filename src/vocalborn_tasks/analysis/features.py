@@ -64,20 +64,30 @@ MAX_BELOW_LOUD_DB = 15.0
 #: Band level (dB re full scale) at or below which a frame is silence, whatever the file:
 #: 16-bit quantisation noise lies below it, speech at -40 dBFS well above.
 SILENCE_DB = -95.0
+#: Runs of speech shorter than ISLAND_FRAMES with no longer run within ISLAND_GAP_FRAMES are
+#: noise bursts, not speech (see _drop_islands).
+ISLAND_FRAMES = 20
+ISLAND_GAP_FRAMES = 50
+#: Frames at each end left out of the noise estimate (their window is partly padding).
+EDGE_FRAMES = 2
 #: Fewer frames than this above digital silence: nothing to detect speech in.
 MIN_LIVE_FRAMES = 10
 _FLOOR_DB = -100.0
 
 
-def frame_view(x: NDArray[np.float64], frame_len: int, hop: int) -> NDArray[np.float64]:
+def frame_view(
+    x: NDArray[np.float64], frame_len: int, hop: int, *, edge: bool = False
+) -> NDArray[np.float64]:
     """Frames of ``frame_len`` samples every ``hop`` samples, centred on ``k * hop``.
 
-    The signal is zero-padded by half a frame on both sides so frame ``k`` is centred at
+    The signal is padded by half a frame on both sides so frame ``k`` is centred at
     ``k * hop / SAMPLE_RATE`` seconds, the same convention Praat uses for its time axis.
-    Returns a read-only strided view (no copy): index it to get the frames you need.
+    The padding is zeros, or with ``edge`` the first and last sample repeated: a file with a
+    DC offset (or one cut mid-word) then has no step at its ends for a spectrum to see.
+    Returns a read-only strided view of the padded copy: index it to get the frames you need.
     """
     half = frame_len // 2
-    padded = np.pad(x, (half, half + frame_len))
+    padded = np.pad(x, (half, half + frame_len), mode="edge" if edge else "constant")
     n = 1 + x.size // hop
     view = np.lib.stride_tricks.sliding_window_view(padded, frame_len)[::hop]
     return view[:n]
@@ -122,7 +132,7 @@ def spectra(x: NDArray[np.float64]) -> Spectra:
     spectrum of the quietest fifth of the frames. Both assume some pause in the recording,
     which read speech always has (at least at the edges).
     """
-    frames = frame_view(x, FRAME_LEN, HOP).astype(np.float32)
+    frames = frame_view(x, FRAME_LEN, HOP, edge=True).astype(np.float32)
     frames -= frames.mean(axis=1, keepdims=True)
     frames *= _window().astype(np.float32)
     spec = rfft(frames, n=N_FFT, axis=1)
@@ -176,8 +186,10 @@ def speech_threshold(band_db: NDArray[np.float64]) -> float:
     * in a file with speech-like dynamics the threshold stays ``MAX_BELOW_LOUD_DB`` under the
       loud end, so the vowels and most consonants are speech whatever the floor estimate.
     """
-    loud = float(np.percentile(band_db, 95))
-    live = band_db[band_db > max(SILENCE_DB, loud - DIGITAL_SILENCE_DB)]
+    # The first and last frames are half padding: they would drag the 1st percentile down.
+    core = band_db[EDGE_FRAMES:-EDGE_FRAMES] if band_db.size > 10 * EDGE_FRAMES else band_db
+    loud = float(np.percentile(core, 95))
+    live = core[core > max(SILENCE_DB, loud - DIGITAL_SILENCE_DB)]
     if live.size < MIN_LIVE_FRAMES:
         return max(loud, SILENCE_DB) + 1.0
     floor = max(float(np.percentile(live, 1)), loud - 55.0)
@@ -201,7 +213,31 @@ def speech_mask(sp: Spectra, *, min_gap_frames: int = 8) -> NDArray[np.bool_]:
     mask = band_db > speech_threshold(band_db)
     mask = binary_closing(mask, structure=np.ones(min_gap_frames, dtype=bool))
     mask = binary_opening(mask, structure=np.ones(4, dtype=bool))
-    return np.asarray(mask, dtype=bool)
+    return _drop_islands(np.asarray(mask, dtype=bool))
+
+
+def _drop_islands(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Drop short runs far from any longer run of speech.
+
+    A wandering room noise in a mostly silent file leaves bursts of 40-180 ms above any
+    threshold that still finds quiet speech; speech itself comes in runs of words. A run
+    shorter than ``ISLAND_FRAMES`` with no run of at least that length within
+    ``ISLAND_GAP_FRAMES`` is dropped; when no run is that long (one short word), nothing is.
+    """
+    spans = runs(mask)
+    long_spans = [(a, b) for a, b in spans if b - a >= ISLAND_FRAMES]
+    if not long_spans:
+        return mask
+    out = mask.copy()
+    for a, b in spans:
+        if b - a >= ISLAND_FRAMES:
+            continue
+        near = any(
+            a - lb < ISLAND_GAP_FRAMES and la - b < ISLAND_GAP_FRAMES for la, lb in long_spans
+        )
+        if not near:
+            out[a:b] = False
+    return out
 
 
 def mel_edges() -> NDArray[np.float64]:
