@@ -56,8 +56,10 @@ SPEECH_ROLES = ("attempt",)
 SUBSETS: tuple[tuple[str, str, bool], ...] = (
     ("padded", "padded", False),
     ("tight", "tight", False),
+    ("room", "room", False),
     ("padded held-out", "padded", True),
     ("tight held-out", "tight", True),
+    ("room held-out", "room", True),
 )
 #: Valid speech in another format, and the heavily clipped file, per framing.
 FORMAT_VARIANTS = {

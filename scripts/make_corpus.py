@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import soundfile as sf
-from scipy.signal import resample_poly
+from scipy.signal import lfilter, resample_poly
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -56,9 +56,14 @@ Language = Literal["en", "zh-TW"]
 #: How a file is framed: ``padded`` puts PAD_S of digital silence around the speech (a
 #: recording started before the first word); ``tight`` runs from the first to the last
 #: non-zero sample (a trimmed clip, a TTS reference, an app that records on voice), keeping
-#: espeak-ng's exact digital zeros between words. Every criterion is reported on both.
-Framing = Literal["padded", "tight"]
-FRAMINGS: tuple[Framing, ...] = ("padded", "tight")
+#: espeak-ng's exact digital zeros between words; ``room`` is the tight clip with
+#: ROOM_PAD_S of room tone either side and the same room tone under the speech (issue 11's
+#: "0.5 s of room noise added around the clips"). Every criterion is reported on each.
+Framing = Literal["padded", "tight", "room"]
+FRAMINGS: tuple[Framing, ...] = ("padded", "tight", "room")
+ROOM_PAD_S = 0.5
+#: Room tone level: this many dB below the power of the clip's active speech.
+ROOM_TONE_DB = 40.0
 #: Sentences 1-4 of each language are the fitting half: thresholds changed in analyzer 1.2.0
 #: were chosen looking at these only; sentences 5-8 are the held-out half.
 FIT_SENTENCES = 4
@@ -479,6 +484,25 @@ def tighten(audio: FloatArray) -> FloatArray:
     return audio[int(idx[0]) : int(idx[-1]) + 1].copy()
 
 
+def add_room(audio: FloatArray, key: str) -> FloatArray:
+    """Pad with ROOM_PAD_S of silence either side and lay a room tone under everything.
+
+    The tone is mostly low-frequency (white noise through a one-pole low-pass, like
+    ventilation hum) plus a little white noise, ROOM_TONE_DB below the active speech, with
+    a fixed per-file seed.
+    """
+    pad = np.zeros(int(ROOM_PAD_S * SAMPLE_RATE))
+    x = np.concatenate([pad, audio, pad])
+    frame = 320
+    mask = np.repeat(active_mask(x, frame), frame)
+    power = float(np.mean(x[: len(mask)][mask] ** 2)) / 10.0 ** (ROOM_TONE_DB / 10.0)
+    rng = np.random.default_rng(seed_for(key))
+    white = rng.standard_normal(len(x))
+    hum = np.asarray(lfilter([1.0], [1.0, -0.95], rng.standard_normal(len(x))), dtype=np.float64)
+    tone = hum / hum.std() + 0.5 * white
+    return np.asarray(x + tone * np.sqrt(power / float(np.mean(tone**2))), dtype=np.float64)
+
+
 def truncate_tight_half(audio: FloatArray) -> FloatArray:
     """The first half of a tight clip's samples, cut dead: an attempt stopped mid-sentence."""
     return audio[: len(audio) // 2].copy()
@@ -578,14 +602,19 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     ref_voice = REFERENCE_VOICES[group.language][group.voice_index]
     patients = PATIENT_VOICES[group.language]
     lang_dir = "en" if group.language == "en" else "zh"
-    tight = group.framing == "tight"
+    padded = group.framing == "padded"
     folder = f"{group.framing}/{lang_dir}/{sentence.sid}/{ref_voice.label}"
-    label = f"{ref_voice.label}.tight" if tight else ref_voice.label
+    label = ref_voice.label if padded else f"{ref_voice.label}.{group.framing}"
     ref_id = f"{sentence.sid}.{label}.reference"
     held_out = group.sentence_index >= FIT_SENTENCES
 
     def frame(audio: FloatArray) -> FloatArray:
-        return tighten(audio) if tight else audio
+        """The speech itself: as synthesized (padded) or trimmed to its samples."""
+        return audio if padded else tighten(audio)
+
+    def finish(audio: FloatArray, key: str) -> FloatArray:
+        """What the file holds around (and under) the speech."""
+        return add_room(audio, key) if group.framing == "room" else audio
 
     def synth(text: str, voice: Voice) -> FloatArray:
         return frame(synthesize(text, voice))
@@ -604,11 +633,12 @@ def build_group(group: Group, out: Path) -> list[Entry]:
         text: str,
         sid: str,
         suffix: str = "",
+        finished: bool = False,
         **extra: Any,
     ) -> None:
         name = f"{variant}{suffix}"
         rel = f"{folder}/{name}.wav"
-        write_audio(out / rel, frame(audio))
+        write_audio(out / rel, audio if finished else finish(audio, f"{ref_id}.{name}"))
         entries.append(
             Entry(
                 id=f"{sentence.sid}.{label}.{name}",
@@ -634,7 +664,7 @@ def build_group(group: Group, out: Path) -> list[Entry]:
         )
 
     reference = synth(sentence.text, ref_voice)
-    write_audio(out / ref_path, reference)
+    write_audio(out / ref_path, finish(reference, ref_id))
     entries.append(
         Entry(
             id=ref_id,
@@ -696,8 +726,16 @@ def build_group(group: Group, out: Path) -> list[Entry]:
         note="same words, extreme espeak pitch (-p)",
     )
     for snr in (20, 10, 0):
-        noisy = add_noise(clean, float(snr), f"{ref_id}.noise{snr}")
-        save(f"noise_{snr}db", noisy, patient(0), text=text, sid=sid, snr_db=float(snr))
+        noisy = add_noise(finish(clean, f"{ref_id}.clean"), float(snr), f"{ref_id}.noise{snr}")
+        save(
+            f"noise_{snr}db",
+            noisy,
+            patient(0),
+            text=text,
+            sid=sid,
+            snr_db=float(snr),
+            finished=True,
+        )
     save(
         "pauses",
         frame(synthesize_with_pauses(text, patient(1), PAUSES_MS)),
@@ -708,7 +746,7 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     )
     save(
         "truncated_half",
-        truncate_tight_half(clean) if tight else truncate_half(clean),
+        truncate_half(clean) if padded else truncate_tight_half(clean),
         patient(0),
         text=text,
         sid=sid,
@@ -733,11 +771,12 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     save("different_sentence", different, patient(0), text=other.text, sid=other.sid)
     save(
         "different_sentence_noise_0db",
-        add_noise(different, 0.0, f"{ref_id}.diff0"),
+        add_noise(finish(different, f"{ref_id}.different_sentence"), 0.0, f"{ref_id}.diff0"),
         patient(0),
         text=other.text,
         sid=other.sid,
         snr_db=0.0,
+        finished=True,
     )
     return [describe(e, out) for e in entries]
 
