@@ -708,6 +708,42 @@ def print_report(
     )
 
 
+def markdown_report(bar_sets: dict[str, list[Bar]], stats: Sequence[dict[str, Any]]) -> str:
+    """The bars (one column per subset) and the per-variant means, as Markdown tables."""
+    labels = list(bar_sets)
+    rules: dict[str, str] = {}
+    cells: dict[str, dict[str, str]] = defaultdict(dict)
+    for label, bars in bar_sets.items():
+        for bar in bars:
+            rules.setdefault(bar.name, bar.rule)
+            verdict = "info" if bar.informative else "PASS" if bar.passed else "**FAIL**"
+            cells[bar.name][label] = f"{bar.value} {verdict}"
+    lines = [
+        "| bar | rule | " + " | ".join(labels) + " |",
+        "|---|---|" + "---:|" * len(labels),
+    ]
+    for name, rule in rules.items():
+        row = [cells[name].get(label, "-") for label in labels]
+        lines.append(f"| {name} | {rule} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "| framing | lang | variant | n | fail | overall | pron | flu | rhy | tone | clar | compl"
+        " | level | reliable |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in stats:
+        if row["variant"] == "reference":
+            continue
+        means = ["-" if row[s] is None else f"{row[s]['mean']:.0f}" for s in SCORES]
+        level = "-" if row["level"] is None else f"{row['level']['mean']:.1f}"
+        reliable = "-" if row["reliable_share"] is None else f"{row['reliable_share']:.0%}"
+        lines.append(
+            f"| {row['framing']} | {row['language']} | {row['variant']} | {row['n']} | "
+            f"{row['failed']} | " + " | ".join(means) + f" | {level} | {reliable} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 1 when any bar fails, 2 on usage errors."""
     parser = argparse.ArgumentParser(
@@ -731,6 +767,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=0.9,
         help="share of cases a condition bar needs (default 0.9)",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        help="write the bar table (every subset) and per-variant means as Markdown",
     )
     parser.add_argument(
         "--skip-bad",
@@ -784,6 +825,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = variant_stats([o for o in outcomes if o.entry["role"] != "bad"])
     bad = [o for o in outcomes if o.entry["role"] == "bad"]
     print_report(bar_sets, stats, bad, args.min_share)
+    if args.markdown is not None:
+        args.markdown.write_text(markdown_report(bar_sets, stats), encoding="utf-8")
     if args.json is not None:
         args.json.write_text(
             json.dumps(
