@@ -129,8 +129,10 @@ def spectra(x: NDArray[np.float64]) -> Spectra:
     """Power spectra, frame energies and a noise estimate for a 16 kHz signal.
 
     The noise floor is the 10th percentile of frame energy; the noise spectrum is the mean
-    spectrum of the quietest fifth of the frames. Both assume some pause in the recording,
-    which read speech always has (at least at the edges).
+    spectrum of the quietest fifth of the frames. Both stand for the noise when the recording
+    has some pause; in a tightly trimmed clip they are the gaps between words (digital zeros)
+    and the weakest speech, which only adds a little to the reference in noise compensation.
+    Speech detection does not rely on them (see :func:`speech_threshold`).
     """
     frames = frame_view(x, FRAME_LEN, HOP, edge=True).astype(np.float32)
     frames -= frames.mean(axis=1, keepdims=True)

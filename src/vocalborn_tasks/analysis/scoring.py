@@ -30,10 +30,9 @@ PRON_PEAK_PER_UNIT = 14.0
 PRON_PEAK_KNEE = 0.28
 PRON_PEAK_PAST_KNEE = 85.0
 # Completeness: share of the reference spanned by the alignment. Nothing is left at half the
-# sentence: an attempt cut dead half-way through a tight clip spans 0.38-0.60 of the
-# reference (the alignment may stretch its last, cut-off syllable), so the old 0.40 end
-# gave 30-40 where a half reading must score under 30 (fitted on sentences 1-4, analyzer
-# 1.2.0).
+# sentence: an attempt cut dead half-way through a tight clip was measured to span 0.38-0.60
+# of the reference, so the old 0.40 end gave 30-40 where a half reading must score under 30
+# (fitted on sentences 1-4, analyzer 1.2.0).
 COVERAGE = (0.90, 0.50)
 # Tone: points lost per semitone of mean and of worst-window difference of the aligned
 # contours: a few everywhere (no flat "perfect" zone, so the score keeps ranking attempts),
