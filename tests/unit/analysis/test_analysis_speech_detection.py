@@ -42,7 +42,7 @@ MIN_RECALL = 0.90
 #: Room noise here is mostly low-frequency and wanders by ~8 dB from frame to frame, so a
 #: file that is 70-90 % such noise keeps a few bursts above any threshold that still finds
 #: quiet speech; at most 12 % of its frames may end up as speech (measured worst: 10.2 %; the
-#: 1.1.0 detector: up to 31 %, and it missed the speech outright in 124 of these 672 framings).
+#: 1.1.0 detector: up to 31 %, and it missed the speech outright in 128 of these 672 framings).
 MAX_NOISE_SHARE = 0.12
 
 FloatArray = NDArray[np.float64]
