@@ -724,7 +724,8 @@ def markdown_report(bar_sets: dict[str, list[Bar]], stats: Sequence[dict[str, An
     ]
     for name, rule in rules.items():
         row = [cells[name].get(label, "-") for label in labels]
-        lines.append(f"| {name} | {rule} | " + " | ".join(row) + " |")
+        cell_name, cell_rule = name.replace("|", "\\|"), rule.replace("|", "\\|")
+        lines.append(f"| {cell_name} | {cell_rule} | " + " | ".join(row) + " |")
     lines += [
         "",
         "| framing | lang | variant | n | fail | overall | pron | flu | rhy | tone | clar | compl"
