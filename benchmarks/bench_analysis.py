@@ -6,6 +6,7 @@ Measures process CPU time (not wall time) on one core:
   measured) and with a warm one (the usual case: one reference, many patients);
 * feature extraction per second of audio, for a recording (all speaker warps) and for a
   reference (one warp);
+* peak memory (tracemalloc) of the 5 s + 5 s pair with a cold cache;
 * refusing a 10-minute recording and capping a 10-minute pair: time and peak memory.
 
 The speech is the committed espeak-ng fixtures (``tests/data/audio``) repeated to 5 s, so the
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         ("recording features (7 warps), per s of audio", *_cpu(features_sample, args.runs), 5.0),
         ("reference features (1 warp), per s of audio", *_cpu(features_reference, args.runs), 5.0),
     ]
+    pair_peak = _peak(cold)[1]
     print(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {args.runs} runs, CPU time\n")
     print("| measurement | median ms | min ms |")
     print("|---|---:|---:|")
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         capped = _peak(
             lambda: BuiltinAnalyzer(AnalysisOptions(max_duration_s=60.0)).analyze(long, long)
         )
+    print(f"\n5 s + 5 s pair, cold cache: tracemalloc peak {pair_peak:.1f} MiB")
     print("\n| 10-minute file | wall s | tracemalloc peak MiB |")
     print("|---|---:|---:|")
     print(f"| refused (5 s reference) | {refused[0]:.3f} | {refused[1]:.1f} |")

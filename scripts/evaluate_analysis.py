@@ -50,7 +50,42 @@ LANGUAGES = ("en", "zh-TW")
 #: Variants whose analysis must complete (everything that is ordinary speech).
 SPEECH_ROLES = ("attempt",)
 
+#: The subsets every bar is reported on: (label, framing, held-out sentences only).
+#: The held-out half is sentences 5-8 of each language (``held_out`` in the manifest):
+#: thresholds changed in analyzer 1.2.0 (issue 11) were fitted on sentences 1-4 only.
+SUBSETS: tuple[tuple[str, str, bool], ...] = (
+    ("padded", "padded", False),
+    ("tight", "tight", False),
+    ("room", "room", False),
+    ("padded held-out", "padded", True),
+    ("tight held-out", "tight", True),
+    ("room held-out", "room", True),
+)
+#: Valid speech in another format, and the heavily clipped file, per framing.
+FORMAT_VARIANTS = {
+    "padded": ("stereo_44k", "pcm8", "float32"),
+    "tight": ("tight_stereo_44k", "tight_pcm8", "tight_float32"),
+}
+CLIPPED_VARIANTS = {"padded": "clipped", "tight": "tight_clipped"}
+#: Issue 11 raised the "different sentence -> level 5" bar to 95 % of pairs.
+DIFFERENT_SENTENCE_SHARE = 0.95
+
 Analyzer = Callable[..., Any]
+
+
+def framing_of(entry: dict[str, Any]) -> str:
+    """The entry's framing (corpora made before framings existed are all padded)."""
+    return str(entry.get("framing", "padded"))
+
+
+def subset(outcomes: Sequence[Outcome], framing: str, held_out_only: bool) -> list[Outcome]:
+    """Outcomes of one framing, optionally only the held-out sentences (no bad files then)."""
+    return [
+        o
+        for o in outcomes
+        if framing_of(o.entry) == framing
+        and (not held_out_only or (o.entry.get("held_out") and o.entry["role"] == "attempt"))
+    ]
 
 
 # --------------------------------------------------------------------------- running
@@ -177,6 +212,8 @@ class Bar:
     n: int
     detail: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    #: Reported, but not a pass condition (it does not change the exit status).
+    informative: bool = False
 
 
 def select(outcomes: Sequence[Outcome], language: str | None, *variants: str) -> list[Outcome]:
@@ -304,17 +341,19 @@ def compute_bars(outcomes: Sequence[Outcome], min_share: float) -> list[Bar]:
                 min_voices=4,
             )
         )
-    bars.append(
-        auc_bar(
-            "one-word substitution [en]",
-            outcomes,
-            "en",
-            ["clean"],
-            ["substitution"],
-            "pronunciation_accuracy",
-            0.95,
-        )
+    substitution = auc_bar(
+        "one-word substitution [en] (informative)",
+        outcomes,
+        "en",
+        ["clean"],
+        ["substitution"],
+        "pronunciation_accuracy",
+        0.95,
     )
+    # Decided in issue 11: cross-voice one-word minimal pairs are a known weakness
+    # (docs/analysis.md), reported but no longer a pass condition.
+    substitution.informative = True
+    bars.append(substitution)
     bars.append(
         auc_bar(
             "tone substitution [zh-TW]",
@@ -401,7 +440,7 @@ def compute_bars(outcomes: Sequence[Outcome], min_share: float) -> list[Bar]:
                 lambda r: r["level"] == 5,
                 "level == 5",
                 ("level", "pronunciation_accuracy"),
-                min_share,
+                max(min_share, DIFFERENT_SENTENCE_SHARE),
             )
         )
         bars.append(
@@ -416,6 +455,66 @@ def compute_bars(outcomes: Sequence[Outcome], min_share: float) -> list[Bar]:
                 min_share,
             )
         )
+    bars.extend(format_bars(outcomes))
+    return bars
+
+
+def format_bars(outcomes: Sequence[Outcome]) -> list[Bar]:
+    """Other formats are analysed like the original; the heavily clipped file is unreliable.
+
+    Only where the subset holds those files (they are readings of sentence 1, so never in the
+    held-out half).
+    """
+    bars: list[Bar] = []
+    framings = {framing_of(o.entry) for o in outcomes}
+    for framing in sorted(framings):
+        cases = [
+            o
+            for o in outcomes
+            if framing_of(o.entry) == framing
+            and o.entry["variant"] in FORMAT_VARIANTS.get(framing, ())
+        ]
+        if cases:
+            ok = [o for o in cases if o.result is not None and o.result["level"] <= 2]
+            bars.append(
+                Bar(
+                    "other formats analysed (float32, 8-bit, stereo 44.1 kHz)",
+                    "every file analysed at level <= 2",
+                    f"{len(ok)}/{len(cases)}",
+                    len(ok) == len(cases),
+                    len(cases),
+                    "; ".join(
+                        f"{o.entry['variant']}: "
+                        + (o.error or f"level {o.result['level'] if o.result else '-'}")
+                        for o in cases
+                    )[:200],
+                )
+            )
+        clipped = [
+            o
+            for o in outcomes
+            if framing_of(o.entry) == framing
+            and o.entry["variant"] == CLIPPED_VARIANTS.get(framing)
+        ]
+        for o in clipped:
+            r = o.result
+            flagged = r is not None and not r["reliable"] and "clipped" in r["reliability_issues"]
+            typed = o.error is not None and "clip" in o.error.split(":")[0]
+            outcome = (
+                o.error
+                if r is None
+                else f"reliable {r['reliable']} {r['reliability_issues']}, level {r['level']}"
+            )
+            bars.append(
+                Bar(
+                    "heavily clipped -> unreliable",
+                    "analysed with reliable false and 'clipped', or a clipping error code",
+                    "yes" if flagged or typed else "no",
+                    flagged or typed,
+                    1,
+                    f"{o.entry['variant']}: {outcome or ''}"[:200],
+                )
+            )
     return bars
 
 
@@ -423,11 +522,12 @@ def variant_stats(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
     """Per (language, variant): count, failures, mean/min/max of each sub-score, reliable share."""
     groups: dict[tuple[str, str], list[Outcome]] = defaultdict(list)
     for o in outcomes:
-        groups[(o.entry["language"], o.entry["variant"])].append(o)
+        groups[(framing_of(o.entry), o.entry["language"], o.entry["variant"])].append(o)
     rows: list[dict[str, Any]] = []
-    for (lang, variant), cases in sorted(groups.items()):
+    for (framing, lang, variant), cases in sorted(groups.items()):
         ok = [o for o in cases if o.result is not None]
         row: dict[str, Any] = {
+            "framing": framing,
             "language": lang,
             "variant": variant,
             "expected": cases[0].entry["expected"],
@@ -507,16 +607,20 @@ def _fmt(cell: dict[str, float] | None, digits: int = 0) -> str:
 
 
 def print_report(
-    bars: Sequence[Bar], stats: Sequence[dict[str, Any]], bad: Sequence[Outcome], min_share: float
+    bar_sets: dict[str, list[Bar]],
+    stats: Sequence[dict[str, Any]],
+    bad: Sequence[Outcome],
+    min_share: float,
 ) -> None:
-    """Tables: per-variant scores (mean/min), bad inputs, then the bars with PASS/FAIL."""
+    """Tables: per-variant scores (mean/min), bad inputs, then every bar on every subset."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(width=200)
+    console = Console(width=220)
     table = Table(title="Scores per variant (mean/min)", show_lines=False)
     for column in (
+        "framing",
         "lang",
         "variant",
         "expected",
@@ -538,6 +642,7 @@ def print_report(
         if row["variant"] in ("reference",):
             continue
         table.add_row(
+            row["framing"],
             row["language"],
             row["variant"],
             row["expected"],
@@ -551,7 +656,7 @@ def print_report(
     console.print(table)
 
     if bad:
-        table = Table(title="Bad inputs (informative, not a bar)")
+        table = Table(title="Bad inputs and other formats")
         for column in ("file", "expected", "outcome"):
             table.add_column(column)
         for o in bad:
@@ -565,24 +670,79 @@ def print_report(
             table.add_row(escape(o.entry["path"]), o.entry["expected"], escape(outcome[:120]))
         console.print(table)
 
+    labels = list(bar_sets)
     table = Table(
-        title=f"Analysis validity bars (share bars pass at >= {min_share:.0%} of cases;"
-        " a failed analysis counts as not meeting the condition)"
+        title=f"Analysis validity bars per framing and on the held-out sentences (share bars "
+        f"pass at >= {min_share:.0%}; a failed analysis counts as not meeting the condition)"
     )
-    for column in ("bar", "rule", "value", "n", "result", "detail"):
+    for column in ("bar", "rule", *labels):
         table.add_column(column)
-    for bar in bars:
-        verdict = "[green]PASS[/green]" if bar.passed else "[red]FAIL[/red]"
-        table.add_row(
-            escape(bar.name), escape(bar.rule), bar.value, str(bar.n), verdict, escape(bar.detail)
-        )
+    rules: dict[str, str] = {}
+    cells: dict[str, dict[str, str]] = defaultdict(dict)
+    for label, bars in bar_sets.items():
+        for bar in bars:
+            rules.setdefault(bar.name, bar.rule)
+            verdict = (
+                "info"
+                if bar.informative
+                else "[green]PASS[/green]"
+                if bar.passed
+                else "[red]FAIL[/red]"
+            )
+            cells[bar.name][label] = f"{bar.value} {verdict} (n={bar.n})"
+    for name, rule in rules.items():
+        table.add_row(escape(name), escape(rule), *(cells[name].get(lb, "-") for lb in labels))
     console.print(table)
-    failed = sum(not b.passed for b in bars)
+    counted = [b for bars in bar_sets.values() for b in bars if not b.informative]
+    failed = [
+        f"{label}: {b.name}"
+        for label, bars in bar_sets.items()
+        for b in bars
+        if not b.informative and not b.passed
+    ]
     console.print(
-        f"{len(bars) - failed}/{len(bars)} bars pass"
-        if failed == 0
-        else f"[red]{failed} of {len(bars)} bars FAIL[/red]"
+        f"{len(counted)}/{len(counted)} bar checks pass"
+        if not failed
+        else f"[red]{len(failed)} of {len(counted)} bar checks FAIL[/red]: "
+        + escape("; ".join(failed))
     )
+
+
+def markdown_report(bar_sets: dict[str, list[Bar]], stats: Sequence[dict[str, Any]]) -> str:
+    """The bars (one column per subset) and the per-variant means, as Markdown tables."""
+    labels = list(bar_sets)
+    rules: dict[str, str] = {}
+    cells: dict[str, dict[str, str]] = defaultdict(dict)
+    for label, bars in bar_sets.items():
+        for bar in bars:
+            rules.setdefault(bar.name, bar.rule)
+            verdict = "info" if bar.informative else "PASS" if bar.passed else "**FAIL**"
+            cells[bar.name][label] = f"{bar.value} {verdict}"
+    lines = [
+        "| bar | rule | " + " | ".join(labels) + " |",
+        "|---|---|" + "---:|" * len(labels),
+    ]
+    for name, rule in rules.items():
+        row = [cells[name].get(label, "-") for label in labels]
+        cell_name, cell_rule = name.replace("|", "\\|"), rule.replace("|", "\\|")
+        lines.append(f"| {cell_name} | {cell_rule} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "| framing | lang | variant | n | fail | overall | pron | flu | rhy | tone | clar | compl"
+        " | level | reliable |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in stats:
+        if row["variant"] == "reference":
+            continue
+        means = ["-" if row[s] is None else f"{row[s]['mean']:.0f}" for s in SCORES]
+        level = "-" if row["level"] is None else f"{row['level']['mean']:.1f}"
+        reliable = "-" if row["reliable_share"] is None else f"{row['reliable_share']:.0%}"
+        lines.append(
+            f"| {row['framing']} | {row['language']} | {row['variant']} | {row['n']} | "
+            f"{row['failed']} | " + " | ".join(means) + f" | {level} | {reliable} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -608,6 +768,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=0.9,
         help="share of cases a condition bar needs (default 0.9)",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        help="write the bar table (every subset) and per-variant means as Markdown",
     )
     parser.add_argument(
         "--skip-bad",
@@ -652,10 +817,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
     outcomes = run(entries, args.corpus, args.analyzer, args.workers, progress)
-    bars = compute_bars(outcomes, args.min_share)
+    bar_sets = {
+        label: compute_bars(subset(outcomes, framing, held_out), args.min_share)
+        for label, framing, held_out in SUBSETS
+    }
+    bar_sets = {label: bars for label, bars in bar_sets.items() if bars[0].n > 0}
+    passed = all(b.passed for bars in bar_sets.values() for b in bars if not b.informative)
     stats = variant_stats([o for o in outcomes if o.entry["role"] != "bad"])
     bad = [o for o in outcomes if o.entry["role"] == "bad"]
-    print_report(bars, stats, bad, args.min_share)
+    print_report(bar_sets, stats, bad, args.min_share)
+    if args.markdown is not None:
+        args.markdown.write_text(markdown_report(bar_sets, stats), encoding="utf-8")
     if args.json is not None:
         args.json.write_text(
             json.dumps(
@@ -664,13 +836,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "corpus": str(args.corpus),
                     "min_share": args.min_share,
                     "seconds": time.perf_counter() - started,
-                    "passed": all(b.passed for b in bars),
-                    "bars": [asdict(b) for b in bars],
+                    "passed": passed,
+                    "bars": {label: [asdict(b) for b in bars] for label, bars in bar_sets.items()},
                     "variants": stats,
                     "results": [
                         {
                             "id": o.entry["id"],
                             "variant": o.entry["variant"],
+                            "framing": framing_of(o.entry),
+                            "held_out": bool(o.entry.get("held_out")),
                             "language": o.entry["language"],
                             "error": o.error,
                             "seconds": o.seconds,
@@ -686,7 +860,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + "\n",
             encoding="utf-8",
         )
-    return 0 if all(b.passed for b in bars) else 1
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

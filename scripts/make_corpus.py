@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import soundfile as sf
-from scipy.signal import resample_poly
+from scipy.signal import lfilter, resample_poly
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -53,6 +53,22 @@ SCHEMA_VERSION = 1
 #: Silence put around every utterance: real recordings never start on the first phoneme.
 PAD_S = 0.25
 Language = Literal["en", "zh-TW"]
+#: How a file is framed: ``padded`` puts PAD_S of digital silence around the speech (a
+#: recording started before the first word); ``tight`` runs from the first to the last
+#: non-zero sample (a trimmed clip, a TTS reference, an app that records on voice), keeping
+#: espeak-ng's exact digital zeros between words; ``room`` is the tight clip with
+#: ROOM_PAD_S of room tone either side and the same room tone under the speech (issue 11's
+#: "0.5 s of room noise added around the clips"). Every criterion is reported on each.
+Framing = Literal["padded", "tight", "room"]
+FRAMINGS: tuple[Framing, ...] = ("padded", "tight", "room")
+ROOM_PAD_S = 0.5
+#: Room tone level: this many dB below the power of the clip's active speech.
+ROOM_TONE_DB = 40.0
+#: Sentences 1-4 of each language are the fitting half: thresholds changed in analyzer 1.2.0
+#: were chosen looking at these only; sentences 5-8 are the held-out half.
+FIT_SENTENCES = 4
+#: Gain of the heavily clipped tight file (the issue's "x8, clipped to full scale").
+TIGHT_CLIP_GAIN = 8.0
 ZH_VOICE = "cmn-latn-pinyin"
 
 
@@ -314,6 +330,10 @@ EXPECTED: dict[str, str] = {
     "pcm8": "match",
     "float32": "match",
     "clipped": "unreliable",
+    "tight_stereo_44k": "match",
+    "tight_pcm8": "match",
+    "tight_float32": "match",
+    "tight_clipped": "unreliable",
     "silence": "reject",
     "tiny_10ms": "reject",
     "empty": "reject",
@@ -357,6 +377,8 @@ class Entry:
     format: str | None = None
     subtype: str | None = None
     note: str = ""
+    framing: Framing = "padded"
+    held_out: bool = False
 
 
 # --------------------------------------------------------------------------- synthesis
@@ -451,6 +473,41 @@ def add_noise(audio: FloatArray, snr_db: float, key: str) -> FloatArray:
     return mixed * (0.95 / peak) if peak > 0.95 else mixed
 
 
+def tighten(audio: FloatArray) -> FloatArray:
+    """From the first to the last sample that is not digital silence at 16-bit PCM.
+
+    Samples under half a 16-bit step are written as exact zeros, so they do not count.
+    """
+    idx = np.flatnonzero(np.abs(audio) >= 0.5 / 32768.0)
+    if idx.size == 0:
+        return audio
+    return audio[int(idx[0]) : int(idx[-1]) + 1].copy()
+
+
+def add_room(audio: FloatArray, key: str) -> FloatArray:
+    """Pad with ROOM_PAD_S of silence either side and lay a room tone under everything.
+
+    The tone is mostly low-frequency (white noise through a one-pole low-pass, like
+    ventilation hum) plus a little white noise, ROOM_TONE_DB below the active speech, with
+    a fixed per-file seed.
+    """
+    pad = np.zeros(int(ROOM_PAD_S * SAMPLE_RATE))
+    x = np.concatenate([pad, audio, pad])
+    frame = 320
+    mask = np.repeat(active_mask(x, frame), frame)
+    power = float(np.mean(x[: len(mask)][mask] ** 2)) / 10.0 ** (ROOM_TONE_DB / 10.0)
+    rng = np.random.default_rng(seed_for(key))
+    white = rng.standard_normal(len(x))
+    hum = np.asarray(lfilter([1.0], [1.0, -0.95], rng.standard_normal(len(x))), dtype=np.float64)
+    tone = hum / hum.std() + 0.5 * white
+    return np.asarray(x + tone * np.sqrt(power / float(np.mean(tone**2))), dtype=np.float64)
+
+
+def truncate_tight_half(audio: FloatArray) -> FloatArray:
+    """The first half of a tight clip's samples, cut dead: an attempt stopped mid-sentence."""
+    return audio[: len(audio) // 2].copy()
+
+
 def truncate_half(audio: FloatArray) -> FloatArray:
     """Keep the first half of the speech (by time), as if the patient stopped mid-sentence."""
     start, end = speech_span(audio)
@@ -526,6 +583,7 @@ class Group:
     sentence_index: int
     voice_index: int
     language: Language
+    framing: Framing = "padded"
 
 
 def sentences_for(language: Language) -> tuple[Sentence, ...]:
@@ -544,8 +602,23 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     ref_voice = REFERENCE_VOICES[group.language][group.voice_index]
     patients = PATIENT_VOICES[group.language]
     lang_dir = "en" if group.language == "en" else "zh"
-    folder = f"{lang_dir}/{sentence.sid}/{ref_voice.label}"
-    ref_id = f"{sentence.sid}.{ref_voice.label}.reference"
+    padded = group.framing == "padded"
+    folder = f"{group.framing}/{lang_dir}/{sentence.sid}/{ref_voice.label}"
+    label = ref_voice.label if padded else f"{ref_voice.label}.{group.framing}"
+    ref_id = f"{sentence.sid}.{label}.reference"
+    held_out = group.sentence_index >= FIT_SENTENCES
+
+    def frame(audio: FloatArray) -> FloatArray:
+        """The speech itself: as synthesized (padded) or trimmed to its samples."""
+        return audio if padded else tighten(audio)
+
+    def finish(audio: FloatArray, key: str) -> FloatArray:
+        """What the file holds around (and under) the speech."""
+        return add_room(audio, key) if group.framing == "room" else audio
+
+    def synth(text: str, voice: Voice) -> FloatArray:
+        return frame(synthesize(text, voice))
+
     ref_path = f"{folder}/reference.wav"
     entries: list[Entry] = []
 
@@ -560,14 +633,15 @@ def build_group(group: Group, out: Path) -> list[Entry]:
         text: str,
         sid: str,
         suffix: str = "",
+        finished: bool = False,
         **extra: Any,
     ) -> None:
         name = f"{variant}{suffix}"
         rel = f"{folder}/{name}.wav"
-        write_audio(out / rel, audio)
+        write_audio(out / rel, audio if finished else finish(audio, f"{ref_id}.{name}"))
         entries.append(
             Entry(
-                id=f"{sentence.sid}.{ref_voice.label}.{name}",
+                id=f"{sentence.sid}.{label}.{name}",
                 path=rel,
                 role="attempt",
                 language=group.language,
@@ -583,12 +657,14 @@ def build_group(group: Group, out: Path) -> list[Entry]:
                 reference_voice=ref_voice.label,
                 reference_text=sentence.text,
                 same_sentence=sid == sentence.sid,
+                framing=group.framing,
+                held_out=held_out,
                 **extra,
             )
         )
 
-    reference = synthesize(sentence.text, ref_voice)
-    write_audio(out / ref_path, reference)
+    reference = synth(sentence.text, ref_voice)
+    write_audio(out / ref_path, finish(reference, ref_id))
     entries.append(
         Entry(
             id=ref_id,
@@ -603,11 +679,13 @@ def build_group(group: Group, out: Path) -> list[Entry]:
             variant="reference",
             expected="reference",
             note=sentence.gloss,
+            framing=group.framing,
+            held_out=held_out,
         )
     )
     entries.append(
         Entry(
-            id=f"{sentence.sid}.{ref_voice.label}.identical",
+            id=f"{sentence.sid}.{label}.identical",
             path=ref_path,
             role="attempt",
             language=group.language,
@@ -624,33 +702,43 @@ def build_group(group: Group, out: Path) -> list[Entry]:
             reference_text=sentence.text,
             same_sentence=True,
             note="the reference file compared with itself: the ceiling",
+            framing=group.framing,
+            held_out=held_out,
         )
     )
 
     text, sid = sentence.text, sentence.sid
-    clean = synthesize(text, patient(0))
+    clean = synth(text, patient(0))
     save("clean", clean, patient(0), text=text, sid=sid)
-    clean_b = synthesize(text, patient(1))
+    clean_b = synth(text, patient(1))
     save("clean", clean_b, patient(1), text=text, sid=sid, suffix="_b")
     slow = replace(patient(2), speed=SLOW_SPEED)
-    save("speed_slow", synthesize(text, slow), slow, text=text, sid=sid)
+    save("speed_slow", synth(text, slow), slow, text=text, sid=sid)
     fast = replace(patient(3), speed=FAST_SPEED)
-    save("speed_fast", synthesize(text, fast), fast, text=text, sid=sid)
+    save("speed_fast", synth(text, fast), fast, text=text, sid=sid)
     shifted = replace(patient(4), pitch=5 if (group.voice_index + group.sentence_index) % 2 else 95)
     save(
         "pitch_shift",
-        synthesize(text, shifted),
+        synth(text, shifted),
         shifted,
         text=text,
         sid=sid,
         note="same words, extreme espeak pitch (-p)",
     )
     for snr in (20, 10, 0):
-        noisy = add_noise(clean, float(snr), f"{ref_id}.noise{snr}")
-        save(f"noise_{snr}db", noisy, patient(0), text=text, sid=sid, snr_db=float(snr))
+        noisy = add_noise(finish(clean, f"{ref_id}.clean"), float(snr), f"{ref_id}.noise{snr}")
+        save(
+            f"noise_{snr}db",
+            noisy,
+            patient(0),
+            text=text,
+            sid=sid,
+            snr_db=float(snr),
+            finished=True,
+        )
     save(
         "pauses",
-        synthesize_with_pauses(text, patient(1), PAUSES_MS),
+        frame(synthesize_with_pauses(text, patient(1), PAUSES_MS)),
         patient(1),
         text=text,
         sid=sid,
@@ -658,7 +746,7 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     )
     save(
         "truncated_half",
-        truncate_half(clean),
+        truncate_half(clean) if padded else truncate_tight_half(clean),
         patient(0),
         text=text,
         sid=sid,
@@ -669,7 +757,7 @@ def build_group(group: Group, out: Path) -> list[Entry]:
         voice = patient(2 + j)
         save(
             kind,
-            synthesize(alt_text, voice),
+            synth(alt_text, voice),
             voice,
             text=alt_text,
             sid=sid,
@@ -679,15 +767,16 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     other = sentences[(group.sentence_index + 1 + group.voice_index) % len(sentences)]
     if other.sid == sid:
         other = sentences[(group.sentence_index + 1) % len(sentences)]
-    different = synthesize(other.text, patient(0))
+    different = synth(other.text, patient(0))
     save("different_sentence", different, patient(0), text=other.text, sid=other.sid)
     save(
         "different_sentence_noise_0db",
-        add_noise(different, 0.0, f"{ref_id}.diff0"),
+        add_noise(finish(different, f"{ref_id}.different_sentence"), 0.0, f"{ref_id}.diff0"),
         patient(0),
         text=other.text,
         sid=other.sid,
         snr_db=0.0,
+        finished=True,
     )
     return [describe(e, out) for e in entries]
 
@@ -827,8 +916,88 @@ def bad_files(out: Path, prefix: str, *, include_long: bool) -> list[Entry]:
     return [describe(e, out) for e in entries]
 
 
+def tight_format_files(
+    out: Path, prefix: str, *, reference: str, reference_id: str, stereo_format: str = "WAV"
+) -> list[Entry]:
+    """The ``en-s01`` patient reading, tightly framed, in other formats and heavily clipped.
+
+    Valid speech in another container or sample format must be analysed like the 16-bit
+    original; the clip amplified x8 and clipped to full scale must be analysed as unreliable.
+    ``reference`` (a tight reading by the ``en-us`` therapist voice) must already exist.
+    ``stereo_format`` "FLAC" keeps the committed fixture small (a 44.1 kHz stereo WAV is
+    three times the size).
+    """
+    sentence = EN_SENTENCES[0]
+    voice = PATIENT_VOICES["en"][0]
+    ref_voice = REFERENCE_VOICES["en"][0]
+    speech = tighten(synthesize(sentence.text, voice))
+    entries: list[Entry] = []
+
+    def add(variant: str, rel: str, note: str) -> None:
+        entries.append(
+            Entry(
+                id=f"{prefix.replace('/', '.')}{variant}",
+                path=rel,
+                role="bad",
+                language="en",
+                sentence_id=sentence.sid,
+                text=sentence.text,
+                voice=voice.name,
+                speed=voice.speed,
+                pitch=voice.pitch,
+                variant=variant,
+                expected=EXPECTED[variant],
+                reference=reference_id,
+                reference_path=reference,
+                reference_voice=ref_voice.label,
+                reference_text=sentence.text,
+                same_sentence=True,
+                note=note,
+                framing="tight",
+            )
+        )
+
+    rel = f"{prefix}tight_float32.wav"
+    write_float32_wav(out / rel, speech)
+    add("tight_float32", rel, "tight clip, 32-bit float WAV, 16 kHz")
+    rel = f"{prefix}tight_pcm8.wav"
+    write_audio(out / rel, speech, subtype="PCM_U8")
+    add("tight_pcm8", rel, "tight clip, 8-bit unsigned PCM, 16 kHz mono")
+    rel = f"{prefix}tight_stereo_44k.{stereo_format.lower()}"
+    wide = np.asarray(resample_poly(speech, 441, 160), dtype=np.float64)
+    write_audio(out / rel, np.stack([wide, 0.8 * wide], axis=1), rate=44_100, fmt=stereo_format)
+    add("tight_stereo_44k", rel, "tight clip, stereo 44.1 kHz PCM 16-bit (right channel 0.8x)")
+    rel = f"{prefix}tight_clipped.wav"
+    write_audio(out / rel, np.clip(speech * TIGHT_CLIP_GAIN, -1.0, 1.0))
+    add("tight_clipped", rel, f"tight clip amplified x{TIGHT_CLIP_GAIN:g} and clipped")
+    return [describe(e, out) for e in entries]
+
+
 def _bad_job(out: Path) -> list[Entry]:
-    return bad_files(out, "bad/", include_long=True)
+    entries = bad_files(out, "bad/", include_long=True)
+    sentence, ref_voice = EN_SENTENCES[0], REFERENCE_VOICES["en"][0]
+    ref_rel = "bad/reference_tight.wav"
+    write_audio(out / ref_rel, tighten(synthesize(sentence.text, ref_voice)))
+    entries.append(
+        Entry(
+            id="bad.reference_tight",
+            path=ref_rel,
+            role="reference",
+            language="en",
+            sentence_id=sentence.sid,
+            text=sentence.text,
+            voice=ref_voice.name,
+            speed=ref_voice.speed,
+            pitch=ref_voice.pitch,
+            variant="reference",
+            expected="reference",
+            framing="tight",
+        )
+    )
+    entries += tight_format_files(
+        out, "bad/", reference=ref_rel, reference_id="bad.reference_tight"
+    )
+    return entries
 
 
 def _group_job(args: tuple[Group, Path]) -> list[Entry]:
@@ -894,7 +1063,8 @@ def make_corpus(out: Path, workers: int) -> list[Entry]:
         shutil.rmtree(build)
     build.mkdir(parents=True)
     groups = [
-        Group(s, v, lang)
+        Group(s, v, lang, framing)
+        for framing in FRAMINGS
         for lang in ("en", "zh-TW")
         for s in range(len(sentences_for(lang)))
         for v in range(len(REFERENCE_VOICES[lang]))
@@ -922,18 +1092,34 @@ def make_corpus(out: Path, workers: int) -> list[Entry]:
 
 
 def _pair_files(
-    out: Path, language: Language, fmt: str, ext: str, subtype: str, variants: Sequence[str]
+    out: Path,
+    language: Language,
+    fmt: str,
+    ext: str,
+    subtype: str,
+    variants: Sequence[str],
+    framing: Framing = "padded",
 ) -> list[Entry]:
-    """Reference plus selected attempts of sentence 1 of ``language``, in ``fmt``."""
+    """Reference plus selected attempts of sentence 1 of ``language``, in ``fmt``.
+
+    ``tight`` files get a ``_tight`` suffix and are compared with the tight reference.
+    """
     sentences = sentences_for(language)
     sentence = sentences[0]
     ref_voice = REFERENCE_VOICES[language][0]
     patient = PATIENT_VOICES[language][1]
+    tight = framing == "tight"
+    suffix = "_tight" if tight else ""
     prefix = "en" if language == "en" else "zh"
-    ref_id = f"{prefix}_reference"
+
+    def synth(text: str, voice: Voice) -> FloatArray:
+        audio = synthesize(text, voice)
+        return tighten(audio) if tight else audio
+
+    ref_id = f"{prefix}_reference{suffix}"
     ref_rel = f"{ref_id}.{ext}"
-    clean = synthesize(sentence.text, patient)
-    write_audio(out / ref_rel, synthesize(sentence.text, ref_voice), fmt=fmt, subtype=subtype)
+    clean = synth(sentence.text, patient)
+    write_audio(out / ref_rel, synth(sentence.text, ref_voice), fmt=fmt, subtype=subtype)
     entries = [
         Entry(
             id=ref_id,
@@ -948,6 +1134,7 @@ def _pair_files(
             variant="reference",
             expected="reference",
             note=sentence.gloss,
+            framing=framing,
         )
     ]
     for variant in variants:
@@ -959,19 +1146,21 @@ def _pair_files(
         elif variant == "noise_0db":
             audio, snr = add_noise(clean, 0.0, f"{ref_id}.noise0"), 0.0
         elif variant == "truncated_half":
-            audio = truncate_half(clean)
+            audio = truncate_tight_half(clean) if tight else truncate_half(clean)
         elif variant == "pauses":
             audio = synthesize_with_pauses(text, patient, PAUSES_MS)
+            audio = tighten(audio) if tight else audio
         elif variant in ("substitution", "tone_substitution"):
             text, change = sentence.alternates[0]
             changes = change.split(",")
-            audio = synthesize(text, patient)
+            audio = synth(text, patient)
         elif variant == "different_sentence":
             other = sentences[1]
             text, sid = other.text, other.sid
-            audio = synthesize(text, patient)
+            audio = synth(text, patient)
         else:
             raise ValueError(variant)
+        name += suffix
         rel = f"{prefix}_{name}.{ext}"
         write_audio(out / rel, audio, fmt=fmt, subtype=subtype)
         entries.append(
@@ -995,6 +1184,7 @@ def _pair_files(
                 same_sentence=sid == sentence.sid,
                 snr_db=snr,
                 changes=changes,
+                framing=framing,
             )
         )
     return [describe(e, out) for e in entries]
@@ -1014,11 +1204,25 @@ FIXTURE_VARIANTS: dict[Language, tuple[str, ...]] = {
 
 
 def make_fixtures(out: Path) -> list[Entry]:
-    """The small committed set the default test suite reads (FLAC speech + bad WAV files)."""
+    """The small committed set the default test suite reads (FLAC speech + bad WAV files).
+
+    Every speech fixture comes in both framings (``en_reference.flac`` and
+    ``en_reference_tight.flac``); the other formats come padded and tight.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    entries = _pair_files(out, "en", "FLAC", "flac", "PCM_16", FIXTURE_VARIANTS["en"])
-    entries += _pair_files(out, "zh-TW", "FLAC", "flac", "PCM_16", FIXTURE_VARIANTS["zh-TW"])
+    entries: list[Entry] = []
+    for framing in FRAMINGS:
+        for language in ("en", "zh-TW"):
+            variants = FIXTURE_VARIANTS[language]
+            entries += _pair_files(out, language, "FLAC", "flac", "PCM_16", variants, framing)
     entries += bad_files(out, "", include_long=False)
+    entries += tight_format_files(
+        out,
+        "",
+        reference="en_reference_tight.flac",
+        reference_id="en_reference_tight",
+        stereo_format="FLAC",
+    )
     write_manifest(out, entries, "fixtures")
     return entries
 

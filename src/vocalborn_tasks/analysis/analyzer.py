@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 #: ``on_progress(step, percent)``: step name and 0-100 progress.
 ProgressCallback = Callable[[str, float], None]
 
-_VERSION = "1.1.0"
+_VERSION = "1.2.0"
 
 
 @runtime_checkable

@@ -25,6 +25,7 @@ __all__ = [
     "HOP",
     "N_FFT",
     "Spectra",
+    "band_level_db",
     "bands_below",
     "broad_band_energies",
     "cepstra",
@@ -35,6 +36,7 @@ __all__ = [
     "runs",
     "spectra",
     "speech_mask",
+    "speech_threshold",
 ]
 
 HOP = 160  # 10 ms
@@ -48,18 +50,44 @@ N_CEPS = 8
 #: which the cepstra, normalised frame by frame in shape only, see poorly.
 BROAD_BAND_EDGES_HZ = (1000.0, 2700.0, 4800.0, 7000.0)
 _EPS = 1e-10
+#: Frames this far below the loud end of the speech band are digital silence (or a fade's
+#: tail): never speech, and left out of the noise estimate.
+DIGITAL_SILENCE_DB = 70.0
+#: Frames within this of the noise floor estimate its frame-to-frame wander (their median's
+#: rise above the floor); the speech threshold sits NOISE_WANDER_FACTOR wanders above it.
+NEAR_FLOOR_DB = 6.0
+NOISE_WANDER_FACTOR = 2.0
+#: In a file whose loud end is more than SPEECH_RANGE_DB above its floor (speech, not just
+#: noise), the speech threshold never sits higher than MAX_BELOW_LOUD_DB under the loud end.
+SPEECH_RANGE_DB = 25.0
+MAX_BELOW_LOUD_DB = 15.0
+#: Band level (dB re full scale) at or below which a frame is silence, whatever the file:
+#: 16-bit quantisation noise lies below it, speech at -40 dBFS well above.
+SILENCE_DB = -95.0
+#: Runs of speech shorter than ISLAND_FRAMES with no longer run within ISLAND_GAP_FRAMES are
+#: noise bursts, not speech (see _drop_islands).
+ISLAND_FRAMES = 20
+ISLAND_GAP_FRAMES = 50
+#: Frames at each end left out of the noise estimate (their window is partly padding).
+EDGE_FRAMES = 2
+#: Fewer frames than this above digital silence: nothing to detect speech in.
+MIN_LIVE_FRAMES = 10
 _FLOOR_DB = -100.0
 
 
-def frame_view(x: NDArray[np.float64], frame_len: int, hop: int) -> NDArray[np.float64]:
+def frame_view(
+    x: NDArray[np.float64], frame_len: int, hop: int, *, edge: bool = False
+) -> NDArray[np.float64]:
     """Frames of ``frame_len`` samples every ``hop`` samples, centred on ``k * hop``.
 
-    The signal is zero-padded by half a frame on both sides so frame ``k`` is centred at
+    The signal is padded by half a frame on both sides so frame ``k`` is centred at
     ``k * hop / SAMPLE_RATE`` seconds, the same convention Praat uses for its time axis.
-    Returns a read-only strided view (no copy): index it to get the frames you need.
+    The padding is zeros, or with ``edge`` the first and last sample repeated: a file with a
+    DC offset (or one cut mid-word) then has no step at its ends for a spectrum to see.
+    Returns a read-only strided view of the padded copy: index it to get the frames you need.
     """
     half = frame_len // 2
-    padded = np.pad(x, (half, half + frame_len))
+    padded = np.pad(x, (half, half + frame_len), mode="edge" if edge else "constant")
     n = 1 + x.size // hop
     view = np.lib.stride_tricks.sliding_window_view(padded, frame_len)[::hop]
     return view[:n]
@@ -101,10 +129,12 @@ def spectra(x: NDArray[np.float64]) -> Spectra:
     """Power spectra, frame energies and a noise estimate for a 16 kHz signal.
 
     The noise floor is the 10th percentile of frame energy; the noise spectrum is the mean
-    spectrum of the quietest fifth of the frames. Both assume some pause in the recording,
-    which read speech always has (at least at the edges).
+    spectrum of the quietest fifth of the frames. Both stand for the noise when the recording
+    has some pause; in a tightly trimmed clip they are the gaps between words (digital zeros)
+    and the weakest speech, which only adds a little to the reference in noise compensation.
+    Speech detection does not rely on them (see :func:`speech_threshold`).
     """
-    frames = frame_view(x, FRAME_LEN, HOP).astype(np.float32)
+    frames = frame_view(x, FRAME_LEN, HOP, edge=True).astype(np.float32)
     frames -= frames.mean(axis=1, keepdims=True)
     frames *= _window().astype(np.float32)
     spec = rfft(frames, n=N_FFT, axis=1)
@@ -128,28 +158,88 @@ def runs(mask: NDArray[np.bool_]) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
-def speech_mask(sp: Spectra, *, min_gap_frames: int = 8) -> NDArray[np.bool_]:
-    """Frames that hold speech.
+def band_level_db(sp: Spectra) -> NDArray[np.float64]:
+    """Per-frame energy (dB) in the band of voiced speech, 100-1500 Hz.
 
-    A frame is speech when its energy in the band of voiced speech (100-1500 Hz, where even a
-    noisy recording keeps most of its speech-to-noise ratio) rises above the recording's own
-    noise floor: the threshold sits a quarter of the way from the floor to the loud end, at
-    least 2 dB above the floor, and above the frame-to-frame wander of the noise itself.
-    Gaps shorter than ``min_gap_frames`` are filled (stop closures are not pauses) and blips
-    shorter than 40 ms are dropped.
+    White or pink noise leaves the most speech-to-noise ratio there, and a DC offset or mains
+    hum below 100 Hz does not reach it.
     """
     lo, hi = int(100 * N_FFT / SAMPLE_RATE), int(1500 * N_FFT / SAMPLE_RATE)
     band = sp.power[:, lo:hi].sum(axis=1) / (hi - lo)
-    band_db = np.maximum(10.0 * np.log10(band + _EPS), _FLOOR_DB)
-    loud = float(np.percentile(band_db, 95))
-    p5, p10, p20 = (float(v) for v in np.percentile(band_db, [5, 10, 20]))
-    floor = max(p10, loud - 55.0)
-    # The low tail's own spread says how much the noise energy wanders from frame to frame.
-    threshold = floor + max(2.0, 3.0 * (p20 - p5), 0.25 * (loud - floor))
-    mask = band_db > threshold
+    return np.asarray(np.maximum(10.0 * np.log10(band + _EPS), _FLOOR_DB), dtype=np.float64)
+
+
+def speech_threshold(band_db: NDArray[np.float64]) -> float:
+    """The band level (dB) above which a frame counts as speech.
+
+    The threshold must not depend on the file holding any silence: a tightly trimmed clip, a
+    text-to-speech reference or an app that starts recording on the first word has few or no
+    non-speech frames, and what it has may be exact digital zeros. So:
+
+    * digital silence (at or below ``SILENCE_DB``, or ``DIGITAL_SILENCE_DB`` under the loud
+      end) is never speech and is left out of the noise estimate: it says nothing about the
+      noise, and a few such frames once pulled the old spread estimate down by 100 dB;
+    * the noise floor is the 1st percentile of the remaining frames, an upper bound on the
+      noise: the room noise when the file has even a few frames of it, otherwise the weakest
+      speech (then the threshold is only conservative about the weakest frames);
+    * the margin above the floor is twice the wander of the frames *near* the floor
+      (within ``NEAR_FLOOR_DB``), so stationary noise alone never reads as speech, or a
+      quarter of the floor-to-loud range when that is more;
+    * in a file with speech-like dynamics the threshold stays ``MAX_BELOW_LOUD_DB`` under the
+      loud end, so the vowels and most consonants are speech whatever the floor estimate.
+    """
+    # The first and last frames are half padding: they would drag the 1st percentile down.
+    core = band_db[EDGE_FRAMES:-EDGE_FRAMES] if band_db.size > 10 * EDGE_FRAMES else band_db
+    loud = float(np.percentile(core, 95))
+    live = core[core > max(SILENCE_DB, loud - DIGITAL_SILENCE_DB)]
+    if live.size < MIN_LIVE_FRAMES:
+        return max(loud, SILENCE_DB) + 1.0
+    floor = max(float(np.percentile(live, 1)), loud - 55.0)
+    near = live[live <= floor + NEAR_FLOOR_DB]
+    wander = float(np.percentile(near, 50)) - floor if near.size else 0.0
+    threshold = floor + max(2.0, NOISE_WANDER_FACTOR * wander, 0.25 * (loud - floor))
+    if loud - floor > SPEECH_RANGE_DB:
+        threshold = min(threshold, loud - MAX_BELOW_LOUD_DB)
+    return max(threshold, SILENCE_DB)
+
+
+def speech_mask(sp: Spectra, *, min_gap_frames: int = 8) -> NDArray[np.bool_]:
+    """Frames that hold speech.
+
+    A frame is speech when its energy in the band of voiced speech rises above
+    :func:`speech_threshold`, which holds whether the file is 0 % or 90 % silence, digital
+    or noisy, quiet or clipped. Gaps shorter than ``min_gap_frames`` are filled (stop
+    closures are not pauses) and blips shorter than 40 ms are dropped.
+    """
+    band_db = band_level_db(sp)
+    mask = band_db > speech_threshold(band_db)
     mask = binary_closing(mask, structure=np.ones(min_gap_frames, dtype=bool))
     mask = binary_opening(mask, structure=np.ones(4, dtype=bool))
-    return np.asarray(mask, dtype=bool)
+    return _drop_islands(np.asarray(mask, dtype=bool))
+
+
+def _drop_islands(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Drop short runs far from any longer run of speech.
+
+    A wandering room noise in a mostly silent file leaves bursts of 40-180 ms above any
+    threshold that still finds quiet speech; speech itself comes in runs of words. A run
+    shorter than ``ISLAND_FRAMES`` with no run of at least that length within
+    ``ISLAND_GAP_FRAMES`` is dropped; when no run is that long (one short word), nothing is.
+    """
+    spans = runs(mask)
+    long_spans = [(a, b) for a, b in spans if b - a >= ISLAND_FRAMES]
+    if not long_spans:
+        return mask
+    out = mask.copy()
+    for a, b in spans:
+        if b - a >= ISLAND_FRAMES:
+            continue
+        near = any(
+            a - lb < ISLAND_GAP_FRAMES and la - b < ISLAND_GAP_FRAMES for la, lb in long_spans
+        )
+        if not near:
+            out[a:b] = False
+    return out
 
 
 def mel_edges() -> NDArray[np.float64]:

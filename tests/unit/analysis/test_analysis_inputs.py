@@ -68,6 +68,51 @@ def test_formats_are_read(
     assert result.pronunciation_accuracy > 50
 
 
+@pytest.mark.parametrize(
+    "fixture", ["tight_stereo_44k.flac", "tight_pcm8.wav", "tight_float32.wav"]
+)
+def test_tight_formats_are_analysed(
+    analyzer: BuiltinAnalyzer, audio_dir: Path, fixture: str
+) -> None:
+    """Issue 11: a tight clip in another format was refused as no_speech."""
+    result = analyzer.analyze(audio_dir / fixture, audio_dir / "en_reference_tight.flac")
+    assert result.pronunciation_accuracy > 50
+    assert result.level <= 2
+
+
+@pytest.mark.parametrize("subtype", ["FLOAT", "PCM_U8", "PCM_24"])
+@pytest.mark.parametrize("rate", [16_000, 44_100, 48_000])
+@pytest.mark.parametrize("stereo", [False, True])
+def test_every_tight_fixture_format_is_analysed(
+    analyzer: BuiltinAnalyzer,
+    audio_dir: Path,
+    tmp_path: Path,
+    subtype: str,
+    rate: int,
+    stereo: bool,
+) -> None:
+    """The committed tight attempt, rewritten in each format, is analysed like the original."""
+    from scipy.signal import resample_poly
+
+    data, _ = sf.read(audio_dir / "zh_other_voice_tight.flac", dtype="float64")
+    if rate != 16_000:
+        data = resample_poly(data, rate // 100, 160)
+    if stereo:
+        data = np.stack([data, 0.8 * data], axis=1)
+    path = _write(tmp_path / "converted.wav", np.clip(data, -1.0, 1.0), rate, subtype)
+    result = analyzer.analyze(path, audio_dir / "zh_reference_tight.flac", language="zh-TW")
+    assert result.level <= 2
+
+
+def test_tight_clipped_is_unreliable(analyzer: BuiltinAnalyzer, audio_dir: Path) -> None:
+    """Issue 11: the tight clip x8, clipped, was refused; it must be analysed as unreliable."""
+    result = analyzer.analyze(
+        audio_dir / "tight_clipped.wav", audio_dir / "en_reference_tight.flac"
+    )
+    assert not result.reliable
+    assert "clipped" in result.reliability_issues
+
+
 def test_clipped_is_unreliable(analyzer: BuiltinAnalyzer, audio_dir: Path, reference: Path) -> None:
     result = analyzer.analyze(audio_dir / "clipped.wav", reference)
     assert not result.reliable
