@@ -781,6 +781,43 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     return [describe(e, out) for e in entries]
 
 
+def _bad_entry(
+    entry_id: str,
+    variant: str,
+    rel: str,
+    note: str,
+    *,
+    reference_id: str,
+    reference_path: str,
+    text: str | None = None,
+    framing: str | None = None,
+) -> Entry:
+    """A "bad input" entry: the ``en-s01`` patient reading, altered as ``variant`` says."""
+    sentence = EN_SENTENCES[0]
+    voice = PATIENT_VOICES["en"][0]
+    extra: dict[str, Any] = {} if framing is None else {"framing": framing}
+    return Entry(
+        id=entry_id,
+        path=rel,
+        role="bad",
+        language="en",
+        sentence_id=sentence.sid,
+        text=sentence.text if text is None else text,
+        voice=voice.name,
+        speed=voice.speed,
+        pitch=voice.pitch,
+        variant=variant,
+        expected=EXPECTED[variant],
+        reference=reference_id,
+        reference_path=reference_path,
+        reference_voice=REFERENCE_VOICES["en"][0].label,
+        reference_text=sentence.text,
+        same_sentence=True,
+        note=note,
+        **extra,
+    )
+
+
 def bad_files(out: Path, prefix: str, *, include_long: bool) -> list[Entry]:
     """Write files that are not ordinary recordings: each tests one input-validation path.
 
@@ -813,24 +850,14 @@ def bad_files(out: Path, prefix: str, *, include_long: bool) -> list[Entry]:
         )
 
     def entry(variant: str, rel: str, note: str, text: str = sentence.text) -> Entry:
-        return Entry(
-            id=f"bad.{variant}" if include_long else variant,
-            path=rel,
-            role="bad",
-            language="en",
-            sentence_id=sentence.sid,
+        return _bad_entry(
+            f"bad.{variant}" if include_long else variant,
+            variant,
+            rel,
+            note,
             text=text,
-            voice=voice.name,
-            speed=voice.speed,
-            pitch=voice.pitch,
-            variant=variant,
-            expected=EXPECTED[variant],
-            reference=ref_id,
+            reference_id=ref_id,
             reference_path=ref_rel,
-            reference_voice=ref_voice.label,
-            reference_text=sentence.text,
-            same_sentence=True,
-            note=note,
         )
 
     rel = f"{prefix}silence.wav"
@@ -929,30 +956,18 @@ def tight_format_files(
     """
     sentence = EN_SENTENCES[0]
     voice = PATIENT_VOICES["en"][0]
-    ref_voice = REFERENCE_VOICES["en"][0]
     speech = tighten(synthesize(sentence.text, voice))
     entries: list[Entry] = []
 
     def add(variant: str, rel: str, note: str) -> None:
         entries.append(
-            Entry(
-                id=f"{prefix.replace('/', '.')}{variant}",
-                path=rel,
-                role="bad",
-                language="en",
-                sentence_id=sentence.sid,
-                text=sentence.text,
-                voice=voice.name,
-                speed=voice.speed,
-                pitch=voice.pitch,
-                variant=variant,
-                expected=EXPECTED[variant],
-                reference=reference_id,
+            _bad_entry(
+                f"{prefix.replace('/', '.')}{variant}",
+                variant,
+                rel,
+                note,
+                reference_id=reference_id,
                 reference_path=reference,
-                reference_voice=ref_voice.label,
-                reference_text=sentence.text,
-                same_sentence=True,
-                note=note,
                 framing="tight",
             )
         )
