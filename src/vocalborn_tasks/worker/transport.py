@@ -252,7 +252,7 @@ class Channel(kombu_redis.Channel):
             logger.error("discarded a queue entry on %r that is not a task message", dest)
             return True
         tag = _text(tag)
-        faults.point("after_reserve")
+        faults.point("after_reserve", str(message.get("headers", {}).get("id", "")))
         self._vb_reserved.add(tag)
         self.connection._deliver(message, dest)
         return True
