@@ -21,7 +21,7 @@ import anyio
 import pytest
 import redis
 
-from support import WorkerProcess, flush, running_worker
+from support import WorkerProcess, flush, running_worker, wait_until
 from vocalborn_tasks import Monitor, TaskManager, TaskSettings, task_definition
 from vocalborn_tasks.embedded import free_port
 from vocalborn_tasks.samples import sample_path
@@ -450,3 +450,57 @@ def test_output_through_a_pipe(clean: TaskSettings, redis_url: str, tmp_path: Pa
             for stream in (mon.stdout, mon.stderr):
                 if stream is not None:
                     stream.close()
+
+
+# --- rough edge: a cancel that lands as the task finishes has one outcome everywhere ---------------
+
+
+async def test_cancel_while_finishing_is_revoked_everywhere(
+    clean: TaskSettings, redis_url: str, tmp_path: Path
+) -> None:
+    """The run is held after computing its result and before storing it; the cancel lands
+    there. Caller, ``task``, the worker's log and the statistics all say revoked."""
+    from vocalborn_tasks.tasks import echo
+
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    worker = WorkerProcess(
+        clean,
+        name="race",
+        pool="solo",  # the cancel's broadcast waits for the task: only the record decides
+        extra_env={"VOCALBORN_FAULT_POINT": "before_store", "VOCALBORN_FAULT_HOLD": str(hold)},
+        log_dir=tmp_path,
+    )
+    try:
+        worker.start()
+        async with TaskManager(clean) as manager, Monitor(clean) as monitor:
+            handle = await manager.submit(echo, "race")
+            await anyio.to_thread.run_sync(
+                lambda: wait_until((hold / "reached").exists, 60, what="the held store")
+            )
+            assert (hold / "reached").read_text() == handle.id
+            cancelled = await anyio.to_thread.run_sync(
+                lambda: cli("cancel", handle.id, redis_url=redis_url)
+            )
+            assert cancelled.stdout.strip() == f"{handle.id}: REVOKED", explain(cancelled)
+            (hold / "release").touch()
+
+            line = f"[{handle.id}] revoked: cancelled as it finished"
+            await anyio.to_thread.run_sync(
+                lambda: wait_until(
+                    lambda: line in worker.log_path.read_text(errors="replace"),
+                    60,
+                    what="the worker's line for the run",
+                )
+            )
+            log = worker.log_path.read_text(errors="replace")
+            assert f"[{handle.id}] succeeded" not in log, log
+            shown = await anyio.to_thread.run_sync(
+                lambda: cli("task", handle.id, redis_url=redis_url)
+            )
+            assert f"{handle.id} REVOKED" in shown.stdout, explain(shown)
+            assert (await manager.get_task_status(handle)).state.value == "REVOKED"
+            (stats,) = [t for t in await monitor.get_task_type_stats() if t.task == echo.name]
+            assert (stats.succeeded, stats.revoked) == (0, 1), stats
+    finally:
+        worker.stop()
