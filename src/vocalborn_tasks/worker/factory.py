@@ -170,6 +170,9 @@ def create_celery_app(
     from .result_logging import HideResultsStep
 
     app.steps["worker"].add(HideResultsStep)
+    from .warmup import WarmImportsStep
+
+    app.steps["worker"].add(WarmImportsStep)
     from .stats_recorder import install_stats
 
     install_stats(app)
