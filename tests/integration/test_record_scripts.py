@@ -671,3 +671,18 @@ def test_script_source_has_the_prelude_and_refuses_unknown_names() -> None:
     assert "local FINAL" in script_source("store") and "put_meta(KEYS[1]" in script_source("store")
     with pytest.raises(KeyError):
         script_source("nope")
+
+
+# --- position (read only) -------------------------------------------------------------------------
+def test_position_counts_what_workers_take_first(rec: Rec) -> None:
+    high = rec.queue + "\x06\x163"
+    # Workers take the base list first, from its RPOP end; then the priority lists.
+    rec.broker.lpush(rec.queue, envelope("a", rec.queue), envelope("b", rec.queue))
+    target = json.loads(envelope("c", rec.queue))
+    target["headers"]["id"] = "wanted"
+    rec.broker.lpush(high, json.dumps(target).encode(), envelope("d", rec.queue))
+    before = rec.broker.lrange(high, 0, -1)
+    position = rec.bs["position"]
+    assert position(keys=[rec.queue, high], args=["wanted"]) == [2, 2, 4]
+    assert position(keys=[rec.queue, high], args=["nowhere"]) == [0, 4, 4]
+    assert rec.broker.lrange(high, 0, -1) == before  # changes nothing
