@@ -19,6 +19,7 @@ import redis
 from vocalborn_tasks.config import TaskSettings
 from vocalborn_tasks.record import (
     FINAL_STATES,
+    SCRIPT_NAMES,
     RecordKeys,
     ScriptSet,
     celery_meta,
@@ -686,3 +687,11 @@ def test_position_counts_what_workers_take_first(rec: Rec) -> None:
     assert position(keys=[rec.queue, high], args=["wanted"]) == [2, 2, 4]
     assert position(keys=[rec.queue, high], args=["nowhere"]) == [0, 4, 4]
     assert rec.broker.lrange(high, 0, -1) == before  # changes nothing
+
+
+def test_every_lua_file_is_a_named_script() -> None:
+    from importlib.resources import files
+
+    lua = files("vocalborn_tasks.record").joinpath("lua")
+    stems = {p.name.removesuffix(".lua") for p in lua.iterdir() if p.name.endswith(".lua")}
+    assert stems - {"_prelude"} == set(SCRIPT_NAMES)
