@@ -69,7 +69,8 @@ def create_celery_app(
 
     Args:
         settings: where to connect and how to behave; ``TaskSettings()`` (environment) if omitted.
-        register: register the built-in tasks (analysis, maintenance, health, test).
+        register: register the built-in tasks (analysis, maintenance, health, test) and the
+            task definitions of the host modules named by ``TASK_MODULES``.
 
     Returns:
         The app. Building it opens no connection.
@@ -170,13 +171,17 @@ def create_celery_app(
     from .result_logging import HideResultsStep
 
     app.steps["worker"].add(HideResultsStep)
+    from .result_logging import StartupChecksStep
+
+    app.steps["worker"].add(StartupChecksStep)
     from .stats_recorder import install_stats
 
     install_stats(app)
     if register:
-        from .runtime import register_builtin_tasks
+        from .runtime import register_builtin_tasks, register_task_modules
 
         register_builtin_tasks(app)
+        register_task_modules(app, settings.task_modules)
     return app
 
 
