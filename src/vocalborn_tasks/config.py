@@ -253,6 +253,14 @@ class TaskSettings(BaseSettings):
     temp_max_age_s: float = Field(
         default=86400.0, gt=0, validation_alias=_env("TEMP_MAX_AGE", "temp_max_age_s")
     )
+    #: Where the web integration stores uploads (inside RECORDING_ROOTS); the maintenance task
+    #: deletes files there older than ``upload_retention_s``.
+    upload_dir: Path | None = Field(
+        default=None, validation_alias=_env("UPLOAD_DIR", "upload_dir")
+    )
+    upload_retention_s: float = Field(
+        default=86400.0, gt=0, validation_alias=_env("UPLOAD_RETENTION", "upload_retention_s")
+    )
     maintenance_interval_s: float = Field(
         default=3600.0,
         gt=0,
