@@ -255,9 +255,7 @@ class TaskSettings(BaseSettings):
     )
     #: Where the web integration stores uploads (inside RECORDING_ROOTS); the maintenance task
     #: deletes files there older than ``upload_retention_s``.
-    upload_dir: Path | None = Field(
-        default=None, validation_alias=_env("UPLOAD_DIR", "upload_dir")
-    )
+    upload_dir: Path | None = Field(default=None, validation_alias=_env("UPLOAD_DIR", "upload_dir"))
     upload_retention_s: float = Field(
         default=86400.0, gt=0, validation_alias=_env("UPLOAD_RETENTION", "upload_retention_s")
     )

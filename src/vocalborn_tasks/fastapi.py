@@ -139,9 +139,7 @@ ManagerDep = Annotated[TaskManager, Depends(get_manager)]
 class ProblemError(Exception):
     """An HTTP problem raised by the router itself (e.g. an upload over the size cap)."""
 
-    def __init__(
-        self, status: int, code: str, detail: str, *, cause: ErrorCause = "input"
-    ) -> None:
+    def __init__(self, status: int, code: str, detail: str, *, cause: ErrorCause = "input") -> None:
         super().__init__(detail)
         self.status = status
         self.code = code

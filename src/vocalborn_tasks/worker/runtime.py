@@ -331,9 +331,7 @@ def execute_definition(
         except ValidationError as exc:
             raise InvalidRequestError(
                 f"{definition.name}: invalid arguments ({exc.error_count()} errors): "
-                + "; ".join(
-                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5]
-                )
+                + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
             ) from None
     except Ignore:
         raise
