@@ -73,6 +73,10 @@ def web_worker(
         proc.stop()
 
 
+def test_worker_with_recording_roots_gives_no_roots_warning(web_worker: WorkerProcess) -> None:
+    assert "RECORDING_ROOTS is not set" not in web_worker.log_tail(400)
+
+
 class WebServer:
     """``uvicorn --factory web_app:create_app`` on a fixed port, owned by PID."""
 
