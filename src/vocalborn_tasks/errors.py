@@ -116,13 +116,13 @@ _INPUT_TYPES: Final = frozenset({"AudioError", "InvalidRequestError", "Recording
 def error_cause(code: str, remote_type: str | None = None) -> ErrorCause:
     """Whose fault an error with ``code`` (raised as ``remote_type``) is.
 
-    A code of the table decides; an unknown code (a host's own) is ``"input"`` when the
-    exception was an :class:`AudioError` or :class:`InvalidRequestError`, else ``"system"``.
+    An :class:`AudioError` or :class:`InvalidRequestError` is always ``"input"``; otherwise
+    the code's row decides, and an unknown code (a host's own) is ``"system"``.
     """
+    if remote_type in _INPUT_TYPES:
+        return "input"
     row = ERROR_CODES.get(code)
-    if row is not None:
-        return row.cause
-    return "input" if remote_type in _INPUT_TYPES else "system"
+    return row.cause if row is not None else "system"
 
 
 def public_message_for(code: str, remote_type: str | None = None) -> str:
