@@ -541,9 +541,11 @@ def analysis_router(
         manager: ManagerDep,
         wait: Annotated[float, Query(ge=0)] = 20.0,
     ) -> Response:
-        _check_found(await manager.get_task_status(task_id))
+        current = _check_found(await manager.get_task_status(task_id))
+        # A finished task answers at once, whatever ``wait`` says (even 0).
+        timeout = None if current.is_final else min(wait, max_wait_s)
         try:
-            result = await manager.wait_for_result(task_id, timeout=min(wait, max_wait_s))
+            result = await manager.wait_for_result(task_id, timeout=timeout)
         except TaskTimeoutError:
             status = await manager.get_task_status(task_id)
             return JSONResponse(

@@ -264,6 +264,8 @@ async def test_upload_then_status_result_and_events(
     result = await client.get(f"/analyses/{task_id}/result", params={"wait": 60})
     assert result.status_code == 200, result.text
     assert result.json()["practice_record_id"] == rid
+    again = await client.get(f"/analyses/{task_id}/result", params={"wait": 0})
+    assert again.status_code == 200 and again.json() == result.json()  # finished: no 202
 
     status = (await client.get(f"/analyses/{task_id}")).json()
     assert status["state"] == "SUCCESS" and status["error"] is None
