@@ -1,10 +1,12 @@
 """Submit a host-defined task and get its typed result back.
 
-Start a worker that knows the task (see ``custom_worker.py``), from the repository root::
+Start a worker that also runs the tasks of ``custom_tasks.py``, from the repository root::
 
     export REDIS_URL=redis://127.0.0.1:6379
-    REMAP_SIGTERM=SIGQUIT celery -A examples.custom_worker worker --pool solo &
+    vocalborn-tasks worker --include examples.custom_tasks &
     python examples/custom_task.py
+
+(``custom_worker.py`` shows the other way: a worker module of your own for ``celery -A``.)
 """
 
 from __future__ import annotations

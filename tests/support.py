@@ -75,6 +75,7 @@ class WorkerProcess:
         extra_env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
         module: str = "vocalborn_tasks",
+        args: tuple[str, ...] = (),
     ) -> None:
         self.settings = settings
         self.name = name
@@ -85,6 +86,7 @@ class WorkerProcess:
         self.extra_env = dict(extra_env or {})
         self.log_path = (log_dir or Path("/tmp")) / f"worker-{name}-{os.getpid()}.log"
         self.module = module  # a host's worker module works too: ``python -m <module> worker``
+        self.args = args  # more ``worker`` options, e.g. ("--include", "myapp.tasks")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -116,6 +118,7 @@ class WorkerProcess:
             self.pool,
             "--hostname",
             self.hostname,
+            *self.args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(

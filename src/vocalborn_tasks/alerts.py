@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._redis import redis_errors
 from .config import TaskSettings
 from .errors import ConfigurationError
+from .record import ScriptSet
 
 if TYPE_CHECKING:
     from .monitor import HealthReport, Monitor, TaskTypeStats
@@ -274,11 +275,6 @@ def current_alerts(
 
 # --- evaluation ---------------------------------------------------------------------------------
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 async def evaluate_alerts(
     monitor: Monitor, sinks: Iterable[AlertSink] | None = None
@@ -329,7 +325,7 @@ async def evaluate_alerts(
             if changed or removed:
                 await pipe.execute()
         finally:
-            await backend.eval(_RELEASE, 1, lock_key, token)
+            await ScriptSet(backend)["release"](keys=[lock_key], args=[token])
     return notices
 
 

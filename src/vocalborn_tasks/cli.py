@@ -148,13 +148,28 @@ def _reexec_with_soft_shutdown() -> None:
 @click.option("-c", "--concurrency", type=int, default=None, help="Pool processes (default: CPUs).")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "solo", "threads"]), default=None)
 @click.option("-n", "--hostname", default=None, help="Worker node name, e.g. analysis1@%h.")
+@click.option(
+    "-I",
+    "--include",
+    multiple=True,
+    metavar="MODULE",
+    help="Host module whose task definitions to run (repeatable; adds to TASK_MODULES).",
+)
 @click.pass_context
 @handle_errors
 def worker(
-    ctx: click.Context, queues: str, concurrency: int | None, pool: str | None, hostname: str | None
+    ctx: click.Context,
+    queues: str,
+    concurrency: int | None,
+    pool: str | None,
+    hostname: str | None,
+    include: tuple[str, ...],
 ) -> None:
     """Run a worker (SIGTERM: running tasks get a grace period, then go back to the queue)."""
     settings = _settings(ctx)
+    if include:
+        modules = [*settings.task_modules, *(m for m in include if m not in settings.task_modules)]
+        settings = settings.model_copy(update={"task_modules": modules})
     _reexec_with_soft_shutdown()
     from .worker import run_worker
     from .worker.celery_private import say_shutdown_in_our_words

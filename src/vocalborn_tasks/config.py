@@ -202,8 +202,10 @@ class TaskSettings(BaseSettings):
     )
 
     # --- Recordings and analysis --------------------------------------------------------------
-    #: Directories recordings may be read from. Empty means "any local path" (development);
-    #: set it in production so a request cannot name /etc/shadow.
+    #: Directories recordings may be read from. Empty means "any local path" (development
+    #: only): a worker started without roots logs a WARNING at start-up, and the web
+    #: integration (:mod:`vocalborn_tasks.fastapi`) refuses to start. Set it in production so
+    #: a request cannot name /etc/shadow.
     recording_roots: list[Path] = Field(
         default_factory=list, validation_alias=_env("RECORDING_ROOTS", "recording_roots")
     )
@@ -221,6 +223,10 @@ class TaskSettings(BaseSettings):
     #: ``package.module:attr`` of a ResultSink that stores each finished analysis once.
     result_sink: str | None = Field(
         default=None, validation_alias=_env("RESULT_SINK", "result_sink")
+    )
+    #: Host modules whose task definitions a worker registers (``worker --include``).
+    task_modules: list[str] = Field(
+        default_factory=list, validation_alias=_env("TASK_MODULES", "task_modules")
     )
     analysis_max_duration_s: float = Field(
         default=60.0,
@@ -246,6 +252,12 @@ class TaskSettings(BaseSettings):
     )
     temp_max_age_s: float = Field(
         default=86400.0, gt=0, validation_alias=_env("TEMP_MAX_AGE", "temp_max_age_s")
+    )
+    #: Where the web integration stores uploads (inside RECORDING_ROOTS); the maintenance task
+    #: deletes files there older than ``upload_retention_s``.
+    upload_dir: Path | None = Field(default=None, validation_alias=_env("UPLOAD_DIR", "upload_dir"))
+    upload_retention_s: float = Field(
+        default=86400.0, gt=0, validation_alias=_env("UPLOAD_RETENTION", "upload_retention_s")
     )
     maintenance_interval_s: float = Field(
         default=3600.0,

@@ -22,13 +22,21 @@ help (bad audio, an invalid request). Tasks retry only the first kind.
         ├── TaskTimeoutError            waiting for it took longer than the caller allowed
         └── TaskNotFoundError           no such task: never submitted, or its result expired
             └── TaskLostError           submitted, then lost (e.g. a non-persistent server restart)
+
+Every error has a stable ``code`` (never ``None``), and every code has one row in
+:data:`ERROR_CODES`: its *cause* (``"input"``: the request or the patient's recording was the
+problem, resubmitting it unchanged cannot help; ``"system"``: the back end was, a retry or an
+operator can help) and a *public message* that is safe to show to an end user. An error's
+``message`` (``str(exc)``) is the detail for logs: it may name server paths and file names;
+``public_message`` never does. The same table is in ``docs/errors.md``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final, Literal, NamedTuple
 
 __all__ = [
+    "ERROR_CODES",
     "AudioError",
     "BrokerAuthError",
     "BrokerUnavailableError",
@@ -45,8 +53,86 @@ __all__ = [
     "TaskRevokedError",
     "TaskTimeoutError",
     "VocalbornTasksError",
+    "error_cause",
     "is_retryable",
+    "public_message_for",
 ]
+
+#: Whose fault an error is: the request/recording ("input") or the back end ("system").
+ErrorCause = Literal["input", "system"]
+
+
+class ErrorCode(NamedTuple):
+    """One row of :data:`ERROR_CODES`."""
+
+    cause: ErrorCause
+    public_message: str
+
+
+#: Every code the library sets, with its cause and a message safe to show an end user.
+ERROR_CODES: Final[dict[str, ErrorCode]] = {
+    # --- refused at submit time (InvalidRequestError): nothing was queued ---
+    "invalid_request": ErrorCode("input", "the request is invalid"),
+    "recording_access": ErrorCode("input", "a recording was not found or is not allowed"),
+    "unreadable_audio": ErrorCode("input", "a recording is not a readable audio file"),
+    "empty_audio": ErrorCode("input", "a recording holds no audio"),
+    # --- found by the analysis on the worker (AudioError): the task ends in FAILURE ---
+    "audio": ErrorCode("input", "the recording cannot be analysed"),
+    "unreadable": ErrorCode("input", "the recording could not be decoded as audio"),
+    "unsupported_format": ErrorCode("input", "the recording's audio format is not supported"),
+    "empty": ErrorCode("input", "the recording is empty"),
+    "too_short": ErrorCode("input", "the recording is too short"),
+    "too_long": ErrorCode("input", "the recording is much longer than the reference"),
+    "no_speech": ErrorCode("input", "no speech was found in the recording"),
+    "reference_unusable": ErrorCode("input", "the reference recording cannot be used"),
+    # --- the back end: a retry later, or an operator, can help ---
+    "broker_unavailable": ErrorCode("system", "the service is temporarily unavailable"),
+    "broker_auth": ErrorCode("system", "the service is misconfigured"),
+    "configuration": ErrorCode("system", "the service is misconfigured"),
+    "closed": ErrorCode("system", "the service is shutting down"),
+    "time_limit": ErrorCode("system", "the analysis took too long"),
+    "worker_lost": ErrorCode("system", "the worker running the task stopped unexpectedly"),
+    "delivery_limit": ErrorCode("system", "the task kept stopping its workers and was given up"),
+    "unknown_task": ErrorCode("system", "no worker knows this kind of task"),
+    "retryable": ErrorCode("system", "a temporary failure persisted after retries"),
+    "bad_result": ErrorCode("system", "the task returned an unexpected result"),
+    "internal": ErrorCode("system", "an internal error occurred"),
+    # --- about a task rather than its outcome (TaskError subclasses) ---
+    "task_failed": ErrorCode("system", "the task failed"),
+    "revoked": ErrorCode("system", "the task was cancelled"),
+    "timeout": ErrorCode("system", "the task has not finished yet"),
+    "not_found": ErrorCode("system", "no such task"),
+    "expired": ErrorCode("system", "the task's result has expired"),
+    "lost": ErrorCode("system", "the task was lost by the server; submit it again"),
+    # --- generic codes of the base classes (subclasses refine them) ---
+    "error": ErrorCode("system", "an error occurred"),
+    "task": ErrorCode("system", "an error occurred with this task"),
+}
+
+#: Remote exception types that mean "the request or its recording" whatever their code.
+_INPUT_TYPES: Final = frozenset({"AudioError", "InvalidRequestError", "RecordingAccessError"})
+
+
+def error_cause(code: str, remote_type: str | None = None) -> ErrorCause:
+    """Whose fault an error with ``code`` (raised as ``remote_type``) is.
+
+    An :class:`AudioError` or :class:`InvalidRequestError` is always ``"input"``; otherwise
+    the code's row decides, and an unknown code (a host's own) is ``"system"``.
+    """
+    if remote_type in _INPUT_TYPES:
+        return "input"
+    row = ERROR_CODES.get(code)
+    return row.cause if row is not None else "system"
+
+
+def public_message_for(code: str, remote_type: str | None = None) -> str:
+    """The end-user message of ``code``: fixed text, never a path or a file name."""
+    row = ERROR_CODES.get(code)
+    if row is not None:
+        return row.public_message
+    if error_cause(code, remote_type) == "input":
+        return ERROR_CODES["audio"].public_message
+    return ERROR_CODES["internal"].public_message
 
 
 class VocalbornTasksError(Exception):
@@ -56,16 +142,30 @@ class VocalbornTasksError(Exception):
     #: A stable, machine-readable code; subclasses and instances refine it.
     code: str = "error"
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, *, public: str | None = None) -> None:
         # Both go into ``args`` so Celery's JSON exception format carries the code to the
         # caller, and ``type(exc)(*exc.args)`` rebuilds an equal error.
         super().__init__(message, code if code is not None else type(self).code)
         self.message = message
         if code is not None:
             self.code = code
+        self._public = public
 
     def __str__(self) -> str:
         return self.message
+
+    @property
+    def cause(self) -> ErrorCause:
+        """``"input"`` (the request or recording) or ``"system"`` (the back end)."""
+        return error_cause(self.code, type(self).__name__)
+
+    @property
+    def public_message(self) -> str:
+        """A message safe to show an end user: no server paths, no file names.
+
+        ``message`` keeps the detail for logs.
+        """
+        return self._public if self._public is not None else public_message_for(self.code)
 
 
 class ConfigurationError(VocalbornTasksError):
@@ -81,9 +181,29 @@ class ManagerClosedError(VocalbornTasksError):
 
 
 class InvalidRequestError(VocalbornTasksError):
-    """A request was refused at the edge; nothing was queued."""
+    """A request was refused at the edge; nothing was queued.
+
+    The one type a host catches for "the request is bad", whether it came from building an
+    :class:`~vocalborn_tasks.models.AnalysisRequest`, from the keyword form of
+    ``submit_audio_analysis`` or from the file checks at submit time.
+
+    Attributes:
+        errors: for a request that failed validation, one ``{"loc": [...], "msg": ...}``
+            per problem (never the rejected value itself); empty otherwise.
+    """
 
     code = "invalid_request"
+
+    def __init__(
+        self,
+        message: str,
+        code: str | None = None,
+        *,
+        public: str | None = None,
+        errors: list[dict[str, object]] | None = None,
+    ) -> None:
+        super().__init__(message, code, public=public)
+        self.errors: list[dict[str, object]] = list(errors or [])
 
 
 class RecordingAccessError(InvalidRequestError):
@@ -115,8 +235,8 @@ class AudioError(VocalbornTasksError):
 
     code = "audio"
 
-    def __init__(self, message: str, code: str = "audio") -> None:
-        super().__init__(message, code)
+    def __init__(self, message: str, code: str = "audio", *, public: str | None = None) -> None:
+        super().__init__(message, code, public=public)
 
 
 class RetryableTaskError(VocalbornTasksError):
@@ -162,18 +282,30 @@ class TaskError(VocalbornTasksError):
 
     code = "task"
 
-    def __init__(self, message: str, *, task_id: str, code: str | None = None) -> None:
-        super().__init__(message, code)
+    def __init__(
+        self, message: str, *, task_id: str, code: str | None = None, public: str | None = None
+    ) -> None:
+        super().__init__(message, code, public=public)
         self.task_id = task_id
 
 
 class TaskFailedError(TaskError):
     """The task ended in FAILURE.
 
+    Branch on ``cause`` and ``code``, never on ``remote_type``::
+
+        except TaskFailedError as exc:
+            if exc.cause == "input":      # the patient's recording: ask for a new one
+                show(exc.public_message)  # e.g. code "too_short", "no_speech"
+            else:                         # "system": the back end; retry later or alert
+                ...
+
     Attributes:
         remote_type: the exception class name raised in the worker.
-        remote_message: its message, as the worker stored it.
-        code: a stable code when the worker knew one (e.g. ``no_speech``, ``delivery_limit``).
+        remote_message: its message, as the worker stored it (for logs: may name paths).
+        code: always set: the worker's code (``no_speech``, ``delivery_limit``...), or
+            ``internal`` for an exception that carried none (see :data:`ERROR_CODES`).
+        cause: ``"input"`` or ``"system"``.
     """
 
     code = "task_failed"
@@ -186,10 +318,21 @@ class TaskFailedError(TaskError):
         remote_type: str,
         remote_message: str,
         code: str | None = None,
+        public: str | None = None,
     ) -> None:
-        super().__init__(message, task_id=task_id, code=code)
+        super().__init__(message, task_id=task_id, code=code or "internal", public=public)
         self.remote_type = remote_type
         self.remote_message = remote_message
+
+    @property
+    def cause(self) -> ErrorCause:
+        return error_cause(self.code, self.remote_type)
+
+    @property
+    def public_message(self) -> str:
+        if self._public is not None:
+            return self._public
+        return public_message_for(self.code, self.remote_type)
 
 
 class TaskRevokedError(TaskError):

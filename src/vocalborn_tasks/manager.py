@@ -9,6 +9,7 @@ round trip, by a script), and reads and awaits results natively through
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
@@ -21,6 +22,8 @@ from ._protocol import build_task_message
 from ._redis import async_client, pubsub_connection_factory, redis_errors
 from .config import TaskSettings
 from .errors import (
+    BrokerAuthError,
+    BrokerUnavailableError,
     InvalidRequestError,
     ManagerClosedError,
     TaskFailedError,
@@ -29,7 +32,14 @@ from .errors import (
     TaskRevokedError,
     TaskTimeoutError,
 )
-from .models import AnalysisRequest, AnalysisResult, TaskState, TaskStatus
+from .models import (
+    AnalysisRequest,
+    AnalysisResult,
+    TaskState,
+    TaskStatus,
+    invalid_request_from,
+    parse_cursor,
+)
 from .record import RecordKeys, ScriptSet, new_task_id, revoked_meta
 from .recordings import (
     RecordingResolver,
@@ -48,6 +58,8 @@ if TYPE_CHECKING:
     from .worker.factory import VocalbornCelery
 
 __all__ = ["TaskManager"]
+
+logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -202,8 +214,8 @@ class TaskManager:
             return request
         try:
             return AnalysisRequest.model_validate(given)
-        except ValidationError as exc:
-            raise InvalidRequestError(_validation_message(exc)) from None
+        except ValidationError as exc:  # the other models raise pydantic's own
+            raise invalid_request_from(exc) from None
 
     async def submit_audio_analysis(
         self,
@@ -363,24 +375,81 @@ class TaskManager:
         async with redis_errors(self.settings, "status of tasks"):
             return await reader.fetch_many(ids)
 
-    async def watch(self, task: str | TaskHandle[Any]) -> AsyncIterator[TaskStatus]:
+    async def watch(
+        self, task: str | TaskHandle[Any], *, after: str | None = None
+    ) -> AsyncIterator[TaskStatus]:
         """Yield the task's status now and at each change (progress included); ends when final.
+
+        Every status names the task (``task_name``). A broker blip while following (a Redis
+        restart, a failover) is waited out, like :meth:`wait_for_result` does: once Redis
+        answers again the stream re-reads the task and goes on, without repeating the status
+        it last yielded; it gives up after ``BROKER_OUTAGE_TOLERANCE`` seconds. A task the
+        server forgot meanwhile ends the stream with ``LOST``.
+
+        Args:
+            after: the :attr:`TaskStatus.cursor` of the last status the caller saw (e.g. an
+                SSE ``Last-Event-ID``): the current status is only yielded if it is later,
+                then every change. After a final status's cursor, nothing is yielded.
 
         Raises:
             TaskNotFoundError: the id is unknown or expired.
+            BrokerUnavailableError: Redis is unreachable at the start, or stayed unreachable
+                for longer than ``BROKER_OUTAGE_TOLERANCE`` while following.
         """
         reader = self._ensure_open()
         task_id = str(task)
-        stream = reader.watch(task_id)
-        try:
-            async with redis_errors(self.settings, f"watch task {task_id}"):
-                first = await anext(stream)
-            yield first
-            async with redis_errors(self.settings, f"watch task {task_id}", bounded=False):
-                async for status in stream:
-                    yield status
-        finally:
-            await stream.aclose()
+        seen = parse_cursor(after)
+        last: TaskStatus | None = None
+        tolerance = self.settings.broker_outage_tolerance_s
+        outage_since: float | None = None
+        pause = 0.05
+        while True:
+            stream = reader.watch(task_id)
+            try:
+                try:
+                    async with redis_errors(self.settings, f"watch task {task_id}"):
+                        first = await anext(stream)
+                except TaskNotFoundError:
+                    if last is None:
+                        raise
+                    # Known a moment ago, unknown after the outage: the server forgot it.
+                    yield last.model_copy(
+                        update={"state": TaskState.LOST, "step": None, "progress": None}
+                    )
+                    return
+                outage_since, pause = None, 0.05
+                key = parse_cursor(first.cursor)
+                if seen is None or (key is not None and key > seen):
+                    last = first
+                    yield first
+                elif first.is_final:
+                    return  # the caller saw the final state already
+                last = last or first
+                if first.is_final:
+                    return
+                async with redis_errors(self.settings, f"watch task {task_id}", bounded=False):
+                    async for status in stream:
+                        if status.task_name is None:
+                            status = status.model_copy(update={"task_name": last.task_name})
+                        last = status
+                        seen = parse_cursor(status.cursor)
+                        yield status
+                return
+            except BrokerUnavailableError as exc:
+                if isinstance(exc, BrokerAuthError) or last is None:
+                    raise
+                now = time.monotonic()
+                outage_since = outage_since if outage_since is not None else now
+                if now - outage_since + pause > tolerance:
+                    raise
+                logger.warning(
+                    "watch task %s: Redis unavailable (%s); retrying in %.2f s", task_id, exc, pause
+                )
+                seen = parse_cursor(last.cursor)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            finally:
+                await stream.aclose()
 
     @overload
     async def wait_for_result(self, task: TaskHandle[R], *, timeout: float | None = None) -> R: ...

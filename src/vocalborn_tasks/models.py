@@ -12,7 +12,18 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ErrorCause, InvalidRequestError, error_cause, public_message_for
 
 __all__ = [
     "FINAL_STATES",
@@ -23,6 +34,8 @@ __all__ = [
     "TaskErrorInfo",
     "TaskState",
     "TaskStatus",
+    "invalid_request_from",
+    "parse_cursor",
     "state_from_celery",
 ]
 
@@ -117,6 +130,19 @@ class AnalysisRequest(_Model):
     )
     analysis_params: dict[str, JsonValue] = Field(default_factory=dict)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_error_type(
+        cls, data: Any, handler: ModelWrapValidatorHandler[AnalysisRequest]
+    ) -> AnalysisRequest:
+        # A host catches one type for "the request is bad": InvalidRequestError, whether the
+        # request was built here or by the keyword form of submit_audio_analysis. (pydantic
+        # lets exceptions other than ValueError/AssertionError out of a validator unchanged.)
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise invalid_request_from(exc) from None
+
     @field_validator("analysis_params")
     @classmethod
     def _params_size(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
@@ -182,12 +208,33 @@ class AnalysisResult(_Model):
 
 
 class TaskErrorInfo(_Model):
-    """Why a task failed, as stored by the worker: never a traceback with secrets in it."""
+    """Why a task failed, as stored by the worker: never a traceback with secrets in it.
+
+    ``code`` is always set (``internal`` for an exception that carried none) and ``cause``
+    says whose fault it was (see :data:`vocalborn_tasks.errors.ERROR_CODES`). ``message`` is
+    the worker's detail, for logs (it may name server paths); show ``public_message``.
+    """
 
     type: str
     message: str
-    code: str | None = None
+    code: str = "internal"
+    cause: ErrorCause = "system"
+    public_message: str = ""
     retryable: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            if data.get("code") is None:
+                data["code"] = "internal"
+            code, kind = str(data["code"]), data.get("type")
+            remote = kind if isinstance(kind, str) else None
+            data.setdefault("cause", error_cause(code, remote))
+            if not data.get("public_message"):
+                data["public_message"] = public_message_for(code, remote)
+        return data
 
 
 class TaskStatus(_Model):
@@ -213,3 +260,46 @@ class TaskStatus(_Model):
     def is_final(self) -> bool:
         """True when the task will not change state again."""
         return self.state.is_final
+
+    @property
+    def cursor(self) -> str:
+        """Where this status lies in the task's life, for resuming a stream after it.
+
+        Ordered by attempt, then state (queued < started < progress < retry < final), then
+        progress; ``TaskManager.watch(task, after=cursor)`` yields only what comes later.
+        The SSE route of :mod:`vocalborn_tasks.fastapi` sends it as each event's ``id``.
+        """
+        rank = 4 if self.is_final else _CURSOR_RANK.get(self.state, 0)
+        return f"{self.retries}.{rank}.{round((self.progress or 0.0) * 100)}"
+
+
+_CURSOR_RANK: dict[TaskState, int] = {
+    TaskState.PENDING: 0,
+    TaskState.STARTED: 1,
+    TaskState.PROGRESS: 2,
+    TaskState.RETRY: 3,
+}
+
+
+def parse_cursor(cursor: str | None) -> tuple[int, int, int] | None:
+    """The sort key of a :attr:`TaskStatus.cursor`; None for a missing or malformed one."""
+    if not cursor:
+        return None
+    parts = cursor.strip().split(".")
+    if len(parts) != 3 or not all(p.isdigit() and len(p) <= 9 for p in parts):
+        return None
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def invalid_request_from(exc: ValidationError) -> InvalidRequestError:
+    """An :class:`InvalidRequestError` for a failed validation (messages, never the values)."""
+    errors: list[dict[str, object]] = []
+    parts: list[str] = []
+    for e in exc.errors():
+        loc = [str(p) for p in e["loc"]]
+        errors.append({"loc": loc, "msg": e["msg"]})
+        if len(parts) < 5:
+            parts.append(f"{'.'.join(loc) or 'request'}: {e['msg']}")
+    more = exc.error_count() - len(parts)
+    message = "invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+    return InvalidRequestError(message, public=message, errors=errors)

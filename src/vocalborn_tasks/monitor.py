@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._redis import async_client, redis_errors
 from .config import QUEUES, TaskSettings
 from .errors import ManagerClosedError
-from .record import RecordKeys
+from .record import RecordKeys, ScriptSet
 from .stats import OUTCOMES, RunRecord, parse_run, percentile, running_tasks
 
 if TYPE_CHECKING:
@@ -380,7 +380,7 @@ class Monitor:
             candidates = [queue] if queue is not None else list(QUEUES)
         found: tuple[str, int, int] | None = None
         async with redis_errors(s, f"position of task {task_id}"):
-            script = broker.register_script(_POSITION_SCRIPT)
+            script = ScriptSet(broker)["position"]
             for queue in candidates:
                 where, ahead, total = (int(x) for x in await script(queue_keys(queue), [task_id]))
                 if where:
@@ -656,34 +656,6 @@ class Monitor:
 
 
 _SEVERITY = {HealthLevel.HEALTHY: 0, HealthLevel.DEGRADED: 1, HealthLevel.UNHEALTHY: 2}
-
-#: Find a task id in a queue's lists, in the order workers consume them.
-#: KEYS: the lists (base first); ARGV: task id. Returns {list index (0 = absent), ahead, total}.
-_POSITION_SCRIPT = """
-local ahead = 0
-local found = 0
-local total = 0
-for i, key in ipairs(KEYS) do
-  local n = redis.call('LLEN', key)
-  total = total + n
-  if found == 0 and n > 0 then
-    local items = redis.call('LRANGE', key, 0, -1)
-    for j = #items, 1, -1 do
-      local raw = items[j]
-      if found == 0 and string.find(raw, ARGV[1], 1, true) then
-        local ok, msg = pcall(cjson.decode, raw)
-        if ok and type(msg) == 'table' and type(msg['headers']) == 'table'
-            and msg['headers']['id'] == ARGV[1] then
-          found = i
-          ahead = ahead + (#items - j)
-        end
-      end
-    end
-    if found == 0 then ahead = ahead + #items end
-  end
-end
-return {found, ahead, total}
-"""
 
 
 def _message_id(raw: Any) -> str | None:

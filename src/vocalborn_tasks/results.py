@@ -518,6 +518,8 @@ class ResultReader:
                 item = await queue.get()
                 if isinstance(item, _Recheck):
                     status = _lost_if_gone(await self.fetch(task_id))
+                    if status.task_name is None:
+                        status = status.model_copy(update={"task_name": last.task_name})
                 else:
                     if final_only and not any(word in item for word in _FINAL_WORDS):
                         continue  # STARTED or PROGRESS: not worth decoding here
@@ -529,8 +531,14 @@ class ResultReader:
                         isinstance(meta, Mapping) and meta.get("status") in _FINAL_STATES
                     ):
                         continue
-                    status = status_from_meta(task_id, meta).model_copy(
-                        update={"submitted_at": last.submitted_at, "queue": last.queue}
+                    status = status_from_meta(task_id, meta)
+                    status = status.model_copy(
+                        update={
+                            "submitted_at": last.submitted_at,
+                            "queue": last.queue,
+                            # A PROGRESS message names no task: keep the name we know.
+                            "task_name": status.task_name or last.task_name,
+                        }
                     )
                 if status != last:
                     yield status

@@ -1,10 +1,20 @@
 """Result sinks: the host's hook that stores a finished analysis (e.g. in PostgreSQL).
 
-The worker calls the sink after an analysis succeeds and before the task's result is stored.
-It records each acknowledged delivery in Redis, so a task body that runs twice (a redelivery
-after a worker died) never calls the sink again for a result it already accepted. A sink that
-raises is retried like any retryable error; the sink must therefore be idempotent per
-``task_id`` itself only for the narrow window between its own commit and our marker write.
+The contract (docs/reliability.md, "Writing a RESULT_SINK"):
+
+- **When**: after an analysis succeeds, before its result is stored; the caller sees SUCCESS
+  only once the sink has returned.
+- **How often**: at least once; more than once only in one window (a worker killed after the
+  sink committed and before the worker recorded that, one round trip): make ``store`` an
+  upsert keyed on ``task_id``.
+- **If it raises**: a retryable error (``OSError``, a Redis/connection error,
+  :class:`~vocalborn_tasks.errors.RetryableTaskError`) retries the task with backoff (the
+  analysis runs again, then the sink); anything else fails the task (code ``internal``,
+  cause ``system``).
+- **A broker error after the sink committed**: the worker waits it out (up to
+  ``BROKER_OUTAGE_TOLERANCE``) before recording the acknowledgement; the sink is not called
+  again. Beyond the tolerance the task fails with ``broker_unavailable`` although the sink
+  holds the result: the host's table is then ahead of the task state.
 """
 
 from __future__ import annotations
@@ -22,7 +32,10 @@ class ResultSink(Protocol):
     """Stores one analysis result. Returning normally acknowledges it."""
 
     def store(self, task_id: str, result: AnalysisResult) -> None:
-        """Persist ``result`` for ``task_id``; raise to have the task retry."""
+        """Persist ``result`` for ``task_id`` (an upsert: it may be called twice).
+
+        Raise a retryable error to have the task retried; any other error fails it.
+        """
         ...
 
 

@@ -234,7 +234,7 @@ def test_invalid_language_is_one_line(redis_url: str) -> None:
         redis_url=redis_url,
         timeout=30,
     )
-    assert_one_line_error(proc, 2, "language")
+    assert_one_line_error(proc, 1, "language", "invalid_request")
 
 
 # --- bug 5: a worker that stops on purpose deregisters at once -------------------------------------

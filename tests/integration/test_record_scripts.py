@@ -19,6 +19,7 @@ import redis
 from vocalborn_tasks.config import TaskSettings
 from vocalborn_tasks.record import (
     FINAL_STATES,
+    SCRIPT_NAMES,
     RecordKeys,
     ScriptSet,
     celery_meta,
@@ -690,3 +691,26 @@ def test_script_source_has_the_prelude_and_refuses_unknown_names() -> None:
     assert "local FINAL" in script_source("store") and "put_meta(KEYS[1]" in script_source("store")
     with pytest.raises(KeyError):
         script_source("nope")
+
+
+# --- position (read only) -------------------------------------------------------------------------
+def test_position_counts_what_workers_take_first(rec: Rec) -> None:
+    high = rec.queue + "\x06\x163"
+    # Workers take the base list first, from its RPOP end; then the priority lists.
+    rec.broker.lpush(rec.queue, envelope("a", rec.queue), envelope("b", rec.queue))
+    target = json.loads(envelope("c", rec.queue))
+    target["headers"]["id"] = "wanted"
+    rec.broker.lpush(high, json.dumps(target).encode(), envelope("d", rec.queue))
+    before = rec.broker.lrange(high, 0, -1)
+    position = rec.bs["position"]
+    assert position(keys=[rec.queue, high], args=["wanted"]) == [2, 2, 4]
+    assert position(keys=[rec.queue, high], args=["nowhere"]) == [0, 4, 4]
+    assert rec.broker.lrange(high, 0, -1) == before  # changes nothing
+
+
+def test_every_lua_file_is_a_named_script() -> None:
+    from importlib.resources import files
+
+    lua = files("vocalborn_tasks.record").joinpath("lua")
+    stems = {p.name.removesuffix(".lua") for p in lua.iterdir() if p.name.endswith(".lua")}
+    assert stems - {"_prelude"} == set(SCRIPT_NAMES)

@@ -60,3 +60,25 @@ def test_beat_schedule_has_maintenance_and_health() -> None:
     tasks = {v["task"]: v for v in app.conf.beat_schedule.values()}
     assert tasks["vocalborn.health.check"]["schedule"] == 60
     assert "vocalborn.maintenance.cleanup" in tasks
+
+
+def test_worker_imports_the_analysis_engine_before_its_pool_starts() -> None:
+    # The first analysis after a deploy must not pay numpy/scipy's import (once per child).
+    import subprocess
+    import sys
+
+    code = """
+import sys, types
+from vocalborn_tasks.config import TaskSettings
+from vocalborn_tasks.worker.factory import create_celery_app
+from vocalborn_tasks.worker.warmup import WarmImportsStep
+app = create_celery_app(TaskSettings(redis_url="redis://127.0.0.1:1"))
+assert WarmImportsStep in app.steps["worker"]
+assert "vocalborn_tasks.analysis" not in sys.modules
+WarmImportsStep(types.SimpleNamespace(app=app))
+assert "vocalborn_tasks.analysis" in sys.modules and "scipy.signal" in sys.modules
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -91,3 +91,11 @@ def test_failure_expires_is_there() -> None:
     app = create_celery_app(TaskSettings(redis_url="redis://127.0.0.1:1"))
     assert result_expiry(app.backend, "FAILURE") is not None
     assert result_expiry(app.backend, "SUCCESS") is not None
+
+
+def test_expected_failure_line_is_told_by_its_description() -> None:
+    # worker/result_logging.py drops Celery's line for a task's ``throws`` by this description.
+    from celery.app import trace
+
+    assert trace.log_policy_expected.description == "raised expected"
+    assert "%(description)s" in trace.log_policy_expected.format

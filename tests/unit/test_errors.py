@@ -75,3 +75,52 @@ def test_task_errors_carry_the_task_id() -> None:
     assert isinstance(TaskTimeoutError("t", task_id="t1"), TimeoutError)
     assert issubclass(TaskLostError, TaskNotFoundError)
     assert TaskLostError("x", task_id="t").code == "lost"
+
+
+def test_every_code_is_documented_in_one_table() -> None:
+    """docs/errors.md lists exactly the codes of ERROR_CODES, with the same cause and text."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
+    rows = {
+        line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:4]]
+        for line in doc.splitlines()
+        if line.startswith("| `")
+    }
+    assert rows == {
+        code: [row.cause, row.public_message] for code, row in errors.ERROR_CODES.items()
+    }
+    assert "unreadable_audio" in rows
+
+
+@pytest.mark.parametrize(
+    ("exc", "cause", "code"),
+    [
+        (AudioError("/srv/x.wav: too short", code="too_short"), "input", "too_short"),
+        (InvalidRequestError("bad"), "input", "invalid_request"),
+        (BrokerUnavailableError("down at redis://10.0.0.1"), "system", "broker_unavailable"),
+        (
+            TaskFailedError("x", task_id="t", remote_type="AudioError", remote_message="m"),
+            "input",
+            "internal",
+        ),
+        (
+            TaskFailedError(
+                "x", task_id="t", remote_type="AudioError", remote_message="m", code="no_speech"
+            ),
+            "input",
+            "no_speech",
+        ),
+        (
+            TaskFailedError("x", task_id="t", remote_type="KeyError", remote_message="m"),
+            "system",
+            "internal",
+        ),
+        (TaskLostError("x", task_id="t"), "system", "lost"),
+    ],
+)
+def test_every_error_has_a_code_a_cause_and_a_public_message(
+    exc: VocalbornTasksError, cause: str, code: str
+) -> None:
+    assert (exc.cause, exc.code) == (cause, code)
+    assert exc.public_message and "/" not in exc.public_message

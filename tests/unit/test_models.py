@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from vocalborn_tasks.errors import InvalidRequestError
 from vocalborn_tasks.models import (
     FINAL_STATES,
     AnalysisRequest,
@@ -28,24 +29,50 @@ def test_request_accepts_the_design_example() -> None:
     "record_id", ["", " ", "a b", "../etc", "x" * 129, "-leading-dash", "semi;colon"]
 )
 def test_request_rejects_bad_record_ids(record_id: str) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidRequestError):
         AnalysisRequest(practice_record_id=record_id)
 
 
 def test_request_rejects_oversized_params() -> None:
-    with pytest.raises(ValidationError, match="bytes of JSON"):
+    with pytest.raises(InvalidRequestError, match="bytes of JSON"):
         AnalysisRequest(practice_record_id="r1", analysis_params={"blob": "x" * 1_000_000})
 
 
 def test_request_rejects_nul_and_wrong_types() -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidRequestError):
         AnalysisRequest(practice_record_id="r1", recording="a\x00b")
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidRequestError):
         AnalysisRequest.model_validate({"practice_record_id": 5})
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidRequestError):
         AnalysisRequest.model_validate({"practice_record_id": "r1", "unknown": 1})
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidRequestError):
         AnalysisRequest(practice_record_id="r1", language="not a language")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"practice_record_id": "r1", "recording": "a\x00b.wav", "reference": "b.wav"},
+        {"practice_record_id": "r1", "recording": "a.wav", "reference": "r" * 10_000},
+        {"practice_record_id": "x" * 10_000},
+    ],
+    ids=["nul-byte", "10kB-reference", "10kB-record-id"],
+)
+async def test_one_exception_type_for_bad_requests(fields: dict[str, str]) -> None:
+    """Building the request and the keyword form of submit raise the same library type."""
+    from vocalborn_tasks import TaskManager, TaskSettings
+
+    with pytest.raises(InvalidRequestError) as built:
+        AnalysisRequest(**fields)  # type: ignore[arg-type]
+    assert built.value.code == "invalid_request"
+    assert built.value.errors and all(set(e) == {"loc", "msg"} for e in built.value.errors)
+    assert "\x00" not in built.value.message and "r" * 200 not in built.value.message
+    assert built.value.public_message == built.value.message  # no value echoed: safe to show
+    # Nothing is sent: the keyword form fails before any connection is made.
+    async with TaskManager(TaskSettings(redis_url="redis://127.0.0.1:1")) as manager:
+        with pytest.raises(InvalidRequestError) as keyword:
+            await manager.submit_audio_analysis(**fields)
+    assert keyword.value.errors == built.value.errors
 
 
 def test_request_round_trips_through_json() -> None:

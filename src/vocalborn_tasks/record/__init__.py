@@ -18,6 +18,7 @@ revoke   any unfinished -> REVOKED (persisted cancel)      TaskManager.cancel
 restore  reserved by a dead worker -> queued (reaper)      worker heartbeat
 release  drop a claim or lock still held by its owner      sink claim, beat lock
 lock     take or renew a lock                              beat scheduler
+position where a queued message waits (read only)          Monitor.get_task_position
 ======== ================================================ =====================================
 
 Data *about* tasks that is not the record itself has its own owner: run statistics

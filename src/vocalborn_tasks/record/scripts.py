@@ -17,6 +17,7 @@ SCRIPT_NAMES: Final = (
     "begin",
     "claim",
     "lock",
+    "position",
     "progress",
     "release",
     "reserve",

@@ -90,13 +90,18 @@ class CleanupReport(BaseModel):
 
 @task_definition(name="vocalborn.maintenance.cleanup", queue="maintenance")
 def cleanup(ctx: TaskContext) -> CleanupReport:
-    """Delete expired temporary files and forget revocations older than any result."""
+    """Delete expired temporary files and uploads; forget revocations older than any result."""
     runtime = _runtime(ctx)
     settings = runtime.settings
     files = freed = 0
-    if settings.temp_dir is not None and settings.temp_dir.is_dir():
-        cutoff = time.time() - settings.temp_max_age_s
-        for path in settings.temp_dir.rglob("*"):
+    for directory, max_age in (
+        (settings.temp_dir, settings.temp_max_age_s),
+        (settings.upload_dir, settings.upload_retention_s),
+    ):
+        if directory is None or not directory.is_dir():
+            continue
+        cutoff = time.time() - max_age
+        for path in directory.rglob("*"):
             try:
                 stat = path.lstat()
                 if path.is_file() and not path.is_symlink() and stat.st_mtime < cutoff:

@@ -32,6 +32,9 @@ minor versions CI tests (``>=5.7,<5.8``); raise the pin only after that test pas
 - ``kombu.transport.redis.QoS.restore_unacked`` (transport): keep running tasks reserved
 - ``celery.app.trace.LOG_SUCCESS`` (result_logging): its ``return_value`` argument is what
   we hide from worker logs
+- ``celery.app.trace.log_policy_expected`` (result_logging): the ``description`` of the line
+  Celery logs for an error listed in a task's ``throws``, which we drop (the runtime logs a
+  WARNING with the code instead)
 - ``request.properties["delivery_tag"]`` (backend, via this module): the message to
   acknowledge
 - ``celery.apps.worker.safe_say`` (cli, via this module): the shutdown messages, said in our
@@ -86,6 +89,7 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("celery.worker.state", "should_terminate"),
     ("kombu.transport.redis", "QoS.restore_unacked"),
     ("celery.app.trace", "LOG_SUCCESS"),
+    ("celery.app.trace", "log_policy_expected"),
     ("celery.apps.worker", "safe_say"),
 )
 

@@ -69,7 +69,8 @@ def create_celery_app(
 
     Args:
         settings: where to connect and how to behave; ``TaskSettings()`` (environment) if omitted.
-        register: register the built-in tasks (analysis, maintenance, health, test).
+        register: register the built-in tasks (analysis, maintenance, health, test) and the
+            task definitions of the host modules named by ``TASK_MODULES``.
 
     Returns:
         The app. Building it opens no connection.
@@ -161,7 +162,7 @@ def create_celery_app(
         conf["broker_use_ssl"] = ssl
         conf["redis_backend_use_ssl"] = ssl
     app.conf.update(conf)
-    # Our Redis backend: one round trip per state instead of two (see _backend.py). Celery
+    # Our Redis backend: one script per state (see backend.py). Celery
     # takes a backend class by "module:Class+url"; conf.result_backend keeps the plain URL.
     app.backend_cls = f"vocalborn_tasks.worker.backend:VocalbornRedisBackend+{settings.backend_url}"
     from .heartbeat import HeartbeatStep
@@ -170,13 +171,20 @@ def create_celery_app(
     from .result_logging import HideResultsStep
 
     app.steps["worker"].add(HideResultsStep)
+    from .warmup import WarmImportsStep
+
+    app.steps["worker"].add(WarmImportsStep)
+    from .result_logging import StartupChecksStep
+
+    app.steps["worker"].add(StartupChecksStep)
     from .stats_recorder import install_stats
 
     install_stats(app)
     if register:
-        from .runtime import register_builtin_tasks
+        from .runtime import register_builtin_tasks, register_task_modules
 
         register_builtin_tasks(app)
+        register_task_modules(app, settings.task_modules)
     return app
 
 

@@ -5,6 +5,11 @@ For an analysis that repr is a patient's practice record id, scores and advice: 
 plain log files, shipped wherever the host's logs go. The worker of a library app therefore
 replaces the return value in that line (and in the record's ``data`` extra, which custom
 handlers read) with a placeholder, unless ``LOG_TASK_RESULTS`` is true.
+
+Two more things a worker's log should say plainly: a patient's unusable recording (an
+"expected" failure, see ``EXPECTED_FAILURES`` in :mod:`.runtime`) is one WARNING line with its
+code, written by the runtime, so Celery's own INFO line for it is dropped here; and a worker
+that reads recordings from any path (no ``RECORDING_ROOTS``) says so at start-up.
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ from typing import Any
 
 from celery import bootsteps
 
-__all__ = ["HIDDEN", "HideResultsFilter", "HideResultsStep", "note_cancelled_while_finishing"]
+__all__ = [
+    "HIDDEN",
+    "DropExpectedFailuresFilter",
+    "HideResultsFilter",
+    "HideResultsStep",
+    "StartupChecksStep",
+    "note_cancelled_while_finishing",
+]
+
+logger = logging.getLogger("vocalborn_tasks.worker")
 
 #: What the log line shows instead of the result.
 HIDDEN = "<result not logged; set LOG_TASK_RESULTS=true to log it>"
@@ -58,6 +72,32 @@ class HideResultsFilter(logging.Filter):
             if isinstance(data, Mapping):
                 record.data = {**data, "return_value": HIDDEN}
         return True
+
+
+class DropExpectedFailuresFilter(logging.Filter):
+    """Drop Celery's "raised expected" line: the runtime logged a WARNING with the code."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, Mapping) and args.get("description") == "raised expected")
+
+
+class StartupChecksStep(bootsteps.Step):  # type: ignore[misc]
+    """Worker bootstep: quiet expected failures; warn about settings unsafe in production."""
+
+    label = "vocalborn start-up checks"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        trace_logger = logging.getLogger(_TRACE_LOGGER)
+        if not any(isinstance(f, DropExpectedFailuresFilter) for f in trace_logger.filters):
+            trace_logger.addFilter(DropExpectedFailuresFilter())
+        if not worker.app.settings.recording_roots:
+            logger.warning(
+                "RECORDING_ROOTS is not set: this worker reads recordings from ANY local path "
+                "a request names. Set RECORDING_ROOTS (a JSON list of directories) in "
+                "production; an empty list is meant for development only."
+            )
 
 
 class HideResultsStep(bootsteps.Step):  # type: ignore[misc]

@@ -23,7 +23,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import (
+    AudioError,
     BrokerUnavailableError,
+    ConfigurationError,
     DeliveryLimitError,
     InvalidRequestError,
     RetryableTaskError,
@@ -47,6 +49,7 @@ __all__ = [
     "execute_definition",
     "register_builtin_tasks",
     "register_task",
+    "register_task_modules",
     "runtime_for",
 ]
 
@@ -58,6 +61,10 @@ T = TypeVar("T")
 _RUN, _REVOKED, _FINISHED = 0, 1, 2
 
 _RUNTIME_ATTR = "_vocalborn_runtime"
+
+#: Outcomes that are about the request or the patient's recording, not the system: Celery
+#: logs them as "expected" (no traceback) and the runtime logs one WARNING line with the code.
+EXPECTED_FAILURES: tuple[type[Exception], ...] = (AudioError, InvalidRequestError)
 
 #: How long a run may hold the sink claim. A run killed while holding it delays the
 #: redelivered run by at most this long (instead of failing it).
@@ -319,13 +326,20 @@ def execute_definition(
         task_id=task_id, retries=retries, delivery=delivery, runtime=runtime, _report=report
     )
     try:
-        return definition.run_json(ctx, kwargs)
-    except ValidationError as exc:
-        raise InvalidRequestError(
-            f"{definition.name}: invalid arguments ({exc.error_count()} errors): "
-            + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-        ) from None
+        try:
+            return definition.run_json(ctx, kwargs)
+        except ValidationError as exc:
+            raise InvalidRequestError(
+                f"{definition.name}: invalid arguments ({exc.error_count()} errors): "
+                + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+            ) from None
     except Ignore:
+        raise
+    except (AudioError, InvalidRequestError) as exc:  # EXPECTED_FAILURES
+        # A patient's unusable recording is a normal outcome, not a bug: one line, no traceback.
+        logger.warning(
+            "task %s (%s): unusable input, code %s: %s", task_id, definition.name, exc.code, exc
+        )
         raise
     except Exception as exc:
         if definition.retryable and is_retryable(exc) and retries < runtime.settings.max_retries:
@@ -375,6 +389,7 @@ def register_task(app: VocalbornCelery, definition: TaskDefinition[..., Any]) ->
         shared=False,
         queue=definition.queue,
         typing=False,
+        throws=EXPECTED_FAILURES,
         acks_late=True,
         reject_on_worker_lost=True,
     )
@@ -386,3 +401,43 @@ def register_builtin_tasks(app: VocalbornCelery) -> None:
 
     for definition in BUILTIN_DEFINITIONS:
         register_task(app, definition)
+
+
+def register_task_modules(app: VocalbornCelery, modules: list[str]) -> list[str]:
+    """Import each host module and register every :class:`TaskDefinition` it defines.
+
+    What ``vocalborn-tasks worker --include myapp.tasks`` (or ``TASK_MODULES``) does: a host
+    keeps its definitions in a module that both its web app and its workers import, and no
+    worker module of its own is needed. The working directory is importable, as with
+    ``celery -A``.
+
+    Returns:
+        The names of the tasks registered.
+
+    Raises:
+        ConfigurationError: a module cannot be imported or defines no task.
+    """
+    import importlib
+    import sys
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    names: list[str] = []
+    for module_name in modules:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"TASK_MODULES/--include: cannot import {module_name!r}: {exc}"
+            ) from exc
+        found = [v for v in vars(module).values() if isinstance(v, TaskDefinition)]
+        if not found:
+            raise ConfigurationError(
+                f"TASK_MODULES/--include: {module_name!r} defines no task "
+                "(decorate functions with @task_definition)"
+            )
+        for definition in found:
+            if definition.name not in app.tasks:
+                register_task(app, definition)
+                names.append(definition.name)
+    return names

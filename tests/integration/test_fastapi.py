@@ -1,0 +1,547 @@
+"""The web integration (``vocalborn_tasks.fastapi``) against real processes.
+
+A real worker and the app served by a real uvicorn process (``web_app.py``), driven with httpx
+over TCP; one test drives headless Chromium's EventSource through a uvicorn restart. A worker
+is *frozen* (SIGSTOP of its processes) to hold a task in PENDING: a state, not a race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from support import AUDIO, ROOT, WorkerProcess, flush, settings_env, wait_until
+from vocalborn_tasks import TaskManager, TaskSettings
+from vocalborn_tasks.embedded import die_with_parent, free_port
+from vocalborn_tasks.errors import ConfigurationError
+from vocalborn_tasks.models import parse_cursor
+from vocalborn_tasks.record import RecordKeys, new_task_id
+from vocalborn_tasks.samples import sample_path
+from vocalborn_tasks.tasks.builtin import CleanupReport, cleanup
+
+pytestmark = pytest.mark.integration
+
+MAX_UPLOAD = 2_000_000
+FINAL = {"SUCCESS", "FAILURE", "REVOKED", "LOST"}
+
+
+@pytest.fixture(scope="module")
+def rec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("recordings")
+    (root / "uploads").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def web_settings(base_settings: TaskSettings, rec_root: Path) -> TaskSettings:
+    return base_settings.model_copy(
+        update={
+            "recording_roots": [rec_root],
+            "upload_dir": rec_root / "uploads",
+            "upload_retention_s": 3600.0,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def web_worker(
+    web_settings: TaskSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    flush(web_settings)
+    proc = WorkerProcess(
+        web_settings, name="web", concurrency=2, log_dir=tmp_path_factory.mktemp("web-logs")
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_worker_with_recording_roots_gives_no_roots_warning(web_worker: WorkerProcess) -> None:
+    assert "RECORDING_ROOTS is not set" not in web_worker.log_tail(400)
+
+
+class WebServer:
+    """``uvicorn --factory web_app:create_app`` on a fixed port, owned by PID."""
+
+    def __init__(self, settings: TaskSettings, log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / "uvicorn.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "TASK_"))}
+        self.env.update(settings_env(settings))
+        self.env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "integration"), str(ROOT)])
+        self.env["WEB_MAX_UPLOAD"] = str(MAX_UPLOAD)
+        self.env["WEB_KEEPALIVE"] = "0.3"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "web_app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
+
+        def ready() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()
+            try:
+                return httpx.get(f"{self.url}/ready", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 30, 0.05, "uvicorn answering")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def web(
+    web_settings: TaskSettings,
+    web_worker: WorkerProcess,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[WebServer]:
+    server = WebServer(web_settings, tmp_path_factory.mktemp("uvicorn"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+async def client(web: WebServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=web.url, timeout=90) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def frozen(worker: WorkerProcess) -> Iterator[None]:
+    """SIGSTOP the worker and its pool: nothing is reserved until it is thawed."""
+    pids = [worker.pid, *worker.child_pids()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def files(recording: bytes | None = None, name: str = "attempt.flac") -> dict[str, Any]:
+    rec = recording if recording is not None else sample_path("en_other_voice").read_bytes()
+    return {
+        "recording": (name, rec, "audio/flac"),
+        "reference": ("reference.flac", sample_path("en_reference").read_bytes(), "audio/flac"),
+    }
+
+
+def record_id() -> str:
+    return f"web-{uuid.uuid4().hex[:12]}"
+
+
+def uploads(rec_root: Path) -> set[str]:
+    return {p.name for p in (rec_root / "uploads").iterdir()}
+
+
+def assert_problem(response: httpx.Response, status: int, code: str, cause: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["code"] == code and body["cause"] == cause, body
+    assert body["type"] == f"urn:vocalborn-tasks:error:{code}"
+    return body
+
+
+async def read_events(
+    response: httpx.Response, *, until_comment: bool = False
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Parse SSE from a streamed response: events (id + data) and comment lines."""
+    events: list[dict[str, Any]] = []
+    comments: list[str] = []
+    current: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if line.startswith(":"):
+            comments.append(line)
+            if until_comment:
+                break
+        elif line.startswith("id: "):
+            current["id"] = line[4:]
+        elif line.startswith("data: "):
+            current["data"] = json.loads(line[6:])
+        elif line == "" and current:
+            events.append(current)
+            current = {}
+    return events, comments
+
+
+async def submit(client: httpx.AsyncClient, **kw: Any) -> str:
+    response = await client.post(
+        "/analyses", data={"practice_record_id": record_id(), "language": "en"}, files=files(**kw)
+    )
+    assert response.status_code == 202, response.text
+    task_id: str = response.json()["task_id"]
+    return task_id
+
+
+# --- configuration -----------------------------------------------------------------------------
+def test_router_refuses_to_start_without_recording_roots(
+    base_settings: TaskSettings, tmp_path: Path
+) -> None:
+    from vocalborn_tasks.fastapi import analysis_router
+
+    with pytest.raises(ConfigurationError, match="RECORDING_ROOTS"):
+        analysis_router(base_settings, upload_dir=tmp_path)
+    inside = base_settings.model_copy(update={"recording_roots": [tmp_path / "roots"]})
+    with pytest.raises(ConfigurationError, match="outside RECORDING_ROOTS"):
+        analysis_router(inside, upload_dir=tmp_path / "elsewhere")
+    with pytest.raises(ConfigurationError, match="UPLOAD_DIR"):
+        analysis_router(inside)
+
+
+def test_fastapi_module_does_not_import_celery() -> None:
+    code = (
+        "import sys, vocalborn_tasks.fastapi; "
+        "assert 'celery' not in sys.modules and 'kombu' not in sys.modules; print('ok')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+# --- the happy path ----------------------------------------------------------------------------
+async def test_upload_then_status_result_and_events(
+    client: httpx.AsyncClient, rec_root: Path
+) -> None:
+    before = uploads(rec_root)
+    rid = record_id()
+    response = await client.post(
+        "/analyses", data={"practice_record_id": rid, "language": "en"}, files=files()
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    task_id = body["task_id"]
+    assert response.headers["location"] == body["status_url"]
+    assert body["status_url"].endswith(f"/analyses/{task_id}")
+    new = uploads(rec_root) - before
+    assert len(new) == 2 and not any(n.endswith(".part") for n in new), new  # renamed, whole
+
+    result = await client.get(f"/analyses/{task_id}/result", params={"wait": 60})
+    assert result.status_code == 200, result.text
+    assert result.json()["practice_record_id"] == rid
+    again = await client.get(f"/analyses/{task_id}/result", params={"wait": 0})
+    assert again.status_code == 200 and again.json() == result.json()  # finished: no 202
+
+    status = (await client.get(f"/analyses/{task_id}")).json()
+    assert status["state"] == "SUCCESS" and status["error"] is None
+    assert status["task_name"] == "vocalborn.analyze_audio"
+    assert status["result"]["practice_record_id"] == rid
+
+    # SSE of a finished task: one event (the final one), then the stream ends.
+    async with client.stream("GET", f"/analyses/{task_id}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events, _ = await read_events(stream)
+    assert [e["data"]["state"] for e in events] == ["SUCCESS"]
+    final_id = events[0]["id"]
+    # Resuming after the final event: 204, so EventSource stops reconnecting.
+    resumed = await client.get(f"/analyses/{task_id}/events", headers={"Last-Event-ID": final_id})
+    assert resumed.status_code == 204
+    # Resuming after an earlier state: only what came later.
+    async with client.stream(
+        "GET", f"/analyses/{task_id}/events", headers={"Last-Event-ID": "0.1.0"}
+    ) as stream:
+        events, _ = await read_events(stream)
+    assert [e["id"] for e in events] == [final_id]
+
+
+async def test_events_follow_a_task_to_the_end(client: httpx.AsyncClient) -> None:
+    task_id = await submit(client)
+    async with client.stream("GET", f"/analyses/{task_id}/events") as stream:
+        events, _ = await read_events(stream)
+    states = [e["data"]["state"] for e in events]
+    assert states[-1] == "SUCCESS", states
+    assert all(e["data"]["task_name"] == "vocalborn.analyze_audio" for e in events), events
+    cursors = [parse_cursor(e["id"]) for e in events]
+    assert all(c is not None for c in cursors)
+    assert cursors == sorted(cursors), cursors  # type: ignore[type-var]
+
+
+# --- a task held in PENDING: long poll, keep-alive, resume, 504, cancel -----------------------
+async def test_pending_task_long_poll_keepalive_resume_timeout_and_cancel(
+    client: httpx.AsyncClient, web_worker: WorkerProcess
+) -> None:
+    with frozen(web_worker):
+        task_id = await submit(client)
+        poll = await client.get(f"/analyses/{task_id}/result", params={"wait": 0.5})
+        assert poll.status_code == 202, poll.text
+        assert poll.headers["retry-after"] == "1"
+        assert poll.json()["state"] == "PENDING"
+
+        # A host route's own wait that runs out: 504.
+        body = assert_problem(await client.get(f"/wait/{task_id}"), 504, "timeout", "system")
+        assert body["task_id"] == task_id
+
+        # The stream sends PENDING, then keep-alive comments while nothing happens.
+        async with client.stream("GET", f"/analyses/{task_id}/events") as stream:
+            events, comments = await read_events(stream, until_comment=True)
+        assert [e["data"]["state"] for e in events] == ["PENDING"]
+        assert comments == [": keep-alive"]
+        # Resumed after PENDING: PENDING is not sent again; the first thing is a keep-alive.
+        async with client.stream(
+            "GET", f"/analyses/{task_id}/events", headers={"Last-Event-ID": events[0]["id"]}
+        ) as stream:
+            again, comments = await read_events(stream, until_comment=True)
+        assert again == [] and comments == [": keep-alive"]
+
+        cancelled = await client.post(f"/analyses/{task_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["state"] == "REVOKED"
+    assert_problem(await client.get(f"/analyses/{task_id}/result"), 409, "revoked", "system")
+    assert (await client.get(f"/analyses/{task_id}")).json()["state"] == "REVOKED"
+
+
+# --- errors --------------------------------------------------------------------------------------
+async def test_unknown_and_lost_tasks(
+    client: httpx.AsyncClient, web_settings: TaskSettings
+) -> None:
+    assert_problem(await client.get(f"/analyses/{new_task_id()}"), 404, "not_found", "system")
+    assert_problem(await client.get(f"/analyses/{uuid.uuid4()}/result"), 404, "not_found", "system")
+    # An id made before the server's epoch whose record is gone: the server forgot it.
+    lost = new_task_id()
+    r = redis.Redis.from_url(web_settings.backend_url)
+    epoch_key = RecordKeys.of(web_settings).epoch
+    saved = r.get(epoch_key)
+    try:
+        r.set(epoch_key, str(int((time.time() + 1) * 1_000_000)))
+        body = assert_problem(await client.get(f"/analyses/{lost}"), 410, "lost", "system")
+        assert body["task_id"] == lost
+    finally:
+        if saved is not None:
+            r.set(epoch_key, saved)
+        r.close()
+
+
+async def test_bad_requests_are_422_and_leave_no_file(
+    client: httpx.AsyncClient, rec_root: Path
+) -> None:
+    before = uploads(rec_root)
+    bad_id = await client.post(
+        "/analyses", data={"practice_record_id": "no spaces/allowed"}, files=files()
+    )
+    body = assert_problem(bad_id, 422, "invalid_request", "input")
+    assert body["errors"][0]["loc"] == ["practice_record_id"]
+
+    only_one = files()
+    del only_one["reference"]
+    missing = await client.post(
+        "/analyses", data={"practice_record_id": record_id()}, files=only_one
+    )
+    body = assert_problem(missing, 422, "invalid_request", "input")
+    assert body["errors"] == [{"loc": ["body", "reference"], "msg": "Field required"}]
+
+    empty = await client.post(
+        "/analyses", data={"practice_record_id": record_id()}, files=files(recording=b"")
+    )
+    assert_problem(empty, 422, "empty_audio", "input")
+
+    text = await client.post(
+        "/analyses",
+        data={"practice_record_id": record_id()},
+        files=files(recording=b"not a recording\n" * 100, name="attempt.wav"),
+    )
+    body = assert_problem(text, 422, "unreadable_audio", "input")
+    assert str(rec_root) not in text.text and "/" not in body["detail"]
+
+    big = await client.post(
+        "/analyses",
+        data={"practice_record_id": record_id()},
+        files=files(recording=b"\0" * (MAX_UPLOAD + 1)),
+    )
+    assert_problem(big, 413, "upload_too_large", "input")
+
+    not_multipart = await client.post("/analyses", json={"practice_record_id": "x"})
+    assert_problem(not_multipart, 415, "invalid_request", "input")
+    assert uploads(rec_root) == before  # nothing kept from any refused upload
+
+
+async def test_unusable_recording_fails_as_input_with_a_public_message(
+    client: httpx.AsyncClient, rec_root: Path, web_worker: WorkerProcess
+) -> None:
+    """A 10 ms recording: accepted, then FAILURE ``too_short`` (cause input), without paths."""
+    task_id = await submit(client, recording=(AUDIO / "tiny_10ms.wav").read_bytes(), name="a.wav")
+    result = await client.get(f"/analyses/{task_id}/result", params={"wait": 60})
+    body = assert_problem(result, 422, "too_short", "input")
+    assert body["detail"] == "the recording is too short"
+    status = await client.get(f"/analyses/{task_id}")
+    error = status.json()["error"]
+    assert error == {
+        "code": "too_short",
+        "cause": "input",
+        "message": "the recording is too short",
+        "retryable": False,
+    }
+    assert str(rec_root) not in result.text + status.text
+    # The worker logged it as one WARNING line with the code, not an ERROR traceback.
+    lines = [
+        line
+        for line in web_worker.log_path.read_text(errors="replace").splitlines()
+        if task_id in line
+    ]
+    warnings = [line for line in lines if "WARNING" in line and "code too_short" in line]
+    assert len(warnings) == 1, lines
+    assert not [line for line in lines if "ERROR" in line or "raised" in line], lines
+    assert "Traceback" not in web_worker.log_tail(200)
+
+
+async def test_broker_unavailable_is_503_with_retry_after(
+    web_settings: TaskSettings, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "example_service_503", ROOT / "examples" / "fastapi_service.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    create_app = module.create_app
+
+    port = free_port()
+    settings = web_settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{port}", "redis_connect_timeout_s": 2.0}
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+    ):
+        response = await c.post(
+            "/analyses", data={"practice_record_id": record_id()}, files=files()
+        )
+        body = assert_problem(response, 503, "broker_unavailable", "system")
+        assert response.headers["retry-after"] == "5"
+        assert str(port) not in body["detail"]
+        status = await c.get(f"/analyses/{new_task_id()}")
+        assert_problem(status, 503, "broker_unavailable", "system")
+    assert not any((web_settings.upload_dir or tmp_path).glob("*.part"))
+
+
+# --- retention --------------------------------------------------------------------------------
+async def test_maintenance_task_deletes_uploads_past_retention(
+    web_settings: TaskSettings, web_worker: WorkerProcess, rec_root: Path
+) -> None:
+    old = rec_root / "uploads" / "old-recording.wav"
+    fresh = rec_root / "uploads" / "fresh-recording.wav"
+    old.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"y" * 10)
+    past = time.time() - web_settings.upload_retention_s - 60
+    os.utime(old, (past, past))
+    async with TaskManager(web_settings) as manager:
+        handle = await manager.submit(cleanup)
+        report = await manager.wait_for_result(handle, timeout=60)
+    assert isinstance(report, CleanupReport)
+    assert not old.exists() and fresh.exists()
+    assert report.files_removed >= 1
+    # beat sends that task periodically (MAINTENANCE_INTERVAL).
+    from vocalborn_tasks.worker.factory import create_celery_app
+
+    schedule = create_celery_app(web_settings).conf.beat_schedule
+    assert schedule["vocalborn-maintenance-cleanup"]["task"] == cleanup.name
+
+
+# --- a real browser --------------------------------------------------------------------------------
+async def test_browser_event_source_resumes_across_a_server_restart(
+    client: httpx.AsyncClient, web: WebServer, web_worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """Headless Chromium's EventSource: PENDING, the server is killed and restarted, the
+    browser reconnects with Last-Event-ID, PENDING is not repeated, the task runs to SUCCESS."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser is not None, "apt-get install -y chromium"
+
+    async def reports() -> list[dict[str, Any]]:
+        got: list[dict[str, Any]] = (await client.get("/reports")).json()
+        return got
+
+    async def wait_reports(predicate: Any, what: str) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + 60
+        while not predicate(got := await reports()):
+            assert time.monotonic() < deadline, f"{what}: {got}"
+            await asyncio.sleep(0.1)
+        return got
+
+    with frozen(web_worker):
+        task_id = await submit(client)
+        proc = await asyncio.to_thread(
+            subprocess.Popen,
+            [
+                browser,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                f"--user-data-dir={tmp_path / 'chromium'}",
+                f"{web.url}/page/{task_id}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+        await wait_reports(lambda r: any(x.get("state") == "PENDING" for x in r), "PENDING")
+        web.kill()  # the blip: the stream breaks, the browser reconnects (retry: 1000)
+        await asyncio.to_thread(web.start)
+        # The reports list lived in the killed process: the restarted server's is empty.
+        # Wait until the browser's new stream is open (the server logs the request).
+        await asyncio.to_thread(
+            wait_until,
+            lambda: web.log_path.read_text().count(f"/analyses/{task_id}/events") >= 2,
+            60,
+            0.05,
+            "the browser's reconnect",
+        )
+    try:
+        got = await wait_reports(lambda r: any(x.get("state") in FINAL for x in r), "final")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    states = [x["state"] for x in got if "state" in x]
+    assert states[-1] == "SUCCESS", got
+    assert "PENDING" not in states, got  # resumed after PENDING: not sent twice
+    assert all(x["task_name"] == "vocalborn.analyze_audio" for x in got if "state" in x), got
+    cursors = [parse_cursor(x["id"]) for x in got if "state" in x]
+    assert cursors == sorted(cursors), got  # type: ignore[type-var]
