@@ -38,8 +38,20 @@ EXIT_NOT_OK = 1
 EXIT_CONFIG = 2
 EXIT_UNREACHABLE = 3
 
-console = Console()
-err_console = Console(stderr=True)
+#: Width of output that is not a terminal (a pipe, a file): wide enough that hostnames and
+#: paths are never cut; COLUMNS still wins.
+PIPE_WIDTH = 1000
+
+
+def _console(*, stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty())
+    width = PIPE_WIDTH if piped and not os.environ.get("COLUMNS") else None
+    return Console(stderr=stderr, width=width)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 def _settings(ctx: click.Context) -> TaskSettings:
@@ -49,11 +61,19 @@ def _settings(ctx: click.Context) -> TaskSettings:
         try:
             obj["settings"] = TaskSettings(**overrides)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"]) or "settings"
-            raise ConfigurationError(f"invalid configuration: {loc}: {first['msg']}") from None
+            raise ConfigurationError(f"invalid configuration: {_one_line(exc)}") from None
     settings: TaskSettings = obj["settings"]
     return settings
+
+
+def _one_line(exc: ValidationError) -> str:
+    """The first problem of a pydantic error, as ``field: message`` on one line."""
+    first = exc.errors()[0]
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    loc = ".".join(str(p) for p in first["loc"])
+    more = len(exc.errors()) - 1
+    text = f"{loc}: {msg}" if loc else msg
+    return text + (f" (and {more} more)" if more else "")
 
 
 def _fail(message: str, code: int) -> None:
@@ -72,8 +92,10 @@ def handle_errors(fn: Callable[..., T]) -> Callable[..., T]:
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 raise
             _fail(str(exc), EXIT_UNREACHABLE)
-        except (ConfigurationError, ValidationError) as exc:
+        except ConfigurationError as exc:
             _fail(str(exc), EXIT_CONFIG)
+        except ValidationError as exc:
+            _fail(f"invalid input: {_one_line(exc)}", EXIT_CONFIG)
         except VocalbornTasksError as exc:
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 raise
@@ -150,14 +172,31 @@ def worker(
         settings = settings.model_copy(update={"task_modules": modules})
     _reexec_with_soft_shutdown()
     from .worker import run_worker
+    from .worker.celery_private import say_shutdown_in_our_words
 
-    run_worker(
-        settings,
-        queues=[q.strip() for q in queues.split(",") if q.strip()],
-        concurrency=concurrency or settings.celery_worker_concurrency,
-        pool=pool,
-        hostname=hostname,
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    known = [*QUEUES, *settings.host_queues]
+    for name in names:
+        if name not in known:
+            err_console.print(
+                f"[yellow]warning:[/] queue {escape(name)!r} is not one of "
+                f"{', '.join(known)}: no task goes there unless a host sends it; "
+                "declare a host's own queues in HOST_QUEUES",
+                highlight=False,
+                soft_wrap=True,
+            )
+    processes = concurrency or settings.celery_worker_concurrency
+    err_console.print(
+        f"worker {escape(hostname or 'celery@' + os.uname().nodename)}: queues "
+        f"{','.join(names)}, {processes or 'one per CPU'} {pool or 'prefork'} processes, "
+        f"broker {escape(settings.redacted_broker_url)}. SIGTERM, SIGQUIT or a second Ctrl+C: "
+        f"running tasks get {settings.worker_soft_shutdown_s:g} s, then go back to their queue; "
+        "Ctrl+C: stop once they finish.",
+        highlight=False,
+        soft_wrap=True,
     )
+    say_shutdown_in_our_words(settings.worker_soft_shutdown_s)
+    run_worker(settings, queues=names, concurrency=processes, pool=pool, hostname=hostname)
 
 
 @main.command()
@@ -178,22 +217,45 @@ def beat(ctx: click.Context, schedule_file: str | None) -> None:
 )
 @handle_errors
 def server(port: int, data_dir: Path | None) -> None:
-    """Run the embedded Valkey server in the foreground on 127.0.0.1 (Ctrl+C stops it)."""
+    """Run the embedded Valkey server in the foreground on 127.0.0.1.
+
+    Ctrl+C, SIGTERM or SIGHUP stop it and remove its temporary data directory.
+    """
     import signal
 
-    from .embedded import LocalServer
+    from .embedded import LocalServer, port_in_use
 
-    srv = LocalServer(port=port, data_dir=data_dir)
-    srv.start()
-    console.print(f"Valkey listening on [bold]redis://127.0.0.1:{port}[/] (data in {srv.data_dir})")
-    console.print(f"Use it with: export REDIS_URL=redis://127.0.0.1:{port}")
+    if port_in_use(port):
+        raise ConfigurationError(
+            f"port {port} on 127.0.0.1 is already in use (another server?): choose another "
+            "with --port"
+        )
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Handlers, not a blocked mask: a blocked mask would be inherited by the server process.
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, stop)
+    srv = LocalServer(port=port, data_dir=data_dir, die_with_parent=True)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        srv.start()
+        console.print(
+            f"Valkey listening on [bold]redis://127.0.0.1:{port}[/] (pid {srv.pid}, data in "
+            f"{srv.data_dir})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        console.print(f"Use it with: export REDIS_URL=redis://127.0.0.1:{port}", highlight=False)
+        console.file.flush()
+        while True:
+            signal.pause()
     except KeyboardInterrupt:
-        pass
+        console.print("stopped", highlight=False)
     finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # the clean-up must not be interrupted
         srv.close() if data_dir is None else srv.stop()
-        console.print("stopped")
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -242,7 +304,8 @@ def health(ctx: click.Context, as_json: bool) -> None:
 @handle_errors
 def status(ctx: click.Context) -> None:
     """Workers, queues and recent task statistics, as tables."""
-    snap = run_async(_snapshot(_settings(ctx)))
+    # With the health check: its drain verdicts are what ``monitor`` shows too.
+    snap = run_async(_snapshot(_settings(ctx), with_health=True))
     for table in _dashboard_tables(snap):
         console.print(table)
 
@@ -280,7 +343,7 @@ def _seconds(value: float | None) -> str:
 
 def _dashboard_tables(snap: _Snapshot) -> list[Table]:
     workers = Table(title="Workers", title_justify="left")
-    for col in ("worker", "pid", "pool", "queues", "active", "reserved", "processed", "memory"):
+    for col in ("worker", "pid", "procs", "queues", "active", "reserved", "processed", "memory"):
         workers.add_column(col, justify="right" if col in ("active", "reserved") else "left")
     for w in snap.workers:
         workers.add_row(
@@ -303,8 +366,9 @@ def _dashboard_tables(snap: _Snapshot) -> list[Table]:
         consumers = f"{q.consumers} ({q.consumer_processes} proc)"
         if q.consumers == 0:
             consumers = f"[red]{consumers}[/]"
-        draining = {True: "yes", False: "[red]NO[/]", None: "-"}[q.draining]
-        queues.add_row(q.name, str(q.length), by_pri, consumers, _seconds(q.oldest_age_s), draining)
+        queues.add_row(
+            q.name, str(q.length), by_pri, consumers, _seconds(q.oldest_age_s), _draining(q)
+        )
     types = Table(title="Tasks (last hour)", title_justify="left")
     for col in ("task", "queue", "runs", "ok", "failed", "retried", "fail %", "p50", "p95"):
         types.add_column(col, justify="left" if col in ("task", "queue") else "right")
@@ -323,6 +387,20 @@ def _dashboard_tables(snap: _Snapshot) -> list[Table]:
         )
     tables = [workers, queues, types]
     return tables
+
+
+def _draining(queue: Any) -> str:
+    """One word for a queue's flow, the same in ``status`` and ``monitor``.
+
+    ``idle``: nothing waiting; ``NO (no worker)``: work waits and nobody consumes the queue;
+    ``NO (stalled)``: consumers exist but nothing moved for ``health_stall_after_s``;
+    ``yes``: work is being taken; ``?``: not judged yet (needs two observations).
+    """
+    if queue.length == 0:
+        return "idle"
+    if queue.consumers == 0:
+        return "[red]NO (no worker)[/]"
+    return {True: "yes", False: "[red]NO (stalled)[/]", None: "?"}[queue.draining]
 
 
 def _health_line(report: Any) -> str:
@@ -351,7 +429,9 @@ def _monitor_view(settings: TaskSettings, snap: _Snapshot) -> Any:
     )
     parts: list[Any] = [header]
     if snap.report is not None:
-        parts.append(Panel(_health_line(snap.report), title="health", title_align="left"))
+        parts.append(
+            Panel(_health_line(snap.report), title="health", title_align="left", expand=False)
+        )
     parts.extend(_dashboard_tables(snap))
     return Group(*parts)
 
@@ -374,6 +454,14 @@ def monitor_cmd(ctx: click.Context, interval: float, once: bool) -> None:
         if once:
             console.print(_monitor_view(settings, snap))
             return
+        if not console.is_terminal:
+            # No screen to redraw (a pipe, a file): print one snapshot per refresh.
+            while True:
+                console.print(_monitor_view(settings, snap))
+                console.print()
+                console.file.flush()
+                await asyncio.sleep(max(interval, 0.2))
+                snap = await _snapshot(settings, with_health=True)
         with Live(
             _monitor_view(settings, snap), console=console, screen=False, auto_refresh=False
         ) as live:
@@ -468,13 +556,22 @@ def metrics(ctx: click.Context, port: int, address: str) -> None:
     import signal
 
     try:
-        from .metrics import serve
-    except ImportError as exc:  # pragma: no cover - depends on extras
+        import prometheus_client  # noqa: F401 - only whether it is there
+    except ImportError:
         raise ConfigurationError(
             "prometheus-client is not installed: pip install 'vocalborn-tasks[metrics]'"
-        ) from exc
+        ) from None
+    from .metrics import serve
+
+    settings = _settings(ctx)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    server = serve(_settings(ctx), port, address)
+    try:
+        server = serve(settings, port, address)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}; "
+            "choose another with --port"
+        ) from None
     console.print(f"serving metrics on http://{address}:{port}/metrics", highlight=False)
     try:
         _wait_for_stop_signal()
@@ -509,8 +606,12 @@ def cancel(ctx: click.Context, task_id: str) -> None:
         async with TaskManager(_settings(ctx)) as manager:
             return await manager.cancel(task_id)
 
+    from .models import TaskState
+
     st = run_async(go())
     console.print(f"{task_id}: {st.state.value}", highlight=False)
+    if st.state in (TaskState.NOT_FOUND, TaskState.EXPIRED, TaskState.LOST):
+        sys.exit(EXIT_NOT_OK)  # like ``task``: there was nothing to cancel
 
 
 @main.command()
@@ -522,8 +623,11 @@ def purge(ctx: click.Context, queue: str, yes: bool) -> None:
     """Delete every waiting task of a queue."""
     from .monitor import Monitor
 
-    if not yes and sys.stdin.isatty():
-        click.confirm(f"Delete every waiting task in {queue}?", abort=True)
+    if not yes:
+        if not sys.stdin.isatty():
+            _fail(f"not purging {queue}: no terminal to confirm on; pass --yes", EXIT_CONFIG)
+        if not click.confirm(f"Delete every waiting task in {queue}?"):
+            _fail(f"not purging {queue}: not confirmed", EXIT_NOT_OK)
 
     async def go() -> int:
         async with Monitor(_settings(ctx)) as monitor:
@@ -583,12 +687,42 @@ def submit(
         language=language,
     )
     from .demo import follow_analyses, render_results
+    from .errors import TaskTimeoutError
 
-    results = run_async(
-        follow_analyses(_settings(ctx), [request], timeout=timeout, console=err_console)
-    )
+    task_ids: list[str] = []
+
+    def queued(ids: list[str]) -> None:
+        task_ids.extend(ids)
+        for tid in ids:
+            err_console.print(
+                f"queued task {tid} ({request.practice_record_id})", highlight=False, soft_wrap=True
+            )
+
+    try:
+        results = run_async(
+            follow_analyses(
+                _settings(ctx),
+                [request],
+                timeout=timeout,
+                console=err_console,
+                on_submitted=queued,
+            )
+        )
+    except TaskTimeoutError as exc:
+        tid = exc.task_id or (task_ids[0] if task_ids else "?")
+        _fail(
+            f"task {tid} did not finish within {timeout:g} s; it stays queued (or running): "
+            f"follow it with `vocalborn-tasks task {tid}`, stop it with "
+            f"`vocalborn-tasks cancel {tid}` [timeout]",
+            EXIT_NOT_OK,
+        )
+        raise AssertionError("unreachable") from None  # pragma: no cover
     if as_json:
-        click.echo(json.dumps([r.model_dump(mode="json") for r in results], indent=2))
+        rows = [
+            {"task_id": tid, **r.model_dump(mode="json")}
+            for tid, r in zip(task_ids, results, strict=True)
+        ]
+        click.echo(json.dumps(rows, indent=2))
     else:
         render_results(console, [request], results)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from pydantic import (
     AliasChoices,
@@ -291,6 +291,11 @@ class TaskSettings(BaseSettings):
         default_factory=lambda: list(QUEUES),
         validation_alias=_env("HEALTH_REQUIRED_QUEUES", "health_required_queues"),
     )
+    #: A host application's own queues (its task definitions' ``queue=``): ``vocalborn-tasks
+    #: worker --queues`` warns about any queue that is neither one of :data:`QUEUES` nor here.
+    host_queues: list[str] = Field(
+        default_factory=list, validation_alias=_env("HOST_QUEUES", "host_queues")
+    )
     #: A queue whose oldest message and whose consumers' processed counts have not moved for
     #: this long, while a consumer had a free slot, is "not draining" (UNHEALTHY).
     health_stall_after_s: float = Field(
@@ -402,9 +407,42 @@ class TaskSettings(BaseSettings):
             )
         if self.worker_dead_after_s < 2 * self.worker_heartbeat_s:
             raise ValueError("worker_dead_after_s must be at least twice worker_heartbeat_s")
+        self._apply_url_database()
         if self.redis_db_broker == self.redis_db_backend:
             raise ValueError("redis_db_broker and redis_db_backend must differ")
         return self
+
+    def _apply_url_database(self) -> None:
+        """Honour a database number in REDIS_URL: broker = that database, results = the next.
+
+        ``REDIS_DB_BROKER``/``REDIS_DB_BACKEND`` given as well must agree with it (broker) or
+        override it (results); anything else is refused rather than silently ignored.
+        """
+        if self.redis_url is None:
+            return
+        parts = urlsplit(self.redis_url)
+        if "db" in parse_qs(parts.query):
+            raise ValueError("REDIS_URL: put the database in the path (redis://host:6379/0)")
+        path = parts.path.strip("/")
+        if not path:
+            return
+        if not path.isdigit() or not 0 <= int(path) <= 15:
+            raise ValueError(f"REDIS_URL: the path must be a database number 0-15, not /{path}")
+        db = int(path)
+        explicit = self.model_fields_set
+        if "redis_db_broker" in explicit and self.redis_db_broker != db:
+            raise ValueError(
+                f"REDIS_URL names database {db} but REDIS_DB_BROKER is {self.redis_db_broker}: "
+                "set only one of them"
+            )
+        self.__dict__["redis_db_broker"] = db
+        if "redis_db_backend" not in explicit:
+            if db == 15:
+                raise ValueError(
+                    "REDIS_URL names database 15, the last one: results need another one, "
+                    "set REDIS_DB_BACKEND"
+                )
+            self.__dict__["redis_db_backend"] = db + 1
 
     def __repr_args__(self) -> Iterator[tuple[str | None, object]]:
         # repr() and str() mask a password inside REDIS_URL (SecretStr fields mask themselves).

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
@@ -81,6 +81,7 @@ async def follow_analyses(
     timeout: float,
     console: Console,
     force: bool = False,
+    on_submitted: Callable[[list[str]], None] | None = None,
 ) -> list[AnalysisResult]:
     """Submit ``requests`` as one batch, show a progress bar per task, return their results.
 
@@ -90,6 +91,7 @@ async def follow_analyses(
         timeout: seconds to wait for all of them, in total.
         console: where the progress bars are drawn.
         force: queue new runs even for practice records already in flight.
+        on_submitted: called with the task ids (one per request) as soon as they are queued.
 
     Returns:
         One result per request, in the order of ``requests``.
@@ -107,6 +109,8 @@ async def follow_analyses(
     async with TaskManager(settings) as manager:
         task_ids = await manager.submit_batch(requests, force=force)
         logger.info("submitted %d analyses: %s", len(task_ids), ", ".join(task_ids))
+        if on_submitted is not None:
+            on_submitted(list(task_ids))
         unique_ids = list(dict.fromkeys(task_ids))  # the same record in flight twice: one task
         labels = {tid: req.practice_record_id for tid, req in zip(task_ids, requests, strict=True)}
         progress = Progress(
@@ -189,6 +193,21 @@ def _results_table(
     return table
 
 
+def _legend(*, short: bool) -> str:
+    """What the columns mean; with the short names spelled out when they are used."""
+    lines = [
+        "scores 0-100, higher is better (green from 75, red below 50); "
+        "level 1 (best) to 5 (needs the most practice)",
+        "tone: how closely the pitch contour follows the reference (the tones of zh-TW, "
+        "the intonation of en); reliable: the recording was clean and complete enough to "
+        "trust the scores",
+    ]
+    if short:
+        names = [f"{s}={n}" for n, s, _ in _SCORE_COLUMNS if s != n]
+        lines.append(", ".join(["lvl=level", *names, "ok=reliable"]))
+    return "\n".join(lines)
+
+
 def render_results(
     console: Console, requests: list[AnalysisRequest], results: list[AnalysisResult]
 ) -> None:
@@ -199,9 +218,11 @@ def render_results(
     """
     table = _results_table(requests, results, short=False)
     unbounded = console.options.update_width(10_000)
-    if Measurement.get(console, unbounded, table).maximum > console.width:
+    short = Measurement.get(console, unbounded, table).maximum > console.width
+    if short:
         table = _results_table(requests, results, short=True)
-        table.caption = ", ".join(f"{s}={n}" for n, s, _ in _SCORE_COLUMNS if s != n)
+    table.caption = _legend(short=short)
+    table.caption_justify = "left"
     console.print(table)
     for request, result in zip(requests, results, strict=True):
         record = result.practice_record_id or request.practice_record_id

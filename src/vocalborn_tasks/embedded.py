@@ -24,7 +24,7 @@ from typing import Self
 
 from .errors import ConfigurationError
 
-__all__ = ["LocalServer", "die_with_parent", "embedded_binary", "free_port"]
+__all__ = ["LocalServer", "die_with_parent", "embedded_binary", "free_port", "port_in_use"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on ``host:port`` (bound the way a server binds: reuse-addr)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
 
 
 class LocalServer:
@@ -167,6 +178,9 @@ class LocalServer:
         """
         if self._process is not None:
             return
+        if not self.tls_only and port_in_use(self.port):
+            # Checked first: our PING would be answered by the other server while ours aborts.
+            raise ConfigurationError(f"port {self.port} on 127.0.0.1 is already in use")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self._write_config()
         self._process = subprocess.Popen(

@@ -429,8 +429,8 @@ async def test_tls_with_the_right_ca_round_trips_through_a_worker(
     assert "Traceback" not in results["health"].stderr
     worker.stop(timeout=15)
     log = worker.log_path.read_text(errors="replace")
-    assert "Transport://:**@127.0.0.1" in log, log  # the banner, password masked
-    assert "rediss://:**@127.0.0.1" in log, log
+    assert "Transport://:**@127.0.0.1" in log, log  # Celery's connect line, password masked
+    assert "broker rediss://:***@127.0.0.1" in log, log  # our start-up line (issue 12)
     for name, res in results.items():
         _assert_no_secret(res.stdout + res.stderr, f"`vocalborn-tasks {name}` over TLS")
     _assert_no_secret(log, "TLS worker log")

@@ -525,6 +525,25 @@ def test_store_refuses_over_a_final_state_but_acks_and_counts(rec: Rec, status: 
     assert rec.result.hget(rec.k("stats"), "runs") == b"1"
 
 
+@pytest.mark.parametrize(("existing", "counted"), [("REVOKED", "revoked"), ("SUCCESS", "ok")])
+def test_store_counts_a_run_a_cancel_overtook_as_revoked(
+    rec: Rec, existing: str, counted: str
+) -> None:
+    """Issue 12: the statistics for "a cancel got there first" apply only over REVOKED."""
+    task_id = rec.new_id()
+    rec.set_meta(task_id, existing)
+    ok = json.dumps([["HINCRBY", rec.k("stats"), "ok", 1]])
+    revoked = json.dumps([["HINCRBY", rec.k("stats"), "revoked", 1]])
+    dbs = (rec.settings.redis_db_broker, rec.settings.redis_db_backend)
+    value = celery_meta(task_id, "SUCCESS", 42, done=True)
+    stored = rec.rs["store"](
+        keys=[rec.meta(task_id), rec.keys.marker(task_id), rec.unacked, rec.index],
+        args=[value, 60, "SUCCESS", ok, "", *dbs, revoked],
+    )
+    assert stored == 0
+    assert rec.result.hgetall(rec.k("stats")) == {counted.encode(): b"1"}
+
+
 def test_store_applies_statistics(rec: Rec) -> None:
     task_id = rec.new_id()
     stats = json.dumps([["HINCRBY", rec.k("stats"), "ok", 2], ["HDEL", rec.keys.running, task_id]])

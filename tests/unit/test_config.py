@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,40 @@ def test_validation_errors_do_not_echo_a_password() -> None:
         TaskSettings(redis_url="http://user:hunter2-secret@h:1")
     assert "hunter2-secret" not in str(info.value)
     assert "hunter2-secret" not in repr(info.value)
+
+
+# --- issue 12: a database in REDIS_URL is honoured or refused, never ignored -------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "kwargs", "dbs"),
+    [
+        ("redis://h:6379", {}, (0, 1)),
+        ("redis://h:6379/", {}, (0, 1)),
+        ("redis://h:6379/0", {}, (0, 1)),
+        ("redis://h:6379/5", {}, (5, 6)),
+        ("redis://h:6379/5", {"redis_db_backend": 9}, (5, 9)),
+        ("redis://h:6379/5", {"redis_db_broker": 5}, (5, 6)),
+        ("redis://h:6379/15", {"redis_db_backend": 14}, (15, 14)),
+    ],
+)
+def test_url_database_is_honoured(url: str, kwargs: dict[str, int], dbs: tuple[int, int]) -> None:
+    s = TaskSettings(redis_url=url, **kwargs)
+    assert (s.redis_db_broker, s.redis_db_backend) == dbs
+    assert s.broker_url.endswith(f"/{dbs[0]}") and s.backend_url.endswith(f"/{dbs[1]}")
+
+
+@pytest.mark.parametrize(
+    ("url", "kwargs", "needle"),
+    [
+        ("redis://h:6379/15", {}, "REDIS_DB_BACKEND"),
+        ("redis://h:6379/5", {"redis_db_broker": 3}, "set only one"),
+        ("redis://h:6379/x", {}, "database number"),
+        ("redis://h:6379/16", {}, "database number"),
+        ("redis://h:6379?db=3", {}, "in the path"),
+        ("redis://h:6379/5", {"redis_db_backend": 5}, "must differ"),
+    ],
+)
+def test_url_database_conflicts_are_refused(url: str, kwargs: dict[str, int], needle: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(needle)):
+        TaskSettings(redis_url=url, **kwargs)

@@ -86,7 +86,9 @@ def run_worker(settings: TaskSettings | None = None, **options: Any) -> None:
     prepare_worker_environment()
     settings = settings if settings is not None else TaskSettings()
     app = create_celery_app(settings)
-    app.worker_main(worker_argv(settings, **options))
+    # --quiet: no Celery banner (it offers a -E our command does not have); the CLI says
+    # what it starts in its own words.
+    app.worker_main(["--quiet", *worker_argv(settings, **options)])
 
 
 def run_beat(settings: TaskSettings | None = None, *, schedule_file: str | None = None) -> None:

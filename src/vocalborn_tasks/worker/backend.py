@@ -18,6 +18,7 @@ from celery.backends.redis import RedisBackend
 from ..record import RecordKeys, ScriptSet
 from . import faults
 from .celery_private import delivery_tag_of, result_expiry
+from .result_logging import note_cancelled_while_finishing
 from .stats_recorder import recorder_of
 
 __all__ = ["VocalbornRedisBackend"]
@@ -61,8 +62,12 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
             int(expires.total_seconds()) if hasattr(expires, "total_seconds") else int(expires or 0)
         )
         recorder = recorder_of(self.app)
-        stats = recorder.finish_ops(task_id, state, result) if recorder is not None else None
-        self._scripts["store"](
+        stats, if_revoked = (
+            recorder.finish_ops_or_revoked(task_id, state, result)
+            if recorder is not None
+            else (None, None)
+        )
+        stored = self._scripts["store"](
             keys=[keys.meta(task_id), keys.marker(task_id), keys.unacked, keys.unacked_index],
             args=[
                 value,
@@ -72,5 +77,12 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
                 tag if (state in states.READY_STATES or state == states.RETRY) else "",
                 settings.redis_db_broker,
                 settings.redis_db_backend,
+                if_revoked or "",
             ],
         )
+        if not stored and state in states.READY_STATES:
+            current = self._scripts.client.get(keys.meta(task_id))
+            if current is not None and self.decode(current).get("status") == states.REVOKED:
+                # A cancel landed as the task finished: the caller saw REVOKED, the
+                # statistics counted it so; the worker's log line must say it too.
+                note_cancelled_while_finishing(task_id)

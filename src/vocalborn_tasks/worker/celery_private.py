@@ -37,6 +37,8 @@ minor versions CI tests (``>=5.7,<5.8``); raise the pin only after that test pas
   WARNING with the code instead)
 - ``request.properties["delivery_tag"]`` (backend, via this module): the message to
   acknowledge
+- ``celery.apps.worker.safe_say`` (cli, via this module): the shutdown messages, said in our
+  own words (Celery's mention Ctrl+C where a process manager sent SIGTERM)
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ __all__ = [
     "held_requests",
     "result_expiry",
     "running_delivery_tags",
+    "say_shutdown_in_our_words",
     "worker_stopping",
 ]
 
@@ -87,6 +90,7 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("kombu.transport.redis", "QoS.restore_unacked"),
     ("celery.app.trace", "LOG_SUCCESS"),
     ("celery.app.trace", "log_policy_expected"),
+    ("celery.apps.worker", "safe_say"),
 )
 
 
@@ -130,3 +134,39 @@ def running_delivery_tags() -> set[str]:
         for r in list(state.active_requests)
         if getattr(r, "message", None) is not None
     }
+
+
+def say_shutdown_in_our_words(soft_shutdown_s: float) -> None:
+    """Replace Celery's shutdown messages with what ``vocalborn-tasks worker`` actually does.
+
+    Under ``REMAP_SIGTERM=SIGQUIT`` Celery answers SIGTERM with "Hitting Ctrl+C again will
+    terminate all running tasks!", which confuses an operator who never pressed Ctrl+C.
+    """
+    import sys
+
+    import celery.apps.worker as celery_worker
+
+    original = celery_worker.safe_say
+    grace = f"{soft_shutdown_s:g} s"
+    words = {
+        "Hitting Ctrl+C again will terminate all running tasks": (
+            f"worker: stopping; running tasks get {grace} to finish, then go back to their "
+            "queue (signal again: put them back now)"
+        ),
+        "Hitting Ctrl+C again will initiate cold shutdown": (
+            "worker: stopping once running tasks finish (Ctrl+C again: give them "
+            f"{grace}, then put them back on their queue)"
+        ),
+        "Waiting gracefully for cold shutdown to complete": (
+            "worker: putting running tasks back on their queue, then stopping"
+        ),
+        "Warm shutdown (MainProcess)": "worker: shutting down (waiting for running tasks)",
+        "Cold shutdown (MainProcess)": "worker: shutting down",
+    }
+
+    def say(msg: str, f: Any = sys.__stderr__) -> None:
+        text = str(msg)
+        ours = next((mine for theirs, mine in words.items() if theirs in text), text)
+        original(ours, f)
+
+    celery_worker.safe_say = say

@@ -3,7 +3,10 @@
 Off unless ``VOCALBORN_FAULT_POINT`` is set in the worker's environment (only the fault tests
 set it). It names one point; the process kills itself with SIGKILL the first time it gets
 there, so a test reaches a window exactly instead of by luck. With ``VOCALBORN_FAULT_TASK`` set
-too, only a run of a task whose id contains that text triggers it.
+too, only a run of a task whose id contains that text triggers it. With
+``VOCALBORN_FAULT_HOLD=DIR`` the process holds there instead of dying: it writes
+``DIR/reached`` (the task id) and waits until ``DIR/release`` exists, so a test can act inside
+the window (a cancel that lands as the task finishes, say).
 
 Points, in the order a task passes them:
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 __all__ = ["POINTS", "point"]
 
@@ -28,6 +32,7 @@ POINTS = frozenset(
 )
 _ENV_POINT = "VOCALBORN_FAULT_POINT"
 _ENV_TASK = "VOCALBORN_FAULT_TASK"
+_ENV_HOLD = "VOCALBORN_FAULT_HOLD"
 
 
 def point(name: str, task_id: str = "") -> None:
@@ -38,4 +43,20 @@ def point(name: str, task_id: str = "") -> None:
     only = os.environ.get(_ENV_TASK)
     if only and only not in task_id:
         return
+    hold = os.environ.get(_ENV_HOLD)
+    if hold:
+        _hold(Path(hold), task_id)
+        return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _hold(where: Path, task_id: str) -> None:
+    """Wait at this point until the test releases us (test-only; polls the file system)."""
+    import time
+
+    release = where / "release"
+    if release.exists():  # held once per test: later runs pass
+        return
+    (where / "reached").write_text(task_id, encoding="utf-8")
+    while not release.exists():
+        time.sleep(0.02)

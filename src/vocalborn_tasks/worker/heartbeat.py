@@ -79,6 +79,13 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._thread.start()
 
     def stop(self, worker: Any) -> None:
+        """Deregister at once: a worker that exits on purpose is gone, not merely silent.
+
+        Celery calls ``stop`` on a warm shutdown and ``terminate`` on a cold one (SIGQUIT, and
+        SIGTERM/SIGINT under ``REMAP_SIGTERM=SIGQUIT``); both end here, once.
+        """
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -92,6 +99,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
             logger.debug("heartbeat: could not remove our key on stop: %s", exc)
 
     shutdown = stop
+    terminate = stop
 
     def _run(self) -> None:
         worker = self._worker

@@ -26,6 +26,7 @@ __all__ = [
     "HideResultsFilter",
     "HideResultsStep",
     "StartupChecksStep",
+    "note_cancelled_while_finishing",
 ]
 
 logger = logging.getLogger("vocalborn_tasks.worker")
@@ -33,14 +34,39 @@ logger = logging.getLogger("vocalborn_tasks.worker")
 #: What the log line shows instead of the result.
 HIDDEN = "<result not logged; set LOG_TASK_RESULTS=true to log it>"
 _TRACE_LOGGER = "celery.app.trace"
+#: Tasks of this process whose result was discarded because a cancel was stored first; the
+#: next "succeeded" line of each is rewritten (then forgotten). Bounded: a line never logged
+#: (a log level above INFO) must not make it grow.
+_CANCELLED: dict[str, None] = {}
+_CANCELLED_KEEP = 1000
+_CANCELLED_MSG = (
+    "Task %(name)s[%(id)s] revoked: cancelled as it finished in %(runtime)ss; its result "
+    "was discarded"
+)
+
+
+def note_cancelled_while_finishing(task_id: str) -> None:
+    """Have this process's success line for ``task_id`` say what callers see: revoked."""
+    _CANCELLED[task_id] = None
+    while len(_CANCELLED) > _CANCELLED_KEEP:
+        del _CANCELLED[next(iter(_CANCELLED))]
 
 
 class HideResultsFilter(logging.Filter):
     """Replace ``return_value`` in Celery's task-success records."""
 
+    def __init__(self, *, hide: bool = True) -> None:
+        super().__init__()
+        self.hide = hide
+
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, Mapping) and "return_value" in args:
+        if isinstance(args, Mapping) and "return_value" in args and args.get("id") in _CANCELLED:
+            _CANCELLED.pop(str(args["id"]), None)
+            record.msg = _CANCELLED_MSG
+            record.args = {**args, "return_value": HIDDEN}
+            return True
+        if self.hide and isinstance(args, Mapping) and "return_value" in args:
             record.args = {**args, "return_value": HIDDEN}
             data = getattr(record, "data", None)
             if isinstance(data, Mapping):
@@ -81,8 +107,8 @@ class HideResultsStep(bootsteps.Step):  # type: ignore[misc]
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
-        if worker.app.settings.log_task_results:
-            return
+        # Installed even with LOG_TASK_RESULTS (then it hides nothing): it also rewrites the
+        # success line of a run a cancel overtook.
         trace_logger = logging.getLogger(_TRACE_LOGGER)
         if not any(isinstance(f, HideResultsFilter) for f in trace_logger.filters):
-            trace_logger.addFilter(HideResultsFilter())
+            trace_logger.addFilter(HideResultsFilter(hide=not worker.app.settings.log_task_results))

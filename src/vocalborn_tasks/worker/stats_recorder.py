@@ -98,6 +98,20 @@ class _Recorder:
             return None
         return json.dumps(self._ops(task_id, run, outcome, retval).commands)
 
+    def finish_ops_or_revoked(
+        self, task_id: str, state: str, retval: Any
+    ) -> tuple[str | None, str | None]:
+        """:meth:`finish_ops`, plus the same run counted as revoked (for a cancel that won)."""
+        outcome = OUTCOME_OF.get(state)
+        if outcome is None:
+            return None, None
+        run = self._runs.pop(task_id, None)
+        if run is None:
+            return None, None
+        ops = self._ops(task_id, run, outcome, retval)
+        revoked = self._ops(task_id, run, "revoked", None)
+        return json.dumps(ops.commands), json.dumps(revoked.commands)
+
     def on_postrun(
         self,
         sender: Any = None,

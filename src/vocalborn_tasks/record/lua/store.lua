@@ -4,13 +4,18 @@
 -- so a worker killed in between can neither lose the result nor have the task run again.
 -- KEYS: meta key, marker (result db); unacked hash, unacked index (broker db).
 -- ARGV: meta, expiry seconds (0: none), state, statistics (JSON list of commands, or ''),
---       delivery tag ('' for none), broker db, result db.
+--       delivery tag ('' for none), broker db, result db, and optionally the statistics to
+--       apply instead when a cancel got there first (REVOKED stored): the run then counts as
+--       revoked, the outcome every caller sees.
 -- Returns 1 if stored, 0 if a final state was already there.
-if ARGV[4] ~= '' then
-  for _, command in ipairs(cjson.decode(ARGV[4])) do redis.call(unpack(command)) end
+local existing = meta_status(KEYS[1])
+local stats = ARGV[4]
+if existing == 'REVOKED' and ARGV[8] ~= nil and ARGV[8] ~= '' then stats = ARGV[8] end
+if stats ~= '' then
+  for _, command in ipairs(cjson.decode(stats)) do redis.call(unpack(command)) end
 end
 local stored = 0
-if not is_final(KEYS[1]) then
+if existing == nil or not FINAL[existing] then
   put_meta(KEYS[1], ARGV[1], ARGV[2])
   mark_done(KEYS[2], ARGV[3])
   stored = 1
