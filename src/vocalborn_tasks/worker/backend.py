@@ -63,9 +63,7 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
         )
         recorder = recorder_of(self.app)
         stats, if_revoked = (
-            recorder.finish_ops_or_revoked(task_id, state, result)
-            if recorder is not None
-            else (None, None)
+            recorder.finish_ops(task_id, state, result) if recorder is not None else (None, None)
         )
         stored = self._scripts["store"](
             keys=[keys.meta(task_id), keys.marker(task_id), keys.unacked, keys.unacked_index],

@@ -83,25 +83,15 @@ class _Recorder:
             return
         self._runs[task_id] = _Run.starting(sender)
 
-    def finish_ops(self, task_id: str, state: str, retval: Any) -> str | None:
+    def finish_ops(self, task_id: str, state: str, retval: Any) -> tuple[str | None, str | None]:
         """The end of ``task_id``'s run as Redis commands (JSON), if it runs in this process.
 
         Called by the result backend as it stores a state, which applies them in the same
-        script; None for a task this process is not running (such as a failure the main
-        process stores for a pool child that died) or a state that is not an end.
+        script. Returns the commands for the run's own outcome and for the same run counted
+        as revoked (which the script applies instead when a cancel got there first); both None
+        for a task this process is not running (such as a failure the main process stores for
+        a pool child that died) or a state that is not an end.
         """
-        outcome = OUTCOME_OF.get(state)
-        if outcome is None:  # not an end (a custom state a task stored for itself)
-            return None
-        run = self._runs.pop(task_id, None)
-        if run is None:
-            return None
-        return json.dumps(self._ops(task_id, run, outcome, retval).commands)
-
-    def finish_ops_or_revoked(
-        self, task_id: str, state: str, retval: Any
-    ) -> tuple[str | None, str | None]:
-        """:meth:`finish_ops`, plus the same run counted as revoked (for a cancel that won)."""
         outcome = OUTCOME_OF.get(state)
         if outcome is None:
             return None, None
