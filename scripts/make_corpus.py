@@ -781,6 +781,26 @@ def build_group(group: Group, out: Path) -> list[Entry]:
     return [describe(e, out) for e in entries]
 
 
+def _bad_reference_entry(entry_id: str, rel: str, *, framing: str | None = None) -> Entry:
+    """The therapist reading of ``en-s01`` the bad-input files are compared against."""
+    sentence, voice = EN_SENTENCES[0], REFERENCE_VOICES["en"][0]
+    extra: dict[str, Any] = {} if framing is None else {"framing": framing}
+    return Entry(
+        id=entry_id,
+        path=rel,
+        role="reference",
+        language="en",
+        sentence_id=sentence.sid,
+        text=sentence.text,
+        voice=voice.name,
+        speed=voice.speed,
+        pitch=voice.pitch,
+        variant="reference",
+        expected="reference",
+        **extra,
+    )
+
+
 def _bad_entry(
     entry_id: str,
     variant: str,
@@ -833,21 +853,7 @@ def bad_files(out: Path, prefix: str, *, include_long: bool) -> list[Entry]:
     ref_id = "bad.reference" if include_long else "en_reference"
     if include_long:
         write_audio(out / ref_rel, synthesize(sentence.text, ref_voice))
-        entries.append(
-            Entry(
-                id=ref_id,
-                path=ref_rel,
-                role="reference",
-                language="en",
-                sentence_id=sentence.sid,
-                text=sentence.text,
-                voice=ref_voice.name,
-                speed=ref_voice.speed,
-                pitch=ref_voice.pitch,
-                variant="reference",
-                expected="reference",
-            )
-        )
+        entries.append(_bad_reference_entry(ref_id, ref_rel))
 
     def entry(variant: str, rel: str, note: str, text: str = sentence.text) -> Entry:
         return _bad_entry(
@@ -993,22 +999,7 @@ def _bad_job(out: Path) -> list[Entry]:
     sentence, ref_voice = EN_SENTENCES[0], REFERENCE_VOICES["en"][0]
     ref_rel = "bad/reference_tight.wav"
     write_audio(out / ref_rel, tighten(synthesize(sentence.text, ref_voice)))
-    entries.append(
-        Entry(
-            id="bad.reference_tight",
-            path=ref_rel,
-            role="reference",
-            language="en",
-            sentence_id=sentence.sid,
-            text=sentence.text,
-            voice=ref_voice.name,
-            speed=ref_voice.speed,
-            pitch=ref_voice.pitch,
-            variant="reference",
-            expected="reference",
-            framing="tight",
-        )
-    )
+    entries.append(_bad_reference_entry("bad.reference_tight", ref_rel, framing="tight"))
     entries += tight_format_files(
         out, "bad/", reference=ref_rel, reference_id="bad.reference_tight"
     )

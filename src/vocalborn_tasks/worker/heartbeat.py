@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from celery import bootsteps
 
 from ..record import RecordKeys, ScriptSet
+from .celery_private import held_requests
 
 if TYPE_CHECKING:
     import redis
@@ -117,8 +118,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         from celery.worker import state
 
         settings = app.settings
-        # Copies first: the worker's main thread changes these sets while we read them.
-        held = [*list(state.active_requests), *list(state.reserved_requests)]
+        held = held_requests()  # copies: the main thread changes these sets while we read
         tags = sorted(
             {str(r.message.delivery_tag) for r in held if getattr(r, "message", None) is not None}
         )

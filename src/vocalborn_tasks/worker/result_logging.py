@@ -82,6 +82,14 @@ class DropExpectedFailuresFilter(logging.Filter):
         return not (isinstance(args, Mapping) and args.get("description") == "raised expected")
 
 
+def _add_trace_filter(new: logging.Filter) -> None:
+    """Add ``new`` to Celery's task-trace logger unless a filter of its kind is there already
+    (a second app in the same process must not stack them)."""
+    trace_logger = logging.getLogger(_TRACE_LOGGER)
+    if not any(type(f) is type(new) for f in trace_logger.filters):
+        trace_logger.addFilter(new)
+
+
 class StartupChecksStep(bootsteps.Step):  # type: ignore[misc]
     """Worker bootstep: quiet expected failures; warn about settings unsafe in production."""
 
@@ -89,9 +97,7 @@ class StartupChecksStep(bootsteps.Step):  # type: ignore[misc]
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
-        trace_logger = logging.getLogger(_TRACE_LOGGER)
-        if not any(isinstance(f, DropExpectedFailuresFilter) for f in trace_logger.filters):
-            trace_logger.addFilter(DropExpectedFailuresFilter())
+        _add_trace_filter(DropExpectedFailuresFilter())
         if not worker.app.settings.recording_roots:
             logger.warning(
                 "RECORDING_ROOTS is not set: this worker reads recordings from ANY local path "
@@ -109,6 +115,4 @@ class HideResultsStep(bootsteps.Step):  # type: ignore[misc]
         super().__init__(worker, **kwargs)
         # Installed even with LOG_TASK_RESULTS (then it hides nothing): it also rewrites the
         # success line of a run a cancel overtook.
-        trace_logger = logging.getLogger(_TRACE_LOGGER)
-        if not any(isinstance(f, HideResultsFilter) for f in trace_logger.filters):
-            trace_logger.addFilter(HideResultsFilter(hide=not worker.app.settings.log_task_results))
+        _add_trace_filter(HideResultsFilter(hide=not worker.app.settings.log_task_results))
