@@ -32,7 +32,7 @@ Neither this package nor anything it imports needs Celery: the caller side uses 
 from __future__ import annotations
 
 from .keys import RecordKeys
-from .meta import FINAL_STATES, META_PREFIX, celery_meta, is_final_meta, revoked_meta
+from .meta import FINAL_STATES, META_PREFIX, celery_meta, revoked_meta
 from .scripts import SCRIPT_NAMES, ScriptSet, script_source
 from .task_ids import epoch_seconds, id_time, missing_state, new_task_id
 
@@ -45,7 +45,6 @@ __all__ = [
     "celery_meta",
     "epoch_seconds",
     "id_time",
-    "is_final_meta",
     "missing_state",
     "new_task_id",
     "revoked_meta",

@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Final
 
-__all__ = ["FINAL_STATES", "META_PREFIX", "celery_meta", "is_final_meta"]
+__all__ = ["FINAL_STATES", "META_PREFIX", "celery_meta", "revoked_meta"]
 
 META_PREFIX: Final = "celery-task-meta-"
 #: States after which a task's record does not change (prelude.lua's ``FINAL``).
@@ -48,14 +48,3 @@ def revoked_meta(task_id: str) -> str:
         },
         done=True,
     )
-
-
-def is_final_meta(raw: bytes | str | None) -> bool:
-    """Whether a stored meta holds a final state."""
-    if raw is None:
-        return False
-    try:
-        decoded = json.loads(raw)
-    except ValueError:
-        return False
-    return isinstance(decoded, dict) and decoded.get("status") in FINAL_STATES
