@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._redis import redis_errors
 from .config import TaskSettings
 from .errors import ConfigurationError
-from .record import ScriptSet
+from .record import AsyncRecord, calls
 
 if TYPE_CHECKING:
     from .monitor import HealthReport, Monitor, TaskTypeStats
@@ -325,7 +325,7 @@ async def evaluate_alerts(
             if changed or removed:
                 await pipe.execute()
         finally:
-            await ScriptSet(backend)["release"](keys=[lock_key], args=[token])
+            await AsyncRecord(backend).run(calls.release(key=lock_key, token=token))
     return notices
 
 

@@ -40,7 +40,7 @@ from .models import (
     invalid_request_from,
     parse_cursor,
 )
-from .record import RecordKeys, ScriptSet, new_task_id, revoked_meta
+from .record import AsyncRecord, RecordKeys, calls, new_task_id
 from .recordings import (
     RecordingResolver,
     check_recording_location,
@@ -94,7 +94,7 @@ class TaskManager:
         self._backend: aioredis.Redis | None = None
         self._hub: PubSubHub | None = None
         self._reader: ResultReader | None = None
-        self._scripts: ScriptSet | None = None
+        self._record: AsyncRecord | None = None
         self._keys = RecordKeys.of(self.settings)
         self._closed = False
 
@@ -134,7 +134,7 @@ class TaskManager:
             self._reader = ResultReader(
                 self._backend, self._hub, keys=self._keys, record_ttl_s=self._marker_ttl_s
             )
-            self._scripts = ScriptSet(self._backend)
+            self._record = AsyncRecord(self._backend)
         return self._reader
 
     @property
@@ -275,44 +275,29 @@ class TaskManager:
         # Path resolution and header probes touch the filesystem: one thread hop for the batch.
         prepared = await anyio.to_thread.run_sync(self._check_files, located)
         settings = self.settings
-        ttl = str(self._marker_ttl_s)
-        now = repr(time.time())
-        candidates = [new_task_id() for _ in prepared]
         definition = analyze_audio
-        keys = self._keys
-        assert self._scripts is not None
-        claim = self._scripts["claim"]
+        claims = []
+        for req in prepared:
+            task_id = new_task_id()
+            message = build_task_message(
+                task_id, definition.name, definition.encode_arguments(req), definition.queue
+            )
+            claims.append(
+                calls.claim(
+                    self._keys,
+                    task_id=task_id,
+                    task_name=definition.name,
+                    queue=definition.queue,
+                    practice_record_id=req.practice_record_id,
+                    message=message,
+                    marker_ttl_s=self._marker_ttl_s,
+                    broker_db=settings.redis_db_broker,
+                    force=force,
+                )
+            )
+        assert self._record is not None
         async with redis_errors(settings, "submit"):
-            pipe = backend.pipeline(transaction=False)
-            for task_id, req in zip(candidates, prepared, strict=True):
-                message = build_task_message(
-                    task_id, definition.name, definition.encode_arguments(req), definition.queue
-                )
-                await claim(
-                    keys=[
-                        keys.inflight(req.practice_record_id),
-                        keys.marker(task_id),
-                        keys.epoch,
-                        definition.queue,
-                        keys.wake(definition.queue),
-                    ],
-                    args=[
-                        task_id,
-                        ttl,
-                        definition.name,
-                        definition.queue,
-                        now,
-                        "1" if force else "0",
-                        keys.meta(""),
-                        keys.marker_prefix,
-                        req.practice_record_id,
-                        settings.redis_db_broker,
-                        message,
-                    ],
-                    client=pipe,
-                )
-            owners = [o.decode() if isinstance(o, bytes) else str(o) for o in await pipe.execute()]
-        return owners
+            return await self._record.run_many(claims)
 
     async def submit(
         self, definition: TaskDefinition[P, R], /, *args: P.args, **kwargs: P.kwargs
@@ -334,24 +319,18 @@ class TaskManager:
         task_id = new_task_id()
         settings = self.settings
         message = build_task_message(task_id, definition.name, encoded, definition.queue)
-        keys = self._keys
-        assert self._scripts is not None
+        assert self._record is not None
         async with redis_errors(settings, "submit"):
-            await self._scripts["submit"](
-                keys=[
-                    keys.marker(task_id),
-                    keys.epoch,
-                    definition.queue,
-                    keys.wake(definition.queue),
-                ],
-                args=[
-                    definition.name,
-                    definition.queue,
-                    repr(time.time()),
-                    self._marker_ttl_s,
-                    settings.redis_db_broker,
-                    message,
-                ],
+            await self._record.run(
+                calls.submit(
+                    self._keys,
+                    task_id=task_id,
+                    task_name=definition.name,
+                    queue=definition.queue,
+                    message=message,
+                    marker_ttl_s=self._marker_ttl_s,
+                    broker_db=settings.redis_db_broker,
+                )
             )
         return TaskHandle(task_id, definition)
 
@@ -541,11 +520,9 @@ class TaskManager:
             status = await self._ensure_open().fetch(task_id)
             if status.is_final and status.state is not TaskState.REVOKED:
                 return status
-            keys = self._keys
-            assert self._scripts is not None
-            await self._scripts["revoke"](
-                keys=[keys.revoked, keys.meta(task_id), keys.marker(task_id)],
-                args=[task_id, time.time(), revoked_meta(task_id), int(settings.result_expires_s)],
+            assert self._record is not None
+            await self._record.run(
+                calls.revoke(self._keys, task_id=task_id, meta_ttl_s=int(settings.result_expires_s))
             )
         if terminate and status.state in (TaskState.STARTED, TaskState.PROGRESS, TaskState.RETRY):
             await self._broadcast_revoke(task_id)

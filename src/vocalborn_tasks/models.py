@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from .errors import ErrorCause, InvalidRequestError, error_cause, public_message_for
+from .record.meta import FINAL_STATES as _STORED_FINAL_STATES
 
 __all__ = [
     "FINAL_STATES",
@@ -69,15 +70,11 @@ class TaskState(StrEnum):
         return self in FINAL_STATES
 
 
+#: States a task never leaves: the record's final states (one rule, ``record.FINAL_STATES``)
+#: and the ones a reader concludes when the record is gone.
 FINAL_STATES: frozenset[TaskState] = frozenset(
-    {
-        TaskState.SUCCESS,
-        TaskState.FAILURE,
-        TaskState.REVOKED,
-        TaskState.NOT_FOUND,
-        TaskState.EXPIRED,
-        TaskState.LOST,
-    }
+    {TaskState(state) for state in _STORED_FINAL_STATES}
+    | {TaskState.NOT_FOUND, TaskState.EXPIRED, TaskState.LOST}
 )
 
 _CELERY_STATES: dict[str, TaskState] = {

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._redis import async_client, redis_errors
 from .config import QUEUES, TaskSettings
 from .errors import ManagerClosedError
-from .record import RecordKeys, ScriptSet
+from .record import PRIORITY_STEPS, AsyncRecord, RecordKeys, calls, queue_lists
 from .stats import OUTCOMES, RunRecord, parse_run, percentile, running_tasks
 
 if TYPE_CHECKING:
@@ -38,14 +38,9 @@ __all__ = [
     "queue_keys",
 ]
 
-#: kombu's Redis transport keeps priorities 3, 6 and 9 of a queue in lists named like this.
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITY_STEPS = (3, 6, 9)
-
-
-def queue_keys(queue: str) -> list[str]:
-    """Every Redis list that holds messages of ``queue`` (the base list and its priority lists)."""
-    return [queue, *(f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITY_STEPS)]
+_PRIORITY_STEPS = PRIORITY_STEPS
+#: Every Redis list that holds messages of a queue (the base list and its priority lists).
+queue_keys = queue_lists
 
 
 class _Model(BaseModel):
@@ -380,11 +375,11 @@ class Monitor:
             candidates = [queue] if queue is not None else list(QUEUES)
         found: tuple[str, int, int] | None = None
         async with redis_errors(s, f"position of task {task_id}"):
-            script = ScriptSet(broker)["position"]
+            record = AsyncRecord(broker)
             for queue in candidates:
-                where, ahead, total = (int(x) for x in await script(queue_keys(queue), [task_id]))
-                if where:
-                    found = (queue, ahead, total)
+                at = await record.run(calls.position(queue=queue, task_id=task_id))
+                if at.list_index:
+                    found = (queue, at.ahead, at.total)
                     break
         if found is None:
             return TaskPosition(

@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import math
-import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -29,7 +27,15 @@ from redis.exceptions import RedisError
 
 from .errors import TaskLostError, TaskNotFoundError
 from .models import TaskErrorInfo, TaskState, TaskStatus, state_from_celery
-from .record import META_PREFIX, RecordKeys, epoch_seconds, missing_state
+from .record import (
+    META_PREFIX,
+    AsyncRecord,
+    RecordKeys,
+    is_final_status,
+    may_be_final,
+    missing_state,
+    read_meta,
+)
 
 __all__ = ["META_PREFIX", "PubSubHub", "ResultReader", "status_from_meta"]
 
@@ -38,10 +44,6 @@ logger = logging.getLogger(__name__)
 #: Coalesced status reads in flight at once per reader (each holds one pooled connection);
 #: reads requested meanwhile wait and go together in the next round trip.
 _MAX_FLUSHES: Final = 4
-#: Meta ``status`` values after which a task's state does not change any more.
-_FINAL_STATES: Final = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
-#: A message for a final state contains one of these; any other is skipped undecoded.
-_FINAL_WORDS: Final = tuple(state.encode() for state in sorted(_FINAL_STATES))
 
 
 class _Recheck:
@@ -391,6 +393,7 @@ class ResultReader:
         record_ttl_s: float,
     ) -> None:
         self._backend = backend
+        self._record = AsyncRecord(backend)
         self._hub = hub
         self._keys = keys
         self._record_ttl_s = record_ttl_s
@@ -448,26 +451,17 @@ class ResultReader:
     async def fetch_many(self, task_ids: list[str]) -> list[TaskStatus]:
         """Statuses of many tasks in one pipelined round trip.
 
-        The server epoch rides along (and is written if missing, as a submit would): it tells
-        an id the server forgot (LOST) from one it never had (NOT_FOUND).
+        The server epoch and clock ride along (the epoch is written if missing, as a submit
+        would): they tell an id the server forgot (LOST) from one it never had (NOT_FOUND).
         """
-        keys = self._keys
-        pipe = self._backend.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.get(keys.meta(task_id))
-            pipe.hgetall(keys.marker(task_id))
-        pipe.set(keys.epoch, str(time.time_ns() // 1000), nx=True)
-        pipe.get(keys.epoch)
-        raw = await pipe.execute()
-        epoch = epoch_seconds(raw[-1])
-        now = time.time()
+        read = await self._record.read(self._keys, task_ids)
+        epoch, now = read.epoch
         statuses = []
-        for i, task_id in enumerate(task_ids):
-            meta, marker = raw[2 * i], raw[2 * i + 1]
+        for task_id, (meta, marker) in zip(task_ids, read.entries, strict=True):
             missing = TaskState(
                 missing_state(task_id, epoch, record_ttl_s=self._record_ttl_s, now=now)
             )
-            statuses.append(_to_status(task_id, meta, marker, missing))
+            statuses.append(status_from_meta(task_id, meta, marker, missing=missing))
         return statuses
 
     async def watch(self, task_id: str) -> AsyncGenerator[TaskStatus, None]:
@@ -521,15 +515,12 @@ class ResultReader:
                     if status.task_name is None:
                         status = status.model_copy(update={"task_name": last.task_name})
                 else:
-                    if final_only and not any(word in item for word in _FINAL_WORDS):
+                    if final_only and not may_be_final(item):
                         continue  # STARTED or PROGRESS: not worth decoding here
-                    try:
-                        meta = json.loads(item)
-                    except ValueError:
+                    meta = read_meta(item)
+                    if meta is None:
                         continue
-                    if final_only and not (
-                        isinstance(meta, Mapping) and meta.get("status") in _FINAL_STATES
-                    ):
+                    if final_only and not is_final_status(meta.get("status")):
                         continue
                     status = status_from_meta(task_id, meta)
                     status = status.model_copy(
@@ -551,20 +542,3 @@ def _lost_if_gone(status: TaskStatus) -> TaskStatus:
     if status.state is TaskState.NOT_FOUND:
         return status.model_copy(update={"state": TaskState.LOST})
     return status
-
-
-def _to_status(
-    task_id: str,
-    raw_meta: bytes | None,
-    raw_marker: Mapping[bytes, bytes],
-    missing: TaskState = TaskState.NOT_FOUND,
-) -> TaskStatus:
-    meta: Mapping[str, Any] | None = None
-    if raw_meta is not None:
-        try:
-            parsed = json.loads(raw_meta)
-            meta = parsed if isinstance(parsed, Mapping) else None
-        except ValueError:
-            meta = None
-    marker = {_decode(k) or "": _decode(v) or "" for k, v in raw_marker.items()}
-    return status_from_meta(task_id, meta, marker, missing=missing)

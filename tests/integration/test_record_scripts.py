@@ -15,13 +15,17 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from vocalborn_tasks.config import TaskSettings
 from vocalborn_tasks.record import (
     FINAL_STATES,
     SCRIPT_NAMES,
+    AsyncRecord,
+    Record,
     RecordKeys,
     ScriptSet,
+    calls,
     celery_meta,
     epoch_seconds,
     id_time,
@@ -206,6 +210,45 @@ def test_epoch_seconds_decodes_what_the_prelude_writes(rec: Rec) -> None:
 
 
 # --- submit -------------------------------------------------------------------------------------
+def test_epoch_is_written_once_by_the_server_clock(rec: Rec) -> None:
+    record = Record(rec.result)
+    before = rec.result.time()
+    first = record.run(calls.epoch(rec.keys))
+    after = rec.result.time()
+    assert first.epoch_s is not None and first.server_now_s is not None
+    assert before[0] + before[1] / 1e6 <= first.epoch_s <= after[0] + after[1] / 1e6
+    assert first.epoch_s <= first.server_now_s <= after[0] + after[1] / 1e6
+    second = record.run(calls.epoch(rec.keys))
+    assert second.epoch_s == first.epoch_s  # kept, not moved
+    assert second.server_now_s is not None and second.server_now_s >= first.server_now_s
+
+
+def test_epoch_keeps_an_epoch_a_submit_wrote(rec: Rec) -> None:
+    rec.result.set(rec.keys.epoch, "1000000")
+    assert Record(rec.result).run(calls.epoch(rec.keys)).epoch_s == 1.0
+
+
+async def test_async_read_decodes_metas_markers_and_the_epoch(rec: Rec) -> None:
+    done, queued, unknown, garbled = rec.new_id(), rec.new_id(), rec.new_id(), rec.new_id()
+    rec.set_meta(done, "SUCCESS")
+    rec.result.set(rec.meta(garbled), b"not json")
+    rec.result.hset(rec.keys.marker(queued), mapping={"name": "n", "queue": "q", "t": "1.5"})
+    client = aioredis.Redis.from_url(rec.settings.backend_url)
+    try:
+        read = await AsyncRecord(client).read(rec.keys, [done, queued, unknown, garbled])
+    finally:
+        await client.aclose()
+    (done_meta, done_marker), (queued_meta, queued_marker), unknown_entry, garbled_entry = (
+        read.entries
+    )
+    assert done_meta is not None and done_meta["status"] == "SUCCESS" and done_marker == {}
+    assert queued_meta is None and queued_marker == {"name": "n", "queue": "q", "t": "1.5"}
+    assert unknown_entry == (None, {})
+    assert garbled_entry == (None, {})  # unreadable meta: as if missing, never an exception
+    assert read.epoch.epoch_s is not None
+    assert epoch_seconds(rec.result.get(rec.keys.epoch)) == read.epoch.epoch_s
+
+
 def test_submit_writes_marker_and_queues_message_with_a_token(rec: Rec) -> None:
     task_id = rec.new_id()
     assert rec.submit(task_id, b'{"raw": 1}') == 1

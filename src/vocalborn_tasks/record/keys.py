@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .meta import META_PREFIX
 
 if TYPE_CHECKING:
     from ..config import TaskSettings
 
-__all__ = ["RecordKeys"]
+__all__ = ["PRIORITY_SEP", "PRIORITY_STEPS", "RecordKeys", "queue_lists"]
+
+#: kombu's Redis transport keeps a queue's priorities 3, 6 and 9 in lists named
+#: ``<queue><PRIORITY_SEP><step>`` (``Channel.sep`` and ``Channel.priority_steps``; the
+#: worker's table of borrowed names checks both against the installed kombu).
+PRIORITY_SEP: Final = "\x06\x16"
+PRIORITY_STEPS: Final = (3, 6, 9)
+
+
+def queue_lists(queue: str) -> list[str]:
+    """Every Redis list that holds messages of ``queue``: the base list, then its priorities."""
+    return [queue, *(f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 Celery's own backend writes results and errors; the record writes STARTED, PROGRESS and a
 cancel's REVOKED itself (in the same script as the rest of a transition), in the same format so
-that Celery's readers, Flower and ours all understand it.
+that Celery's readers, Flower and ours all understand it. This module is also the one reader of
+that JSON: whoever needs a stored or published meta decodes it here.
 """
 
 from __future__ import annotations
@@ -11,11 +12,57 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Final
 
-__all__ = ["FINAL_STATES", "META_PREFIX", "celery_meta", "revoked_meta"]
+__all__ = [
+    "FINAL_STATES",
+    "META_PREFIX",
+    "celery_meta",
+    "is_final_status",
+    "may_be_final",
+    "meta_status",
+    "read_meta",
+    "revoked_meta",
+]
 
 META_PREFIX: Final = "celery-task-meta-"
-#: States after which a task's record does not change (prelude.lua's ``FINAL``).
+#: States after which a task's record does not change: the one rule (the scripts' ``FINAL``
+#: is generated from it, see scripts.py; ``TaskState.is_final`` reads it too).
 FINAL_STATES: Final = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+#: A meta for a final state contains one of these byte strings.
+_FINAL_WORDS: Final = tuple(f'"{state}"'.encode() for state in sorted(FINAL_STATES))
+
+
+def is_final_status(status: object) -> bool:
+    """Whether a meta ``status`` value is final."""
+    return status in FINAL_STATES
+
+
+def read_meta(raw: bytes | str | None) -> dict[str, Any] | None:
+    """A stored or published meta, decoded; None when missing or not a JSON object."""
+    if raw is None:
+        return None
+    try:
+        decoded = json.loads(raw)
+    except ValueError:
+        return None
+    return decoded if isinstance(decoded, dict) else None
+
+
+def meta_status(raw: bytes | str | None) -> str | None:
+    """The ``status`` of a meta (None when missing; ``PENDING`` when unreadable, as in Lua)."""
+    if raw is None:
+        return None
+    meta = read_meta(raw)
+    status = None if meta is None else meta.get("status")
+    return status if isinstance(status, str) else "PENDING"
+
+
+def may_be_final(raw: bytes) -> bool:
+    """A cheap test a waiter for the outcome runs before decoding a published message.
+
+    False means the message is certainly not a final state (STARTED, PROGRESS): it is skipped
+    without being decoded. True still needs :func:`read_meta`.
+    """
+    return any(word in raw for word in _FINAL_WORDS)
 
 
 def celery_meta(task_id: str, status: str, result: Any, *, done: bool = False) -> str:

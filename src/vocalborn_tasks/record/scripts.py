@@ -2,20 +2,29 @@
 
 Scripts are code: kept as files (so they are read, diffed and linted like code), loaded from
 the package once per process, and run with EVALSHA (redis-py's ``Script`` loads them again
-after a server restart forgot them).
+after a server restart forgot them). The few rules both languages need (the final states,
+kombu's priority-list names) are written into the prelude from their Python definitions, so
+each has one.
+
+Callers do not run scripts by name: each transition is a typed call in :mod:`.calls`.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from importlib.resources import files
 from typing import Any, Final
 
-__all__ = ["SCRIPT_NAMES", "ScriptSet", "script_source"]
+from .keys import PRIORITY_SEP, PRIORITY_STEPS
+from .meta import FINAL_STATES
+
+__all__ = ["SCRIPT_NAMES", "ScriptSet", "script_header", "script_sha", "script_source"]
 
 SCRIPT_NAMES: Final = (
     "begin",
     "claim",
+    "epoch",
     "lock",
     "position",
     "progress",
@@ -28,21 +37,52 @@ SCRIPT_NAMES: Final = (
 )
 
 
+def _lua_string(text: str) -> str:
+    """A Lua string literal (three-digit decimal escapes: safe for any ASCII character)."""
+    return "'" + "".join(c if c.isalnum() else f"\\{ord(c):03d}" for c in text) + "'"
+
+
+@functools.cache
+def _generated_prelude() -> str:
+    finals = ", ".join(f"{state} = true" for state in sorted(FINAL_STATES))
+    steps = ", ".join(str(step) for step in PRIORITY_STEPS)
+    return (
+        f"local FINAL = {{{finals}}}\n"
+        f"local PRIORITY_SEP = {_lua_string(PRIORITY_SEP)}\n"
+        f"local PRIORITY_STEPS = {{{steps}}}\n"
+    )
+
+
+def _lua_file(name: str) -> str:
+    return files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
 @functools.cache
 def script_source(name: str) -> str:
-    """The full source of script ``name`` (prelude included)."""
+    """The full source of script ``name`` (generated constants and prelude included)."""
     if name not in SCRIPT_NAMES:
         raise KeyError(f"no record script named {name!r}")
-    lua = files(__package__).joinpath("lua")
-    prelude = lua.joinpath("_prelude.lua").read_text(encoding="utf-8")
-    return prelude + "\n" + lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return _generated_prelude() + _lua_file("_prelude") + "\n" + _lua_file(name)
+
+
+@functools.cache
+def script_sha(name: str) -> str:
+    """The SHA1 the server knows script ``name`` by (for EVALSHA)."""
+    return hashlib.sha1(script_source(name).encode("utf-8")).hexdigest()
+
+
+def script_header(name: str) -> str:
+    """The script's own file, without the prelude (its header documents KEYS and ARGV)."""
+    if name not in SCRIPT_NAMES:
+        raise KeyError(f"no record script named {name!r}")
+    return _lua_file(name)
 
 
 class ScriptSet:
     """The record's scripts registered on one client (sync ``redis`` or ``redis.asyncio``).
 
-    ``scripts["store"](keys=[...], args=[...])`` runs it; a pipeline can be passed as
-    ``client=`` like with any redis-py ``Script``.
+    The record's own runners use it; tests of the scripts themselves do too. Everything else
+    calls a transition of :mod:`.calls`.
     """
 
     def __init__(self, client: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from celery import states
 from celery.backends.redis import RedisBackend
 
-from ..record import RecordKeys, ScriptSet
+from ..record import Record, RecordKeys, calls
 from . import faults
 from .celery_private import delivery_tag_of, result_expiry
 from .result_logging import note_cancelled_while_finishing
@@ -27,7 +27,7 @@ __all__ = ["VocalbornRedisBackend"]
 class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
     """The result backend of the library's apps (``app.backend_cls``)."""
 
-    _scripts: ScriptSet | None = None
+    _record: Record | None = None
 
     def _store_result(
         self,
@@ -54,8 +54,9 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
         self, task_id: str, value: Any, expires: Any, state: str, tag: str, result: Any
     ) -> None:
         client = self.client  # after a fork the backend has a new one
-        if self._scripts is None or self._scripts.client is not client:
-            self._scripts = ScriptSet(client)
+        if self._record is None or self._record.client is not client:
+            self._record = Record(client)
+        record = self._record
         settings = self.app.settings
         keys = RecordKeys.of(settings)
         seconds = (
@@ -65,22 +66,23 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
         stats, if_revoked = (
             recorder.finish_ops(task_id, state, result) if recorder is not None else (None, None)
         )
-        stored = self._scripts["store"](
-            keys=[keys.meta(task_id), keys.marker(task_id), keys.unacked, keys.unacked_index],
-            args=[
-                value,
-                seconds,
-                state,
-                stats or "",
-                tag if (state in states.READY_STATES or state == states.RETRY) else "",
-                settings.redis_db_broker,
-                settings.redis_db_backend,
-                if_revoked or "",
-            ],
+        ends_delivery = state in states.READY_STATES or state == states.RETRY
+        stored = record.run(
+            calls.store(
+                keys,
+                task_id=task_id,
+                meta=value,
+                meta_ttl_s=seconds,
+                state=state,
+                stats=stats,
+                delivery_tag=tag if ends_delivery else None,
+                broker_db=settings.redis_db_broker,
+                result_db=settings.redis_db_backend,
+                stats_if_revoked=if_revoked,
+            )
         )
-        if not stored and state in states.READY_STATES:
-            current = self._scripts.client.get(keys.meta(task_id))
-            if current is not None and self.decode(current).get("status") == states.REVOKED:
-                # A cancel landed as the task finished: the caller saw REVOKED, the
-                # statistics counted it so; the worker's log line must say it too.
-                note_cancelled_while_finishing(task_id)
+        refused = not stored and state in states.READY_STATES
+        if refused and record.meta_status(keys, task_id) == states.REVOKED:
+            # A cancel landed as the task finished: the caller saw REVOKED, the statistics
+            # counted it so; the worker's log line must say it too.
+            note_cancelled_while_finishing(task_id)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from celery.beat import ScheduleEntry, Scheduler
 
 from ..config import TaskSettings
-from ..record import ScriptSet
+from ..record import Record, calls
 
 if TYPE_CHECKING:
     import redis
@@ -88,10 +88,8 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]
     def _hold_lock(self) -> bool:
         ttl_ms = int(self._settings.beat_lock_ttl_s * 1000)
         try:
-            held = bool(
-                ScriptSet(self.redis)["lock"](
-                    keys=[self._key("leader")], args=[self._token, ttl_ms]
-                )
+            held = Record(self.redis).run(
+                calls.lock(key=self._key("leader"), token=self._token, ttl_ms=ttl_ms)
             )
         except Exception as exc:
             logger.warning("beat: cannot reach Redis for the leader lock (%s); not sending", exc)
@@ -162,8 +160,8 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]
         finally:
             if self._client is not None:
                 try:
-                    ScriptSet(self._client)["release"](
-                        keys=[self._key("leader")], args=[self._token]
+                    Record(self._client).run(
+                        calls.release(key=self._key("leader"), token=self._token)
                     )
                 except Exception as exc:  # the TTL frees it anyway
                     logger.debug("beat: could not release the lock: %s", exc)

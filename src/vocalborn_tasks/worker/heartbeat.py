@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 
-from ..record import RecordKeys, ScriptSet
+from ..record import Record, RecordKeys, calls
 from .celery_private import held_requests
 
 if TYPE_CHECKING:
@@ -52,13 +52,8 @@ def process_rss_kb(pid: int) -> int:
 
 def restore_dead_worker_messages(broker: redis.Redis, keys: RecordKeys, tags: list[str]) -> int:
     """Put a dead worker's reserved messages back on their queues; returns how many."""
-    restored = 0
-    script = ScriptSet(broker)["restore"]
-    for tag in tags:
-        restored += int(
-            script(keys=[keys.unacked, keys.unacked_index], args=[tag, keys.wake_prefix])
-        )
-    return restored
+    record = Record(broker)
+    return sum(record.run(calls.restore(keys, delivery_tag=tag)) for tag in tags)
 
 
 class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -31,7 +31,7 @@ from ..errors import (
     RetryableTaskError,
     is_retryable,
 )
-from ..record import RecordKeys, ScriptSet, celery_meta
+from ..record import Record, RecordKeys, calls
 from ..recordings import RecordingResolver, load_resolver
 from ..sinks import ResultSink, as_result_sink
 from ..tasks.definition import TaskContext, TaskDefinition
@@ -120,9 +120,9 @@ class WorkerRuntime:
         return RecordKeys.of(self.settings)
 
     @cached_property
-    def scripts(self) -> ScriptSet:
-        """The task record's scripts on this process's client."""
-        return ScriptSet(self.redis)
+    def record(self) -> Record:
+        """The task record's transitions on this process's client."""
+        return Record(self.redis)
 
     def patiently(self, what: str, call: Callable[[], T]) -> T:
         """Run a Redis step, waiting out an outage up to ``BROKER_OUTAGE_TOLERANCE``.
@@ -164,31 +164,20 @@ class WorkerRuntime:
         from .stats_recorder import running_entry
 
         s = self.settings
-        keys = self.keys
         request = task.request
         task_id: str = request.id
         hostname = str(getattr(request, "hostname", "") or "")
-        started = celery_meta(task_id, "STARTED", {"pid": os.getpid(), "hostname": hostname})
-        script = self.scripts["begin"]
-        count, verdict = self.patiently(
-            f"task {task_id}: begin",
-            lambda: script(
-                keys=[
-                    keys.deliveries(task_id, request.retries or 0),
-                    keys.revoked,
-                    keys.running,
-                    keys.meta(task_id),
-                ],
-                args=[
-                    task_id,
-                    int(s.visibility_timeout_s + s.task_time_limit_s) * (s.max_deliveries + 1),
-                    running_entry(task),
-                    started,
-                    max(1, int(s.result_expires_s)),
-                ],
-            ),
+        call = calls.begin(
+            self.keys,
+            task_id=task_id,
+            retries=request.retries or 0,
+            hostname=hostname,
+            running_entry=running_entry(task),
+            deliveries_ttl_s=int(s.visibility_timeout_s + s.task_time_limit_s)
+            * (s.max_deliveries + 1),
+            meta_ttl_s=int(s.result_expires_s),
         )
-        return int(count), int(verdict)
+        return self.patiently(f"task {task_id}: begin", lambda: self.record.run(call))
 
     def deliver_once(self, task_id: str, deliver: Callable[[], object]) -> bool:
         """Call ``deliver()`` unless a run of this task already had it acknowledged.
@@ -235,7 +224,7 @@ class WorkerRuntime:
             # Give the claim back at once, but only if it is still ours (best effort: it
             # expires anyway).
             try:
-                self.scripts["release"](keys=[key], args=[token])
+                self.record.run(calls.release(key=key, token=token))
             except _TRANSIENT as exc:
                 logger.warning("task %s: could not release the sink claim: %s", task_id, exc)
             raise
@@ -250,12 +239,15 @@ class WorkerRuntime:
 
         Progress is advisory: during a broker outage the report is dropped (the task goes on).
         """
-        meta = celery_meta(task_id, "PROGRESS", {"step": step, "percent": percent})
+        call = calls.progress(
+            self.keys,
+            task_id=task_id,
+            step=step,
+            percent=percent,
+            meta_ttl_s=int(self.settings.result_expires_s),
+        )
         try:
-            stored = self.scripts["progress"](
-                keys=[self.keys.meta(task_id)],
-                args=[meta, max(1, int(self.settings.result_expires_s))],
-            )
+            stored = self.record.run(call)
         except _TRANSIENT as exc:
             logger.info("task %s: progress not stored (Redis unavailable: %s)", task_id, exc)
             return True

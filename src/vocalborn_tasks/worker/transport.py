@@ -28,8 +28,6 @@ and reuses one command client per connection pool.
 # mypy: disable-error-code="no-untyped-call"
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import logging
 import time
@@ -40,7 +38,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from redis.exceptions import NoScriptError
 
-from ..record import RecordKeys, script_source
+from ..record import Record, RecordKeys, calls
 from . import faults
 from .celery_private import running_delivery_tags, worker_stopping
 
@@ -193,19 +191,8 @@ class Channel(kombu_redis.Channel):
             return
         self._vb_waiting = False
         self._vb_sent_acks = len(self._vb_acks)
-        keys_ = [self._vb_keys.unacked, self._vb_keys.unacked_index, *lists]
-        args = [
-            repr(time.time()),
-            self._vb_token,
-            json.dumps(self._vb_acks),
-            self._vb_keys.wake_prefix,
-        ]
-        source = script_source("reserve")
-        if self._vb_send_source:
-            connection.send_command("EVAL", source, len(keys_), *keys_, *args)
-        else:
-            sha = _sha(source)
-            connection.send_command("EVALSHA", sha, len(keys_), *keys_, *args)
+        call = calls.reserve(self._vb_keys, lists=lists, token=self._vb_token, acks=self._vb_acks)
+        connection.send_command(*call.command(by_source=self._vb_send_source))
 
     def _brpop_read(self, **options: Any) -> bool:
         waiting = self._vb_waiting
@@ -261,20 +248,13 @@ class Channel(kombu_redis.Channel):
         if self._vb_acks and not self.closed:
             try:  # apply what the next reserve would have; the reaper covers a failure
                 with self.conn_or_acquire() as client:
-                    pipe = client.pipeline(transaction=False)
-                    for tag in self._vb_acks:
-                        pipe.hdel(self._vb_keys.unacked, tag)
-                        pipe.zrem(self._vb_keys.unacked_index, tag)
-                    pipe.execute()
+                    # A reservation from no lists: it only applies the acknowledgements.
+                    ack_only = calls.reserve(self._vb_keys, lists=(), token="", acks=self._vb_acks)
+                    Record(client).run(ack_only)
                 self._vb_acks.clear()
             except Exception as exc:
                 logger.debug("could not apply %d acks on close: %s", len(self._vb_acks), exc)
         super().close()
-
-
-@functools.cache
-def _sha(source: str) -> str:
-    return hashlib.sha1(source.encode("utf-8")).hexdigest()
 
 
 class Transport(kombu_redis.Transport):

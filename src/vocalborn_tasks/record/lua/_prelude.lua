@@ -1,7 +1,8 @@
 -- Shared by every script of the task record (vocalborn_tasks/record). Loaded in front of each.
--- Final states: once one is stored, no script replaces it (a late copy of a task, a progress
--- report or a second cancel cannot undo an outcome a caller may already have seen).
-local FINAL = {SUCCESS = true, FAILURE = true, REVOKED = true}
+-- Generated above this line from Python (record/scripts.py), so each rule has one definition:
+-- FINAL, the final states (once one is stored, no script replaces it: a late copy of a task, a
+-- progress report or a second cancel cannot undo an outcome a caller may already have seen);
+-- PRIORITY_SEP and PRIORITY_STEPS, how kombu names a queue's priority lists.
 
 -- The Celery status stored at a meta key: nil when there is none, 'PENDING' when unreadable.
 local function meta_status(key)
@@ -45,5 +46,9 @@ end
 
 -- The queue a (priority) list belongs to: kombu names them '<queue>\6\22<priority>'.
 local function base_queue(list)
-  return string.match(list, '^(.-)\6\22%d+$') or list
+  local at = string.find(list, PRIORITY_SEP, 1, true)
+  if at and string.match(string.sub(list, at + #PRIORITY_SEP), '^%d+$') then
+    return string.sub(list, 1, at - 1)
+  end
+  return list
 end

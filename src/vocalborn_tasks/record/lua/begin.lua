@@ -1,7 +1,7 @@
 -- begin: start a delivery. Count it, check the revoke set and the stored state and, unless
 -- revoked or already finished, list the task as running and store STARTED.
--- KEYS: delivery counter, revoke set, running hash, meta key.
--- ARGV: task id, counter TTL, running entry, STARTED meta, meta TTL.
+-- KEYS: deliveries, revoked, running, meta
+-- ARGV: task_id, deliveries_ttl, running_entry, started_meta, meta_ttl
 -- Returns {delivery number, verdict}: 0 run it, 1 revoked, 2 already finished (a redelivery of
 -- a task whose outcome is stored: acknowledge it, do not run it again).
 local n = redis.call('INCR', KEYS[1])

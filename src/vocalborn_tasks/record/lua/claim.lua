@@ -1,9 +1,10 @@
 -- claim: take a practice record's in-flight slot, write the marker and queue the message, in
 -- one step (a slot never points at a message that was not queued). A slot whose task is still
 -- queued or running is kept: its id is returned and nothing is queued (unless forced).
--- KEYS: in-flight slot, marker, epoch (result db); queue list, wake list (broker db).
--- ARGV: task id, marker TTL, task name, queue, submit time, force ('1'), meta key prefix,
---       marker key prefix, practice record id, broker db, message.
+-- KEYS: inflight, marker, epoch (result db); queue, wake (broker db)
+-- ARGV: task_id, marker_ttl, task_name, queue, submitted_at, force, meta_prefix,
+--       marker_prefix, practice_record_id, broker_db, message
+-- (force: '1' replaces a live slot.)
 local cur = redis.call('GET', KEYS[1])
 if cur and ARGV[6] ~= '1' then
   local status = meta_status(ARGV[7] .. cur)

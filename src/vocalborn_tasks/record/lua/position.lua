@@ -1,5 +1,7 @@
 -- position: where a task's message waits, in the order workers consume a queue's lists
--- (a read of the record: changes nothing). KEYS: the lists (base first). ARGV: task id.
+-- (a read of the record: changes nothing).
+-- KEYS: lists... (the queue's lists, base first)
+-- ARGV: task_id
 -- Returns {list index (0 = absent), messages ahead, messages in all the lists}.
 local ahead = 0
 local found = 0

@@ -2,9 +2,10 @@
 -- (kombu pops with BRPOP and writes 'unacked' in a second round trip: a worker killed between
 -- the two held the only copy). Also applies the acknowledgements the worker made since its
 -- last call, and keeps one wake-up token per queued message (see worker/transport.py).
--- KEYS: unacked hash, unacked index, then the lists to take from, in order.
--- ARGV: now (index score), queue of the wake-up token the caller consumed ('' for none),
---       JSON list of delivery tags to acknowledge, wake-up key prefix.
+-- KEYS: unacked, unacked_index, lists... (the lists to take from, in order)
+-- ARGV: now, token, acks, wake_prefix
+-- (now: the unacked index score; token: the queue of the wake-up token the caller consumed,
+-- '' for none; acks: JSON list of delivery tags to acknowledge.)
 -- Returns {list, message, delivery tag} (tag false: not a task message, handed over to be
 -- dropped), or false when every list is empty.
 for _, tag in ipairs(cjson.decode(ARGV[3])) do

@@ -2,7 +2,8 @@
 -- (its priority list, as kombu's own restore does), if it is still reserved, with a wake-up
 -- token. The message goes back byte for byte: re-encoding it with cjson would turn empty
 -- arrays into objects and round long numbers.
--- KEYS: unacked hash, unacked index. ARGV: delivery tag, wake-up key prefix.
+-- KEYS: unacked, unacked_index
+-- ARGV: delivery_tag, wake_prefix
 -- Returns 1 if restored.
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return 0 end
@@ -27,8 +28,8 @@ local props = payload['properties']
 local priority = type(props) == 'table' and tonumber(props['priority']) or 0
 if priority and priority > 0 then
   local step = 0
-  for _, s in ipairs({3, 6, 9}) do if priority >= s then step = s end end
-  if step > 0 then list = queue .. '\6\22' .. step end
+  for _, s in ipairs(PRIORITY_STEPS) do if priority >= s then step = s end end
+  if step > 0 then list = queue .. PRIORITY_SEP .. step end
 end
 redis.call('RPUSH', list, message)
 redis.call('LPUSH', ARGV[2] .. queue, '1')

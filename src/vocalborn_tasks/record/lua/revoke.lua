@@ -1,5 +1,7 @@
 -- revoke: persist a cancel and store REVOKED for a task that has not finished, publishing it so
--- waiters resolve now. KEYS: revoke set, meta key, marker. ARGV: task id, now, REVOKED meta, TTL.
+-- waiters resolve now.
+-- KEYS: revoked, meta, marker
+-- ARGV: task_id, revoked_at, revoked_meta, meta_ttl
 -- Returns 1 if REVOKED was stored, 0 if the task had already finished (left as it is).
 if is_final(KEYS[2]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])

@@ -2,11 +2,11 @@
 -- one is there, mark the submit marker, and, when the state ends this delivery, acknowledge
 -- the message (remove its 'unacked' entry): the outcome and the acknowledgement are one step,
 -- so a worker killed in between can neither lose the result nor have the task run again.
--- KEYS: meta key, marker (result db); unacked hash, unacked index (broker db).
--- ARGV: meta, expiry seconds (0: none), state, statistics (JSON list of commands, or ''),
---       delivery tag ('' for none), broker db, result db, and optionally the statistics to
---       apply instead when a cancel got there first (REVOKED stored): the run then counts as
---       revoked, the outcome every caller sees.
+-- KEYS: meta, marker (result db); unacked, unacked_index (broker db)
+-- ARGV: meta, meta_ttl, state, stats, delivery_tag, broker_db, result_db, stats_if_revoked
+-- (meta_ttl 0: none; stats: JSON list of commands or ''; delivery_tag '' for none;
+-- stats_if_revoked: the statistics to apply instead when a cancel got there first, REVOKED
+-- stored: the run then counts as revoked, the outcome every caller sees; '' for none.)
 -- Returns 1 if stored, 0 if a final state was already there.
 local existing = meta_status(KEYS[1])
 local stats = ARGV[4]

@@ -1,6 +1,6 @@
 -- submit: write the submit marker and queue the message, in one step.
--- KEYS: marker, epoch (result db); queue list, wake list (broker db).
--- ARGV: task name, queue, submit time, marker TTL, broker db, message.
+-- KEYS: marker, epoch (result db); queue, wake (broker db)
+-- ARGV: task_name, queue, submitted_at, marker_ttl, broker_db, message
 ensure_epoch(KEYS[2])
 redis.call('HSET', KEYS[1], 'name', ARGV[1], 'queue', ARGV[2], 't', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])

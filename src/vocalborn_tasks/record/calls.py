@@ -1,0 +1,450 @@
+"""Every transition of the record as one typed call: the only place KEYS and ARGV are built.
+
+A builder (``submit``, ``claim``, ``begin``...) turns typed arguments into a :class:`ScriptCall`
+whose keys and arguments are named, in the order the script's header lists them (a test
+checks each builder against its ``.lua`` header). Two runners execute them: :class:`Record`
+on a synchronous client (the worker side) and :class:`AsyncRecord` on ``redis.asyncio`` (the
+caller side). Every write a caller acts on goes through one of their few ``_run`` methods, so a
+rule that must hold for all of them (a replication wait, a retry) is added in one place.
+
+The worker's reservation is the exception that proves the rule: kombu's event loop sends it
+on its own connection and reads the reply later, so :func:`reserve` only builds the call and
+:meth:`ScriptCall.command` renders it; the transport sends that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+from .keys import RecordKeys, queue_lists
+from .meta import celery_meta, read_meta, revoked_meta
+from .scripts import ScriptSet, script_sha, script_source
+from .task_ids import epoch_seconds
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio as aioredis
+
+__all__ = [
+    "AsyncRecord",
+    "BeginVerdict",
+    "QueuePosition",
+    "Record",
+    "RecordRead",
+    "ScriptCall",
+    "ServerEpoch",
+    "begin",
+    "claim",
+    "epoch",
+    "lock",
+    "position",
+    "progress",
+    "release",
+    "reserve",
+    "restore",
+    "revoke",
+    "store",
+    "submit",
+]
+
+Arg = str | int | float | bytes
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall(Generic[R]):
+    """One run of a record script: its keys and arguments with their names, and its reply's type.
+
+    ``key_names``/``arg_names`` are the header's names (a variadic tail is named once, as
+    ``name...``); they exist for the header test and for error messages, not for Redis.
+    ``parse`` turns the raw reply into ``R``.
+    """
+
+    script: str
+    key_names: tuple[str, ...]
+    keys: tuple[str, ...]
+    arg_names: tuple[str, ...]
+    args: tuple[Arg, ...]
+    parse: Callable[[Any], R]
+
+    def command(self, *, by_source: bool = False) -> tuple[Arg, ...]:
+        """The raw command (EVALSHA, or EVAL with the source after a NOSCRIPT)."""
+        head: Arg = script_source(self.script) if by_source else script_sha(self.script)
+        return (
+            "EVAL" if by_source else "EVALSHA",
+            head,
+            len(self.keys),
+            *self.keys,
+            *self.args,
+        )
+
+
+def _identity(reply: Any) -> Any:
+    return reply
+
+
+def _call(
+    script: str,
+    keys: Mapping[str, str],
+    args: Mapping[str, Arg],
+    parse: Callable[[Any], R],
+    *,
+    more_keys: tuple[str, Sequence[str]] | None = None,
+) -> ScriptCall[R]:
+    key_names, key_values = tuple(keys), tuple(keys.values())
+    if more_keys is not None:
+        key_names += (more_keys[0] + "...",)
+        key_values += tuple(more_keys[1])
+    return ScriptCall(script, key_names, key_values, tuple(args), tuple(args.values()), parse)
+
+
+# --- replies ----------------------------------------------------------------------------------
+class BeginVerdict(NamedTuple):
+    """``begin``'s reply: the delivery number and what to do with it."""
+
+    delivery: int
+    #: 0 run it, 1 revoked, 2 already finished (acknowledge, do not run again).
+    verdict: int
+
+
+class QueuePosition(NamedTuple):
+    """``position``'s reply."""
+
+    #: 1-based index of the list holding the message (in consumption order); 0: not queued.
+    list_index: int
+    ahead: int
+    total: int
+
+
+class ServerEpoch(NamedTuple):
+    """``epoch``'s reply, in Unix seconds (None: unreadable)."""
+
+    epoch_s: float | None
+    server_now_s: float | None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _none(reply: Any) -> None:
+    return None
+
+
+def _begin_reply(reply: Any) -> BeginVerdict:
+    return BeginVerdict(int(reply[0]), int(reply[1]))
+
+
+def _position_reply(reply: Any) -> QueuePosition:
+    return QueuePosition(int(reply[0]), int(reply[1]), int(reply[2]))
+
+
+def _epoch_reply(reply: Any) -> ServerEpoch:
+    return ServerEpoch(epoch_seconds(reply[0]), epoch_seconds(reply[1]))
+
+
+# --- builders: one per transition -------------------------------------------------------------
+def submit(
+    keys: RecordKeys,
+    *,
+    task_id: str,
+    task_name: str,
+    queue: str,
+    message: str | bytes,
+    marker_ttl_s: int,
+    broker_db: int,
+    submitted_at: float | None = None,
+) -> ScriptCall[None]:
+    """(none) -> queued: the submit marker, the message and its wake-up token in one step."""
+    return _call(
+        "submit",
+        {
+            "marker": keys.marker(task_id),
+            "epoch": keys.epoch,
+            "queue": queue,
+            "wake": keys.wake(queue),
+        },
+        {
+            "task_name": task_name,
+            "queue": queue,
+            "submitted_at": repr(time.time() if submitted_at is None else submitted_at),
+            "marker_ttl": int(marker_ttl_s),
+            "broker_db": int(broker_db),
+            "message": message,
+        },
+        _none,
+    )
+
+
+def claim(
+    keys: RecordKeys,
+    *,
+    task_id: str,
+    task_name: str,
+    queue: str,
+    practice_record_id: str,
+    message: str | bytes,
+    marker_ttl_s: int,
+    broker_db: int,
+    force: bool = False,
+    submitted_at: float | None = None,
+) -> ScriptCall[str]:
+    """Like :func:`submit`, holding the practice record's in-flight slot (returns its holder)."""
+    return _call(
+        "claim",
+        {
+            "inflight": keys.inflight(practice_record_id),
+            "marker": keys.marker(task_id),
+            "epoch": keys.epoch,
+            "queue": queue,
+            "wake": keys.wake(queue),
+        },
+        {
+            "task_id": task_id,
+            "marker_ttl": int(marker_ttl_s),
+            "task_name": task_name,
+            "queue": queue,
+            "submitted_at": repr(time.time() if submitted_at is None else submitted_at),
+            "force": "1" if force else "0",
+            "meta_prefix": keys.meta(""),
+            "marker_prefix": keys.marker_prefix,
+            "practice_record_id": practice_record_id,
+            "broker_db": int(broker_db),
+            "message": message,
+        },
+        _text,
+    )
+
+
+def reserve(
+    keys: RecordKeys,
+    *,
+    lists: Sequence[str],
+    token: str,
+    acks: Sequence[str],
+    now: float | None = None,
+) -> ScriptCall[Any]:
+    """queued -> reserved: pop the next message from ``lists`` into ``unacked``, applying
+    ``acks`` first; ``token`` is the queue whose wake-up token the caller consumed ('')."""
+    return _call(
+        "reserve",
+        {"unacked": keys.unacked, "unacked_index": keys.unacked_index},
+        {
+            "now": repr(time.time() if now is None else now),
+            "token": token,
+            "acks": json.dumps(list(acks)),
+            "wake_prefix": keys.wake_prefix,
+        },
+        _identity,
+        more_keys=("lists", lists),
+    )
+
+
+def begin(
+    keys: RecordKeys,
+    *,
+    task_id: str,
+    retries: int,
+    hostname: str,
+    running_entry: str,
+    deliveries_ttl_s: int,
+    meta_ttl_s: int,
+) -> ScriptCall[BeginVerdict]:
+    """reserved -> STARTED: count the delivery, check revoke set and outcome, list as running."""
+    started = celery_meta(task_id, "STARTED", {"pid": os.getpid(), "hostname": hostname})
+    return _call(
+        "begin",
+        {
+            "deliveries": keys.deliveries(task_id, retries),
+            "revoked": keys.revoked,
+            "running": keys.running,
+            "meta": keys.meta(task_id),
+        },
+        {
+            "task_id": task_id,
+            "deliveries_ttl": int(deliveries_ttl_s),
+            "running_entry": running_entry,
+            "started_meta": started,
+            "meta_ttl": max(1, int(meta_ttl_s)),
+        },
+        _begin_reply,
+    )
+
+
+def progress(
+    keys: RecordKeys, *, task_id: str, step: str, percent: float, meta_ttl_s: int
+) -> ScriptCall[bool]:
+    """STARTED/PROGRESS -> PROGRESS, never over a final state."""
+    return _call(
+        "progress",
+        {"meta": keys.meta(task_id)},
+        {
+            "progress_meta": celery_meta(task_id, "PROGRESS", {"step": step, "percent": percent}),
+            "meta_ttl": max(1, int(meta_ttl_s)),
+        },
+        bool,
+    )
+
+
+def store(
+    keys: RecordKeys,
+    *,
+    task_id: str,
+    meta: str,
+    meta_ttl_s: int,
+    state: str,
+    stats: str | None,
+    delivery_tag: str | None,
+    broker_db: int,
+    result_db: int,
+    stats_if_revoked: str | None = None,
+) -> ScriptCall[bool]:
+    """-> RETRY/SUCCESS/FAILURE/REVOKED and, with a ``delivery_tag``, its ack: one step."""
+    return _call(
+        "store",
+        {
+            "meta": keys.meta(task_id),
+            "marker": keys.marker(task_id),
+            "unacked": keys.unacked,
+            "unacked_index": keys.unacked_index,
+        },
+        {
+            "meta": meta,
+            "meta_ttl": int(meta_ttl_s),
+            "state": state,
+            "stats": stats or "",
+            "delivery_tag": delivery_tag or "",
+            "broker_db": int(broker_db),
+            "result_db": int(result_db),
+            "stats_if_revoked": stats_if_revoked or "",
+        },
+        bool,
+    )
+
+
+def revoke(
+    keys: RecordKeys, *, task_id: str, meta_ttl_s: int, revoked_at: float | None = None
+) -> ScriptCall[bool]:
+    """Any unfinished state -> REVOKED, persisted in the revoke set and published."""
+    return _call(
+        "revoke",
+        {"revoked": keys.revoked, "meta": keys.meta(task_id), "marker": keys.marker(task_id)},
+        {
+            "task_id": task_id,
+            "revoked_at": repr(time.time() if revoked_at is None else revoked_at),
+            "revoked_meta": revoked_meta(task_id),
+            "meta_ttl": int(meta_ttl_s),
+        },
+        bool,
+    )
+
+
+def restore(keys: RecordKeys, *, delivery_tag: str) -> ScriptCall[bool]:
+    """reserved by a dead worker -> queued (the reaper's step)."""
+    return _call(
+        "restore",
+        {"unacked": keys.unacked, "unacked_index": keys.unacked_index},
+        {"delivery_tag": delivery_tag, "wake_prefix": keys.wake_prefix},
+        bool,
+    )
+
+
+def release(*, key: str, token: str) -> ScriptCall[bool]:
+    """Drop a claim or lock, only if it still holds ``token``."""
+    return _call("release", {"lock": key}, {"token": token}, bool)
+
+
+def lock(*, key: str, token: str, ttl_ms: int) -> ScriptCall[bool]:
+    """Take a lock, or extend it when ``token`` holds it."""
+    return _call("lock", {"lock": key}, {"token": token, "ttl_ms": int(ttl_ms)}, bool)
+
+
+def position(*, queue: str, task_id: str) -> ScriptCall[QueuePosition]:
+    """Where ``task_id``'s message waits in ``queue`` (a read)."""
+    return _call(
+        "position",
+        {},
+        {"task_id": task_id},
+        _position_reply,
+        more_keys=("lists", queue_lists(queue)),
+    )
+
+
+def epoch(keys: RecordKeys) -> ScriptCall[ServerEpoch]:
+    """The server's epoch (written if missing) and its clock (a read, bar that first write)."""
+    return _call("epoch", {"epoch": keys.epoch}, {}, _epoch_reply)
+
+
+# --- runners ----------------------------------------------------------------------------------
+class RecordRead(NamedTuple):
+    """What :meth:`AsyncRecord.read` saw, in one round trip."""
+
+    #: Per task id: its decoded meta (None: none) and its submit marker (empty: none).
+    entries: list[tuple[dict[str, Any] | None, dict[str, str]]]
+    epoch: ServerEpoch
+
+
+class Record:
+    """Runs the record's calls on a synchronous client (the worker, beat and their threads)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._scripts = ScriptSet(client)
+
+    def run(self, call: ScriptCall[R]) -> R:
+        """Run one transition and return its typed reply."""
+        return call.parse(self._scripts[call.script](keys=list(call.keys), args=list(call.args)))
+
+    def meta_status(self, keys: RecordKeys, task_id: str) -> str | None:
+        """The stored meta's status (e.g. after a refused store: who got there first)."""
+        meta = read_meta(self.client.get(keys.meta(task_id)))
+        status = None if meta is None else meta.get("status")
+        return status if isinstance(status, str) else None
+
+
+class AsyncRecord:
+    """Runs the record's calls on ``redis.asyncio`` (TaskManager, Monitor, alerts)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._scripts = ScriptSet(client)
+
+    async def run(self, call: ScriptCall[R]) -> R:
+        """Run one transition and return its typed reply."""
+        script = self._scripts[call.script]
+        return call.parse(await script(keys=list(call.keys), args=list(call.args)))
+
+    async def run_many(self, calls: Sequence[ScriptCall[R]]) -> list[R]:
+        """Run transitions in one pipelined round trip; replies in order."""
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            await self._queue(pipe, call)
+        return [call.parse(reply) for call, reply in zip(calls, await pipe.execute(), strict=True)]
+
+    async def _queue(self, pipe: Any, call: ScriptCall[Any]) -> None:
+        script = self._scripts[call.script]
+        await script(keys=list(call.keys), args=list(call.args), client=pipe)
+
+    async def read(self, keys: RecordKeys, task_ids: Sequence[str]) -> RecordRead:
+        """Metas and markers of ``task_ids`` and the server's epoch, in one round trip.
+
+        The epoch is written if missing, by the server's clock (as a submit would), so an id
+        the server forgot (LOST) is told from one it never had (NOT_FOUND) the same way in
+        every process.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.get(keys.meta(task_id))
+            pipe.hgetall(keys.marker(task_id))
+        await self._queue(pipe, epoch(keys))
+        raw = await pipe.execute()
+        entries = []
+        for i in range(len(task_ids)):
+            marker = {_text(k): _text(v) for k, v in raw[2 * i + 1].items()}
+            entries.append((read_meta(raw[2 * i]), marker))
+        return RecordRead(entries, _epoch_reply(raw[-1]))
