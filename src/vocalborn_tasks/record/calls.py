@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+from redis.exceptions import NoScriptError
 
 from .keys import RecordKeys, queue_lists
 from .meta import celery_meta, read_meta, revoked_meta
@@ -420,15 +422,40 @@ class AsyncRecord:
         return call.parse(await script(keys=list(call.keys), args=list(call.args)))
 
     async def run_many(self, calls: Sequence[ScriptCall[R]]) -> list[R]:
-        """Run transitions in one pipelined round trip; replies in order."""
-        pipe = self.client.pipeline(transaction=False)
-        for call in calls:
-            await self._queue(pipe, call)
-        return [call.parse(reply) for call, reply in zip(calls, await pipe.execute(), strict=True)]
+        """Run transitions in one pipelined round trip; replies in order.
+
+        Only for transitions that may run twice (claim, reads): see :meth:`_pipeline`.
+        """
+
+        async def queue(pipe: Any) -> None:
+            for call in calls:
+                await self._queue(pipe, call)
+
+        replies = await self._pipeline(queue)
+        return [call.parse(reply) for call, reply in zip(calls, replies, strict=True)]
 
     async def _queue(self, pipe: Any, call: ScriptCall[Any]) -> None:
         script = self._scripts[call.script]
         await script(keys=list(call.keys), args=list(call.args), client=pipe)
+
+    async def _pipeline(self, queue: Callable[[Any], Awaitable[None]]) -> list[Any]:
+        """Build a pipeline with ``queue`` and execute it, once more after a NOSCRIPT.
+
+        redis-py loads a pipeline's scripts before sending it, but a connection retry (the
+        server restarting under the call) re-sends it to a server whose script cache is
+        empty: every EVALSHA then fails and none ran. The second attempt loads them again.
+        A transition sent twice must be harmless (claim returns the slot's holder: the id
+        the first attempt took, if it ran).
+        """
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            await queue(pipe)
+            try:
+                return list(await pipe.execute())
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def read(self, keys: RecordKeys, task_ids: Sequence[str]) -> RecordRead:
         """Metas and markers of ``task_ids`` and the server's epoch, in one round trip.
@@ -437,12 +464,14 @@ class AsyncRecord:
         the server forgot (LOST) is told from one it never had (NOT_FOUND) the same way in
         every process.
         """
-        pipe = self.client.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.get(keys.meta(task_id))
-            pipe.hgetall(keys.marker(task_id))
-        await self._queue(pipe, epoch(keys))
-        raw = await pipe.execute()
+
+        async def queue(pipe: Any) -> None:
+            for task_id in task_ids:
+                pipe.get(keys.meta(task_id))
+                pipe.hgetall(keys.marker(task_id))
+            await self._queue(pipe, epoch(keys))
+
+        raw = await self._pipeline(queue)
         entries = []
         for i in range(len(task_ids)):
             marker = {_text(k): _text(v) for k, v in raw[2 * i + 1].items()}
