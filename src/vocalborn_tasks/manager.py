@@ -27,7 +27,6 @@ from .errors import (
     InvalidRequestError,
     ManagerClosedError,
     TaskFailedError,
-    TaskLostError,
     TaskNotFoundError,
     TaskRevokedError,
     TaskTimeoutError,
@@ -63,11 +62,6 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_LIVE_STATES = frozenset(
-    {TaskState.PENDING, TaskState.STARTED, TaskState.PROGRESS, TaskState.RETRY}
-)
-
 
 class TaskManager:
     """Submit, follow, await and cancel tasks from async code.
@@ -487,6 +481,10 @@ class TaskManager:
         return self._result_of(task, status)
 
     def _result_of(self, task: str | TaskHandle[Any], status: TaskStatus) -> Any:
+        """Turn a final status into the typed result or the matching error.
+
+        LOST never gets here: :meth:`ResultReader.wait` raises :class:`TaskLostError` itself.
+        """
         task_id = status.task_id
         if status.state is TaskState.SUCCESS:
             try:
@@ -504,8 +502,6 @@ class TaskManager:
                 ) from None
         if status.state is TaskState.REVOKED:
             raise TaskRevokedError(f"task {task_id} was cancelled", task_id=task_id)
-        if status.state is TaskState.LOST:
-            raise TaskLostError(f"task {task_id} was lost by the server", task_id=task_id)
         if status.state in (TaskState.NOT_FOUND, TaskState.EXPIRED):
             raise TaskNotFoundError(
                 f"task {task_id} is unknown or its result has expired",
