@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
 class TaskManager:
     """Submit, follow, await and cancel tasks from async code.
 
