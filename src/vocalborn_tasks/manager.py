@@ -22,7 +22,6 @@ from ._protocol import build_task_message
 from ._redis import async_client, pubsub_connection_factory, redis_errors
 from .config import TaskSettings
 from .errors import (
-    BrokerAuthError,
     BrokerUnavailableError,
     InvalidRequestError,
     ManagerClosedError,
@@ -363,8 +362,16 @@ class TaskManager:
         async with redis_errors(self.settings, f"status of task {task_id}"):
             return await reader.fetch(task_id)
 
+    async def get_task_statuses(self, tasks: Iterable[str | TaskHandle[Any]]) -> list[TaskStatus]:
+        """The batch form of :meth:`get_task_status`: many tasks in one pipelined round trip.
+
+        Returns the statuses in the order of ``tasks``, with the same states (``NOT_FOUND``,
+        ``EXPIRED``, ``LOST``) as the single form.
+        """
+        return await self.get_statuses(tasks)
+
     async def get_statuses(self, tasks: Iterable[str | TaskHandle[Any]]) -> list[TaskStatus]:
-        """Statuses of many tasks in one pipelined round trip."""
+        """The same as :meth:`get_task_statuses` (its first name, kept for existing hosts)."""
         reader = self._ensure_open()
         ids = [str(t) for t in tasks]
         async with redis_errors(self.settings, "status of tasks"):
@@ -430,8 +437,8 @@ class TaskManager:
                         seen = parse_cursor(status.cursor)
                         yield status
                 return
-            except BrokerUnavailableError as exc:
-                if isinstance(exc, BrokerAuthError) or last is None:
+            except BrokerUnavailableError as exc:  # BrokerAuthError is not one: it propagates
+                if last is None:
                     raise
                 now = time.monotonic()
                 outage_since = outage_since if outage_since is not None else now
@@ -460,7 +467,8 @@ class TaskManager:
         """Wait until the task finishes and return its typed result.
 
         A task id string is taken to be an audio analysis (returns :class:`AnalysisResult`);
-        a :class:`TaskHandle` returns its definition's declared type.
+        a :class:`TaskHandle` returns its definition's declared type. For another task whose
+        id was stored, pass ``TaskHandle.from_id(definition, task_id)``.
 
         Raises:
             TaskTimeoutError: ``timeout`` seconds passed first (the task may still finish).
@@ -493,8 +501,17 @@ class TaskManager:
                     return task.definition.decode_result(status.result)
                 return AnalysisResult.model_validate(status.result)
             except ValidationError as exc:
+                hint = ""
+                if not isinstance(task, TaskHandle) and status.task_name not in (
+                    None,
+                    analyze_audio.name,
+                ):
+                    hint = (
+                        f" (it is a {status.task_name} task: a plain id means an analysis; pass "
+                        "TaskHandle.from_id(definition, task_id))"
+                    )
                 raise TaskFailedError(
-                    f"task {task_id} returned a result of the wrong shape: "
+                    f"task {task_id} returned a result of the wrong shape{hint}: "
                     + _validation_message(exc),
                     task_id=task_id,
                     remote_type="ValidationError",
