@@ -22,6 +22,7 @@ from ._redis import async_client, redis_errors
 from .config import QUEUES, TaskSettings
 from .errors import ManagerClosedError
 from .record import RecordKeys, ScriptSet
+from .record.keys import PRIORITY_STEPS
 from .stats import OUTCOMES, RunRecord, parse_run, percentile, running_tasks
 
 if TYPE_CHECKING:
@@ -38,14 +39,8 @@ __all__ = [
     "queue_keys",
 ]
 
-#: kombu's Redis transport keeps priorities 3, 6 and 9 of a queue in lists named like this.
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITY_STEPS = (3, 6, 9)
-
-
-def queue_keys(queue: str) -> list[str]:
-    """Every Redis list that holds messages of ``queue`` (the base list and its priority lists)."""
-    return [queue, *(f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITY_STEPS)]
+#: Every Redis list that holds messages of a queue (the base list and its priority lists).
+queue_keys = RecordKeys.queue_lists
 
 
 class _Model(BaseModel):
@@ -257,7 +252,7 @@ class Monitor:
                 for key in queue_keys(name):
                     pipe.llen(key)
             counts = await pipe.execute()
-        per = len(_PRIORITY_STEPS) + 1
+        per = len(PRIORITY_STEPS) + 1
         return {name: sum(counts[i * per : (i + 1) * per]) for i, name in enumerate(names)}
 
     async def purge_queue(self, queue: str) -> int:
@@ -273,7 +268,7 @@ class Monitor:
             for key in queue_keys(queue):
                 pipe.delete(key)
             results = await pipe.execute()
-        return int(sum(results[: len(_PRIORITY_STEPS) + 1]))
+        return int(sum(results[: len(PRIORITY_STEPS) + 1]))
 
     async def get_queue_stats(self, queues: Iterable[str] = QUEUES) -> list[QueueStats]:
         """Length (per priority list), consumers and oldest message age of each queue."""
@@ -286,7 +281,7 @@ class Monitor:
     ) -> list[QueueStats]:
         broker, backend = self._clients()
         s = self.settings
-        per = len(_PRIORITY_STEPS) + 1
+        per = len(PRIORITY_STEPS) + 1
         async with redis_errors(s, "queue stats"):
             pipe = broker.pipeline(transaction=False)
             for name in names:
@@ -303,7 +298,7 @@ class Monitor:
         out = []
         for i, name in enumerate(names):
             lengths = {
-                step: int(raw[(i * per + j) * 2]) for j, step in enumerate((0, *_PRIORITY_STEPS))
+                step: int(raw[(i * per + j) * 2]) for j, step in enumerate((0, *PRIORITY_STEPS))
             }
             key_ages = [ages[k] for k in queue_keys(name) if k in ages]
             consumers = [w for w in workers if name in w.queues]
@@ -617,7 +612,7 @@ class Monitor:
             previous = await pipe.execute()
             out: list[QueueStats] = []
             update = backend.pipeline(transaction=False)
-            per = len(_PRIORITY_STEPS) + 1
+            per = len(PRIORITY_STEPS) + 1
             for i, q in enumerate(stats):
                 ids = [_message_id(r) for r in heads_raw[i * per : (i + 1) * per]]
                 head = next((h for h in ids if h is not None), "")

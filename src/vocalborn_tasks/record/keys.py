@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .meta import META_PREFIX
 
 if TYPE_CHECKING:
     from ..config import TaskSettings
 
-__all__ = ["RecordKeys"]
+__all__ = ["PRIORITY_SEP", "PRIORITY_STEPS", "RecordKeys"]
+
+#: kombu's Redis transport keeps the messages of priority ``p`` of a queue in the list
+#: ``<queue><PRIORITY_SEP><step>`` (the highest step <= p; 0 is the bare queue). The one copy
+#: of kombu's ``Channel.sep`` / ``Channel.priority_steps`` (borrowed: see
+#: ``worker/celery_private.py``, whose test checks they still agree): the Monitor reads the
+#: lists by these names, and :func:`~.scripts.script_source` hands them to the Lua scripts.
+PRIORITY_SEP: Final = "\x06\x16"
+PRIORITY_STEPS: Final = (3, 6, 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,14 @@ class RecordKeys:
         return self._key("reaper")
 
     # --- broker database --------------------------------------------------------------------
+    @staticmethod
+    def queue_lists(queue: str) -> list[str]:
+        """Every list holding ``queue``'s messages, in the order workers take them.
+
+        The bare queue (priority 0) first, then one list per priority step.
+        """
+        return [queue, *(f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS)]
+
     unacked: str = "unacked"
     unacked_index: str = "unacked_index"
 

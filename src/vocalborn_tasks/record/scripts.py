@@ -1,5 +1,9 @@
 """The record's Lua scripts: files in ``lua/``, each prefixed with ``lua/_prelude.lua``.
 
+In front of the prelude goes a line of constants generated from Python (kombu's priority
+list names, :data:`.keys.PRIORITY_SEP` and :data:`.keys.PRIORITY_STEPS`), so they are defined
+once, not once per language.
+
 Scripts are code: kept as files (so they are read, diffed and linted like code), loaded from
 the package once per process, and run with EVALSHA (redis-py's ``Script`` loads them again
 after a server restart forgot them).
@@ -10,6 +14,8 @@ from __future__ import annotations
 import functools
 from importlib.resources import files
 from typing import Any, Final
+
+from .keys import PRIORITY_SEP, PRIORITY_STEPS
 
 __all__ = ["SCRIPT_NAMES", "ScriptSet", "script_source"]
 
@@ -35,7 +41,15 @@ def script_source(name: str) -> str:
         raise KeyError(f"no record script named {name!r}")
     lua = files(__package__).joinpath("lua")
     prelude = lua.joinpath("_prelude.lua").read_text(encoding="utf-8")
-    return prelude + "\n" + lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    script = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return "\n".join((_constants(), prelude, script))
+
+
+def _constants() -> str:
+    """Lua definitions of the Python constants the scripts share (one line)."""
+    sep = "".join(f"\\{ord(c)}" for c in PRIORITY_SEP)  # a Lua decimal escape per character
+    steps = ", ".join(str(step) for step in PRIORITY_STEPS)
+    return f"local PRIORITY_SEP, PRIORITY_STEPS = '{sep}', {{{steps}}}"
 
 
 class ScriptSet:
