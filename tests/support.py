@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,50 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+async def async_wait_until(
+    predicate: Callable[[], Awaitable[Any]], timeout: float, interval: float = 0.05, what: str = ""
+) -> Any:
+    """:func:`wait_until` for async tests: polls ``await predicate()``, never blocking the loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
+        await asyncio.sleep(interval)
+
+
+async def wait_subscribed(
+    settings: TaskSettings, task_ids: list[str], *, count: int = 1, timeout: float = 30.0
+) -> None:
+    """Return once each task's result channel has ``count`` subscribers on the server.
+
+    What a test waits for before an event its waiters must see (a restart, a cancel): the
+    server's own answer (PUBSUB NUMSUB), not a pause long enough on an idle machine.
+    """
+    import redis.asyncio as aioredis
+
+    from vocalborn_tasks.record import RecordKeys
+
+    channels = [RecordKeys.meta(t) for t in task_ids]
+    client = aioredis.Redis.from_url(settings.backend_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            pending = []
+            for start in range(0, len(channels), 500):
+                pairs = await client.pubsub_numsub(*channels[start : start + 500])
+                pending += [c for c, n in pairs if int(n) != count]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(pending)} channels without {count} subscriber(s)")
+            await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
 
 
 def settings_env(settings: TaskSettings) -> dict[str, str]:

@@ -1,18 +1,23 @@
 """vocalborn-tasks: a typed, reliable async task layer for long audio-analysis jobs.
 
 The public names are re-exported here; everything else may change between 0.x releases.
-Importing this package connects to nothing, starts nothing and does not import Celery: the two
-worker-side names (``create_celery_app``, ``register_task``) are imported on first use.
+Importing this package connects to nothing, starts nothing and does not import Celery: the
+worker-side names (``create_celery_app``, ``register_task``, and the types they use,
+``VocalbornCelery`` and ``WorkerRuntime``) are imported on first use.
+
+Every type that appears in an exported name's public signature is exported too (a test derives
+them), so a host can annotate its own code without importing private modules.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from .alerts import Alert, AlertSink
-from .config import TaskSettings
+from .alerts import Alert, AlertSink, AlertStatus
+from .config import BeatEntry, TaskSettings
 from .errors import (
     AudioError,
     BrokerAuthError,
+    BrokerError,
     BrokerUnavailableError,
     ConfigurationError,
     DeliveryLimitError,
@@ -52,8 +57,8 @@ from .sinks import ResultSink
 from .tasks import TaskContext, TaskDefinition, TaskHandle, task_definition
 
 if TYPE_CHECKING:
-    from .worker.factory import create_celery_app
-    from .worker.runtime import register_task
+    from .worker.factory import VocalbornCelery, create_celery_app
+    from .worker.runtime import WorkerRuntime, register_task
 
 try:
     __version__ = version("vocalborn-tasks")
@@ -63,11 +68,14 @@ except PackageNotFoundError:  # running from a source tree without installing
 __all__ = [
     "Alert",
     "AlertSink",
+    "AlertStatus",
     "AnalysisRequest",
     "AnalysisResult",
     "AnalyzerInfo",
     "AudioError",
+    "BeatEntry",
     "BrokerAuthError",
+    "BrokerError",
     "BrokerUnavailableError",
     "ConfigurationError",
     "DeliveryLimitError",
@@ -98,7 +106,9 @@ __all__ = [
     "TaskStatus",
     "TaskTimeoutError",
     "TaskTypeStats",
+    "VocalbornCelery",
     "VocalbornTasksError",
+    "WorkerRuntime",
     "WorkerStats",
     "__version__",
     "create_celery_app",
@@ -109,12 +119,12 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """The worker-side public names, imported on first use (they need Celery)."""
-    if name == "create_celery_app":
-        from .worker.factory import create_celery_app
+    if name in ("create_celery_app", "VocalbornCelery"):
+        from .worker import factory
 
-        return create_celery_app
-    if name == "register_task":
-        from .worker.runtime import register_task
+        return getattr(factory, name)
+    if name in ("register_task", "WorkerRuntime"):
+        from .worker import runtime
 
-        return register_task
+        return getattr(runtime, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = ["build_task_message"]
@@ -33,11 +32,6 @@ def build_task_message(
     name: str,
     kwargs: dict[str, Any],
     queue: str,
-    *,
-    countdown: float | None = None,
-    time_limit: float | None = None,
-    soft_time_limit: float | None = None,
-    reply_to: str = "",
 ) -> bytes:
     """Serialise one task message, ready to LPUSH onto the ``queue`` list.
 
@@ -46,12 +40,7 @@ def build_task_message(
         name: the registered task name.
         kwargs: JSON-safe keyword arguments.
         queue: the queue (Redis list) it goes to; also recorded as the routing key.
-        countdown: seconds before a worker may run it (becomes the ``eta`` header).
-        time_limit / soft_time_limit: per-task limits overriding the app's.
     """
-    eta = None
-    if countdown:
-        eta = (datetime.now(UTC) + timedelta(seconds=countdown)).isoformat()
     body = json.dumps([[], kwargs, _EMBED], separators=(",", ":")).encode()
     envelope = {
         "body": base64.b64encode(body).decode("ascii"),
@@ -62,12 +51,12 @@ def build_task_message(
             "task": name,
             "id": task_id,
             "shadow": None,
-            "eta": eta,
+            "eta": None,
             "expires": None,
             "group": None,
             "group_index": None,
             "retries": 0,
-            "timelimit": [time_limit, soft_time_limit],
+            "timelimit": [None, None],
             "root_id": task_id,
             "parent_id": None,
             "argsrepr": "()",
@@ -80,7 +69,7 @@ def build_task_message(
         },
         "properties": {
             "correlation_id": task_id,
-            "reply_to": reply_to,
+            "reply_to": "",
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,

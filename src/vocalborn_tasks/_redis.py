@@ -2,7 +2,8 @@
 
 Every call the manager or monitor makes goes through :func:`redis_errors`, so a host only ever
 sees :class:`BrokerUnavailableError` (retry later) or :class:`BrokerAuthError` (fix the
-credentials), each within a bounded time and with the server's address but never its password.
+credentials; a sibling under :class:`BrokerError`, so a retry loop never retries it), each
+within a bounded time and with the server's address but never its password.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .config import QUEUES, TaskSettings
-from .errors import BrokerUnavailableError, ConfigurationError, VocalbornTasksError
+from .errors import BrokerError, BrokerUnavailableError, ConfigurationError, VocalbornTasksError
 
 __all__ = ["main"]
 
@@ -88,7 +88,7 @@ def handle_errors(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
-        except BrokerUnavailableError as exc:
+        except BrokerError as exc:  # unreachable or refused us: both say "check the server"
             if logging.getLogger().isEnabledFor(logging.DEBUG):
                 raise
             _fail(str(exc), EXIT_UNREACHABLE)

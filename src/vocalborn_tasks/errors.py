@@ -4,6 +4,9 @@ Every error carries ``retryable``: ``True`` when the same call may succeed later
 (the broker was down, a file server hiccuped), ``False`` when repeating it cannot
 help (bad audio, an invalid request). Tasks retry only the first kind.
 
+A retry loop catches :class:`BrokerUnavailableError` only: an authentication failure is its
+sibling, not its subclass, so it is never retried. Catch :class:`BrokerError` for both.
+
 ::
 
     VocalbornTasksError                 root; never raised itself
@@ -11,8 +14,9 @@ help (bad audio, an invalid request). Tasks retry only the first kind.
     ├── ManagerClosedError              a TaskManager/Monitor used after aclose()
     ├── InvalidRequestError             a request refused before anything was queued (permanent)
     │   └── RecordingAccessError        a recording outside the allowed roots/schemes, or missing
-    ├── BrokerUnavailableError          Redis/Valkey unreachable or refused us (retryable)
-    │   └── BrokerAuthError             wrong password / ACL user (permanent)
+    ├── BrokerError                     Redis/Valkey cannot be used; never raised itself
+    │   ├── BrokerUnavailableError      unreachable or not answering in time (retryable)
+    │   └── BrokerAuthError             wrong password / ACL user / certificate (permanent)
     ├── AudioError                      bad audio, with a stable ``code`` (permanent)
     ├── RetryableTaskError              a task body's transient failure (retryable)
     ├── DeliveryLimitError              a message that killed its worker too often (permanent)
@@ -39,6 +43,7 @@ __all__ = [
     "ERROR_CODES",
     "AudioError",
     "BrokerAuthError",
+    "BrokerError",
     "BrokerUnavailableError",
     "ConfigurationError",
     "DeliveryLimitError",
@@ -106,6 +111,7 @@ ERROR_CODES: Final[dict[str, ErrorCode]] = {
     "lost": ErrorCode("system", "the task was lost by the server; submit it again"),
     # --- generic codes of the base classes (subclasses refine them) ---
     "error": ErrorCode("system", "an error occurred"),
+    "broker": ErrorCode("system", "the service is unavailable"),
     "task": ErrorCode("system", "an error occurred with this task"),
 }
 
@@ -212,15 +218,29 @@ class RecordingAccessError(InvalidRequestError):
     code = "recording_access"
 
 
-class BrokerUnavailableError(VocalbornTasksError):
+class BrokerError(VocalbornTasksError):
+    """The Redis/Valkey server cannot be used: unreachable, or it refused us.
+
+    Catch it to handle both kinds at once (a CLI that reports either in one line); a retry
+    loop catches :class:`BrokerUnavailableError` alone.
+    """
+
+    code = "broker"
+
+
+class BrokerUnavailableError(BrokerError):
     """The Redis/Valkey server could not be reached in time. Safe to retry later."""
 
     retryable = True
     code = "broker_unavailable"
 
 
-class BrokerAuthError(BrokerUnavailableError):
-    """The server refused our credentials or certificate; retrying will not help."""
+class BrokerAuthError(BrokerError):
+    """The server refused our credentials or certificate; retrying will not help.
+
+    Not a :class:`BrokerUnavailableError` (it was until 0.x, see the changelog): waiting does
+    not fix a wrong password, so no retry loop should see it.
+    """
 
     retryable = False
     code = "broker_auth"

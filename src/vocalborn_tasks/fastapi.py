@@ -61,7 +61,7 @@ from pydantic import BaseModel
 from .config import TaskSettings
 from .errors import (
     AudioError,
-    BrokerAuthError,
+    BrokerError,
     BrokerUnavailableError,
     ConfigurationError,
     ErrorCause,
@@ -156,7 +156,7 @@ def _status_of(exc: VocalbornTasksError) -> int:
         return 409
     if isinstance(exc, TaskTimeoutError):
         return 504
-    if isinstance(exc, BrokerUnavailableError):
+    if isinstance(exc, BrokerError):
         return 503
     if isinstance(exc, InvalidRequestError | AudioError):
         return 422
@@ -199,7 +199,7 @@ def _library_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, InvalidRequestError) and exc.errors:
         extra["errors"] = exc.errors
     headers = None
-    if isinstance(exc, BrokerUnavailableError) and not isinstance(exc, BrokerAuthError):
+    if isinstance(exc, BrokerUnavailableError):  # not an auth failure: waiting cannot fix it
         headers = {"Retry-After": str(RETRY_AFTER_S)}
     # The detail with server paths stays in the log; the client gets the public message.
     log = logger.warning if status >= 500 else logger.info
@@ -230,7 +230,8 @@ def install_error_handlers(app: FastAPI) -> None:
     ``TaskFailedError``                        422 if ``cause == "input"``, else 500
     ``TaskNotFoundError`` / ``TaskLostError``  404 / 410
     ``TaskRevokedError``                       409
-    ``BrokerUnavailableError``                 503 with ``Retry-After`` (auth: 503 without)
+    ``BrokerUnavailableError``                 503 with ``Retry-After``
+    ``BrokerAuthError``                        503 without (waiting will not fix it)
     ``TaskTimeoutError``                       504
     anything else of the library               500
     ========================================= =====================================

@@ -22,12 +22,10 @@ from ._protocol import build_task_message
 from ._redis import async_client, pubsub_connection_factory, redis_errors
 from .config import TaskSettings
 from .errors import (
-    BrokerAuthError,
     BrokerUnavailableError,
     InvalidRequestError,
     ManagerClosedError,
     TaskFailedError,
-    TaskLostError,
     TaskNotFoundError,
     TaskRevokedError,
     TaskTimeoutError,
@@ -63,10 +61,6 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_LIVE_STATES = frozenset(
-    {TaskState.PENDING, TaskState.STARTED, TaskState.PROGRESS, TaskState.RETRY}
-)
 
 
 class TaskManager:
@@ -347,8 +341,16 @@ class TaskManager:
         async with redis_errors(self.settings, f"status of task {task_id}"):
             return await reader.fetch(task_id)
 
+    async def get_task_statuses(self, tasks: Iterable[str | TaskHandle[Any]]) -> list[TaskStatus]:
+        """The batch form of :meth:`get_task_status`: many tasks in one pipelined round trip.
+
+        Returns the statuses in the order of ``tasks``, with the same states (``NOT_FOUND``,
+        ``EXPIRED``, ``LOST``) as the single form.
+        """
+        return await self.get_statuses(tasks)
+
     async def get_statuses(self, tasks: Iterable[str | TaskHandle[Any]]) -> list[TaskStatus]:
-        """Statuses of many tasks in one pipelined round trip."""
+        """The same as :meth:`get_task_statuses` (its first name, kept for existing hosts)."""
         reader = self._ensure_open()
         ids = [str(t) for t in tasks]
         async with redis_errors(self.settings, "status of tasks"):
@@ -414,8 +416,8 @@ class TaskManager:
                         seen = parse_cursor(status.cursor)
                         yield status
                 return
-            except BrokerUnavailableError as exc:
-                if isinstance(exc, BrokerAuthError) or last is None:
+            except BrokerUnavailableError as exc:  # BrokerAuthError is not one: it propagates
+                if last is None:
                     raise
                 now = time.monotonic()
                 outage_since = outage_since if outage_since is not None else now
@@ -444,7 +446,8 @@ class TaskManager:
         """Wait until the task finishes and return its typed result.
 
         A task id string is taken to be an audio analysis (returns :class:`AnalysisResult`);
-        a :class:`TaskHandle` returns its definition's declared type.
+        a :class:`TaskHandle` returns its definition's declared type. For another task whose
+        id was stored, pass ``TaskHandle.from_id(definition, task_id)``.
 
         Raises:
             TaskTimeoutError: ``timeout`` seconds passed first (the task may still finish).
@@ -466,6 +469,10 @@ class TaskManager:
         return self._result_of(task, status)
 
     def _result_of(self, task: str | TaskHandle[Any], status: TaskStatus) -> Any:
+        """Turn a final status into the typed result or the matching error.
+
+        LOST never gets here: :meth:`ResultReader.wait` raises :class:`TaskLostError` itself.
+        """
         task_id = status.task_id
         if status.state is TaskState.SUCCESS:
             try:
@@ -473,8 +480,17 @@ class TaskManager:
                     return task.definition.decode_result(status.result)
                 return AnalysisResult.model_validate(status.result)
             except ValidationError as exc:
+                hint = ""
+                if not isinstance(task, TaskHandle) and status.task_name not in (
+                    None,
+                    analyze_audio.name,
+                ):
+                    hint = (
+                        f" (it is a {status.task_name} task: a plain id means an analysis; pass "
+                        "TaskHandle.from_id(definition, task_id))"
+                    )
                 raise TaskFailedError(
-                    f"task {task_id} returned a result of the wrong shape: "
+                    f"task {task_id} returned a result of the wrong shape{hint}: "
                     + _validation_message(exc),
                     task_id=task_id,
                     remote_type="ValidationError",
@@ -483,8 +499,6 @@ class TaskManager:
                 ) from None
         if status.state is TaskState.REVOKED:
             raise TaskRevokedError(f"task {task_id} was cancelled", task_id=task_id)
-        if status.state is TaskState.LOST:
-            raise TaskLostError(f"task {task_id} was lost by the server", task_id=task_id)
         if status.state in (TaskState.NOT_FOUND, TaskState.EXPIRED):
             raise TaskNotFoundError(
                 f"task {task_id} is unknown or its result has expired",

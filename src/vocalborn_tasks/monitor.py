@@ -38,9 +38,10 @@ __all__ = [
     "queue_keys",
 ]
 
-_PRIORITY_STEPS = PRIORITY_STEPS
 #: Every Redis list that holds messages of a queue (the base list and its priority lists).
 queue_keys = queue_lists
+#: How many messages ahead of a task have their task names read for its wait estimate.
+_NAMES_SAMPLE = 1000
 
 
 class _Model(BaseModel):
@@ -93,10 +94,11 @@ class TaskPosition(_Model):
     queue_length: int | None = None
     #: Pool processes of the live workers consuming the queue.
     consumer_processes: int = 0
-    #: Seconds until a worker should start it, from recent durations; None without data
-    #: or without a consumer.
+    #: Seconds until a worker should start it, from the recent durations of each task type
+    #: ahead of it and running; None without data or without a consumer.
     estimated_wait_s: float | None = None
-    #: Mean duration (s) of the queue's recent runs that the estimate is based on.
+    #: Mean duration (s) of this task's type's recent runs (its queue's, when the type has
+    #: none): how long it should take once started.
     mean_duration_s: float | None = None
 
 
@@ -252,7 +254,7 @@ class Monitor:
                 for key in queue_keys(name):
                     pipe.llen(key)
             counts = await pipe.execute()
-        per = len(_PRIORITY_STEPS) + 1
+        per = len(PRIORITY_STEPS) + 1
         return {name: sum(counts[i * per : (i + 1) * per]) for i, name in enumerate(names)}
 
     async def purge_queue(self, queue: str) -> int:
@@ -268,7 +270,7 @@ class Monitor:
             for key in queue_keys(queue):
                 pipe.delete(key)
             results = await pipe.execute()
-        return int(sum(results[: len(_PRIORITY_STEPS) + 1]))
+        return int(sum(results[: len(PRIORITY_STEPS) + 1]))
 
     async def get_queue_stats(self, queues: Iterable[str] = QUEUES) -> list[QueueStats]:
         """Length (per priority list), consumers and oldest message age of each queue."""
@@ -281,7 +283,7 @@ class Monitor:
     ) -> list[QueueStats]:
         broker, backend = self._clients()
         s = self.settings
-        per = len(_PRIORITY_STEPS) + 1
+        per = len(PRIORITY_STEPS) + 1
         async with redis_errors(s, "queue stats"):
             pipe = broker.pipeline(transaction=False)
             for name in names:
@@ -298,7 +300,7 @@ class Monitor:
         out = []
         for i, name in enumerate(names):
             lengths = {
-                step: int(raw[(i * per + j) * 2]) for j, step in enumerate((0, *_PRIORITY_STEPS))
+                step: int(raw[(i * per + j) * 2]) for j, step in enumerate((0, *PRIORITY_STEPS))
             }
             key_ages = [ages[k] for k in queue_keys(name) if k in ages]
             consumers = [w for w in workers if name in w.queues]
@@ -356,8 +358,12 @@ class Monitor:
 
         The position counts the messages a worker takes first: earlier messages of the same
         list, then the lists of higher priority. The wait estimate simulates the queue's
-        consumers' pool slots (each busy slot frees when its task reaches the recent mean
-        duration) taking the messages ahead, one mean duration each.
+        consumers' pool slots taking the messages ahead, each costing the recent mean
+        duration of *its own* task type (a 20 s report behind 30 ms analyses counts as 20 s);
+        a busy slot frees when its running task reaches its type's mean, so the estimate is
+        never less than what the running tasks should still take. Types without recent runs
+        cost the queue's mean; the names of at most ``_NAMES_SAMPLE`` messages ahead are
+        read, the rest cost their mean.
         """
         broker, backend = self._clients()
         s = self.settings
@@ -389,10 +395,13 @@ class Monitor:
             )
         queue, ahead, total = found
         workers = [w for w in await self.get_worker_stats() if queue in w.queues]
-        mean = await self._mean_duration(queue)
+        means, queue_mean = await self._mean_durations(queue)
+        own_name = await self._task_name(task_id)
+        mean = means.get(own_name, queue_mean) if own_name is not None else queue_mean
         # Celery counts running requests among the reserved ones: only the rest wait.
         held = sum(max(w.reserved - w.active, 0) for w in workers)
-        wait = await self._estimate_wait(workers, ahead + held, mean, queue)
+        names = await self._names_ahead(queue, ahead)
+        wait = await self._estimate_wait(workers, names, ahead + held, means, queue_mean)
         return TaskPosition(
             task_id=task_id,
             state="waiting",
@@ -424,26 +433,76 @@ class Monitor:
             out[name] = (tasks[name], runs)
         return out
 
-    async def _mean_duration(self, queue: str) -> float | None:
+    async def _mean_durations(self, queue: str) -> tuple[dict[str, float], float | None]:
+        """Mean recent duration per task name, and over ``queue``'s runs (the fallback).
+
+        Each mean is over the type's last 50 runs that were not revoked: the most recent runs
+        describe the current backlog best.
+        """
         runs = await self._recent_runs(time.time() - self.settings.stats_window_s)
-        # The most recent runs describe the current backlog best: use the last 50.
-        durations = sorted(
-            (
-                r
-                for q_runs in runs.values()
-                for r in q_runs[1]
-                if r.queue == queue or q_runs[0] == queue
-            ),
-            key=lambda r: r.finished,
-        )
-        values = [r.duration_s for r in durations if r.outcome != "revoked"][-50:]
-        return sum(values) / len(values) if values else None
+        means: dict[str, float] = {}
+        in_queue: list[RunRecord] = []
+        for name, (task_queue, records) in runs.items():
+            done = sorted((r for r in records if r.outcome != "revoked"), key=lambda r: r.finished)
+            if done:
+                recent = done[-50:]
+                means[name] = sum(r.duration_s for r in recent) / len(recent)
+            in_queue += [r for r in done if r.queue == queue or task_queue == queue]
+        latest = [r.duration_s for r in sorted(in_queue, key=lambda r: r.finished)][-50:]
+        return means, (sum(latest) / len(latest) if latest else None)
+
+    async def _task_name(self, task_id: str) -> str | None:
+        """The task's name from its submit marker (None when it was not sent by a manager)."""
+        _, backend = self._clients()
+        async with redis_errors(self.settings, f"name of task {task_id}"):
+            name = await backend.hget(RecordKeys.of(self.settings).marker(task_id), "name")
+        return None if name is None else _s(name)
+
+    async def _names_ahead(self, queue: str, ahead: int) -> list[str | None]:
+        """Task names of the (at most ``_NAMES_SAMPLE``) messages workers take first.
+
+        In the order workers take them: each list from its right end, the lists in priority
+        order. A message that is not a task envelope counts as None (the fallback mean).
+        """
+        broker, _ = self._clients()
+        budget = min(ahead, _NAMES_SAMPLE)
+        if budget <= 0:
+            return []
+        async with redis_errors(self.settings, f"messages ahead in {queue}"):
+            pipe = broker.pipeline(transaction=False)
+            for key in queue_keys(queue):
+                pipe.lrange(key, -budget, -1)
+            lists = await pipe.execute()
+        names: list[str | None] = []
+        for raw_list in lists:
+            for raw in reversed(raw_list):  # the right end is taken first
+                if len(names) >= budget:
+                    return names
+                names.append(_message_task_name(raw))
+        return names
 
     async def _estimate_wait(
-        self, workers: Sequence[WorkerStats], ahead: int, mean: float | None, queue: str
+        self,
+        workers: Sequence[WorkerStats],
+        names: Sequence[str | None],
+        ahead: int,
+        means: dict[str, float],
+        queue_mean: float | None,
     ) -> float | None:
-        if mean is None or not workers:
+        """Simulate the consumers' pool slots taking the ``ahead`` messages in front.
+
+        ``names`` are the task names of the first messages ahead; the rest (beyond the
+        sample, or held by workers) cost the mean of the sampled ones, else the queue's.
+        """
+        fallback = queue_mean
+        if fallback is None and means:
+            fallback = sum(means.values()) / len(means)
+        if fallback is None or not workers:
             return None
+
+        def cost(name: str | None) -> float:
+            return means.get(name, fallback) if name is not None else fallback
+
         _, backend = self._clients()
         async with redis_errors(self.settings, "running tasks"):
             running = running_tasks(await backend.hgetall(RecordKeys.of(self.settings).running))
@@ -451,7 +510,8 @@ class Monitor:
         slots: list[float] = []
         for w in workers:
             busy = [
-                max(0.0, mean - (now - float(e.get("s", now))))
+                # What the running task should still take, by its own type's mean.
+                max(0.0, cost(e.get("n")) - (now - float(e.get("s", now))))
                 for e in running.values()
                 if e.get("w") == w.hostname
                 and now - float(e.get("s", now)) < self.settings.task_time_limit_s
@@ -459,9 +519,12 @@ class Monitor:
             slots.extend(busy + [0.0] * max(w.concurrency - len(busy), 0))
         if not slots:
             return None
+        sampled = [cost(n) for n in names]
+        rest = sum(sampled) / len(sampled) if sampled else fallback
+        durations = [*sampled, *([rest] * max(ahead - len(sampled), 0))]
         heapq.heapify(slots)
-        for _ in range(ahead):
-            heapq.heappush(slots, heapq.heappop(slots) + mean)
+        for duration in durations:
+            heapq.heappush(slots, heapq.heappop(slots) + duration)
         return slots[0]
 
     async def get_task_type_stats(self, window_s: float | None = None) -> list[TaskTypeStats]:
@@ -612,7 +675,7 @@ class Monitor:
             previous = await pipe.execute()
             out: list[QueueStats] = []
             update = backend.pipeline(transaction=False)
-            per = len(_PRIORITY_STEPS) + 1
+            per = len(PRIORITY_STEPS) + 1
             for i, q in enumerate(stats):
                 ids = [_message_id(r) for r in heads_raw[i * per : (i + 1) * per]]
                 head = next((h for h in ids if h is not None), "")
@@ -651,6 +714,16 @@ class Monitor:
 
 
 _SEVERITY = {HealthLevel.HEALTHY: 0, HealthLevel.DEGRADED: 1, HealthLevel.UNHEALTHY: 2}
+
+
+def _message_task_name(raw: Any) -> str | None:
+    """The task name in a queued message's headers (None for anything else)."""
+    try:
+        headers = json.loads(_s(raw)).get("headers")
+    except (ValueError, AttributeError):
+        return None
+    name = headers.get("task") if isinstance(headers, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _message_id(raw: Any) -> str | None:

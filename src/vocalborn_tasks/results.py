@@ -9,6 +9,10 @@ waiter, no polling loop, no ``AsyncResult.get()``.
 If that connection drops (a server restart), the hub reconnects with backoff, subscribes every
 channel again and tells each waiter to re-read its key: anything published while we were away
 is picked up, and a task the server has forgotten is reported LOST instead of waited on forever.
+
+The reader task is supervised: an error that is not Redis's (a bug, a reply it cannot parse)
+is logged once, the connection is dropped and the reader restarted, which resubscribes and
+re-reads every waiter's key the same way. No waiter is left hanging on a dead reader.
 """
 
 from __future__ import annotations
@@ -162,6 +166,10 @@ class PubSubHub:
 
     Each waiter gets an :class:`asyncio.Queue` of raw messages for its channel (plus RECHECK
     after a reconnect). Subscriptions are reference-counted per channel.
+
+    Attributes:
+        restarts: how many times the reader failed with an error that was not Redis's and
+            was restarted (0 in a healthy process; the first failure is logged as an ERROR).
     """
 
     def __init__(self, connect: ConnectionFactory, *, max_backoff_s: float = 2.0) -> None:
@@ -179,11 +187,7 @@ class PubSubHub:
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._closed = False
-
-    @property
-    def channel_count(self) -> int:
-        """How many channels are subscribed now (for tests and metrics)."""
-        return len(self._waiters)
+        self.restarts = 0
 
     async def _ensure_reader(self) -> None:
         if self._reader is not None:
@@ -192,7 +196,7 @@ class PubSubHub:
             if self._reader is None:
                 await self._open()
                 self._reader = asyncio.get_running_loop().create_task(
-                    self._read_forever(), name="vocalborn-pubsub-reader"
+                    self._supervise(), name="vocalborn-pubsub-reader"
                 )
 
     async def _open(self) -> None:
@@ -286,6 +290,46 @@ class PubSubHub:
             else:
                 self._queue_change(channel, subscribe=False)
 
+    async def _supervise(self) -> None:
+        """Run the reader; restart it after an error that is not a Redis one.
+
+        Redis errors are the reader's own business (it reconnects). Anything else is a bug or
+        a reply we cannot parse: the stream position is unknown, so the connection is dropped
+        and the reader restarted, which resubscribes and tells every waiter to re-read its key
+        (a message lost with the failure cannot leave a waiter hanging). Only the exception's
+        type is logged: its text could quote a message, and messages hold patients' results.
+        """
+        backoff = 0.05
+        while not self._closed:
+            try:
+                await self._read_forever()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closed:
+                    return
+                self.restarts += 1
+                log = logger.error if self.restarts == 1 else logger.debug
+                log(
+                    "result pub/sub reader failed (%s); restarting it and re-reading every "
+                    "waiter's task (restart %d)",
+                    type(exc).__name__,
+                    self.restarts,
+                )
+                await self._drop_connection()
+                await asyncio.sleep(backoff)  # a bug that fails every time must not spin
+                backoff = min(self._max_backoff_s, backoff * 2)
+
+    async def _drop_connection(self) -> None:
+        """Forget the connection; the reader's next turn reconnects and resubscribes."""
+        conn, self._conn = self._conn, None
+        self._connected.clear()
+        if conn is not None:
+            # Closing a broken connection: whatever it raises, it is gone all the same.
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+
     async def _read_forever(self) -> None:
         backoff = 0.05
         while not self._closed:
@@ -302,10 +346,7 @@ class PubSubHub:
                 if self._closed:
                     return
                 logger.warning("result pub/sub connection lost (%s); reconnecting", exc)
-                self._connected.clear()
-                self._conn = None
-                with contextlib.suppress(Exception):
-                    await conn.disconnect() if conn is not None else None
+                await self._drop_connection()
                 await asyncio.sleep(backoff)
                 backoff = min(self._max_backoff_s, backoff * 2)
                 continue

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from support import WorkerProcess, wait_until
+from support import WorkerProcess, wait_subscribed, wait_until
 from vocalborn_tasks import (
     BrokerUnavailableError,
     TaskLostError,
@@ -69,7 +69,8 @@ async def test_aof_restart_with_1000_queued_tasks(
             asyncio.ensure_future(manager.wait_for_result(h, timeout=90))
             for h in [blocker, *handles]
         ]
-        await asyncio.sleep(0.2)  # let every waiter subscribe before the restart
+        # Every waiter subscribed (the server says so) before the restart.
+        await wait_subscribed(settings, [blocker.id, *(h.id for h in handles)])
         server.restart()
         restarted = time.monotonic()
         await asyncio.to_thread(
@@ -111,7 +112,7 @@ async def test_restart_without_persistence_reports_lost(
         async with TaskManager(settings) as manager:
             handle = await manager.submit(never_consumed, 1)
             waiter = asyncio.ensure_future(manager.wait_for_result(handle, timeout=60))
-            await asyncio.sleep(0.2)
+            await wait_subscribed(settings, [handle.id])
             srv.restart()
             with pytest.raises(TaskLostError):
                 await waiter
@@ -193,7 +194,7 @@ async def test_waiters_across_a_restart_resolve_or_time_out_without_leaks(
         to_time_out = await manager.submit(never_consumed, 2)
         resolves = asyncio.ensure_future(manager.wait_for_result(to_cancel, timeout=30))
         times_out = asyncio.ensure_future(manager.wait_for_result(to_time_out, timeout=4))
-        await asyncio.sleep(0.3)
+        await wait_subscribed(settings, [to_cancel.id, to_time_out.id])
         before = _clients(settings)
         server.restart()
         await manager.cancel(to_cancel)

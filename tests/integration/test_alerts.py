@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from support import WorkerProcess, flush
+from support import WorkerProcess, async_wait_until, flush
 from vocalborn_tasks import Monitor, TaskManager, TaskSettings
 from vocalborn_tasks.tasks import health_check
 
@@ -87,6 +86,10 @@ async def consumers(settings: TaskSettings, queue: str) -> int:
         return stats.consumers
 
 
+async def _no_consumers(settings: TaskSettings, queue: str) -> bool:
+    return await consumers(settings, queue) == 0
+
+
 async def test_one_alert_per_outage_and_one_recovery_notice(
     settings: TaskSettings, hook: Hook, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -103,9 +106,13 @@ async def test_one_alert_per_outage_and_one_recovery_notice(
             assert hook.received == []
 
             analysis.stop()
-            deadline = time.monotonic() + settings.worker_dead_after_s + 5
-            while await consumers(settings, "ai_analysis") and time.monotonic() < deadline:
-                time.sleep(0.2)  # noqa: ASYNC251 - a short bounded poll in a test
+            # Polled without blocking the loop (was time.sleep inside this async test).
+            await async_wait_until(
+                lambda: _no_consumers(settings, "ai_analysis"),
+                settings.worker_dead_after_s + 5,
+                0.2,
+                "the stopped worker to leave the queue",
+            )
             outage = [await run_health_task(manager) for _ in range(3)]
             assert outage == [["firing:no_workers:ai_analysis"], [], []], checker.log_tail()
             assert len(hook.received) == 1

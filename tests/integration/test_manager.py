@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from support import AUDIO, WorkerProcess, flush, running_worker, wait_until
+from support import AUDIO, WorkerProcess, flush, running_worker, wait_subscribed, wait_until
 from vocalborn_tasks import (
     AnalysisRequest,
     AnalysisResult,
@@ -278,7 +278,7 @@ async def test_timeout_cancel_and_revoked(base_settings: TaskSettings) -> None:
         with pytest.raises(TaskTimeoutError):
             await manager.wait_for_result(handle, timeout=0.3)
         waiter = asyncio.ensure_future(manager.wait_for_result(handle, timeout=30))
-        await asyncio.sleep(0.1)
+        await wait_subscribed(base_settings, [handle.id])  # the cancel's message reaches it
         status = await manager.cancel(handle)
         assert status.state is TaskState.REVOKED
         with pytest.raises(TaskRevokedError):

@@ -8,6 +8,7 @@ own server.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -18,11 +19,18 @@ import anyio
 import pytest
 import redis
 
-from support import WorkerProcess, flush, wait_until
-from vocalborn_tasks import HealthLevel, Monitor, TaskManager, TaskSettings, task_definition
+from support import WorkerProcess, async_wait_until, flush, wait_until
+from vocalborn_tasks import (
+    HealthLevel,
+    Monitor,
+    TaskManager,
+    TaskSettings,
+    TaskState,
+    task_definition,
+)
 from vocalborn_tasks.embedded import LocalServer
 from vocalborn_tasks.stats import parse_run
-from vocalborn_tasks.tasks import TaskContext, echo
+from vocalborn_tasks.tasks import TaskContext, echo, health_check
 from vocalborn_tasks.worker.factory import create_celery_app
 
 pytestmark = pytest.mark.integration
@@ -172,6 +180,77 @@ async def test_wait_estimate_within_30_percent_and_task_stats(
     assert [w.hostname for w in workers] == [worker.hostname]
     assert workers[0].concurrency == 1 and workers[0].rss_kb > 0
     assert workers[0].processed >= 10  # the heartbeat may lag the last runs
+
+
+async def test_wait_estimate_counts_each_task_type_by_its_own_durations(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A slow task running in front of fast ones: the estimate is at least what it has left.
+
+    With one mean per queue, 20 fast runs made the 3 s task look like 0.2 s, and the wait
+    behind it came out near zero (issue 16). Its own databases and worker: the durations it
+    is built from are exactly the runs below.
+    """
+    slow_s = 3.0
+    settings = TaskSettings(
+        redis_url=redis_url,
+        redis_db_broker=14,
+        redis_db_backend=15,
+        worker_heartbeat_s=0.5,
+        worker_dead_after_s=3.0,
+    )
+    flush(settings)
+    proc = WorkerProcess(
+        settings,
+        name="estimate",
+        queues="health",
+        concurrency=1,
+        log_dir=tmp_path_factory.mktemp("logs"),
+    )
+    proc.start()
+    client = redis.Redis.from_url(settings.backend_url)
+    try:
+        async with TaskManager(settings) as manager, Monitor(settings) as monitor:
+            # Real run records: one slow echo, twenty fast health checks.
+            await manager.wait_for_result(
+                await manager.submit(echo, "warm", delay_s=slow_s), timeout=60
+            )
+            for _ in range(20):
+                await manager.wait_for_result(await manager.submit(health_check), timeout=60)
+
+            slow = await manager.submit(echo, "slow", delay_s=slow_s)
+
+            async def started() -> bool:
+                state = (await manager.get_task_status(slow)).state
+                return state in (TaskState.STARTED, TaskState.PROGRESS)
+
+            await async_wait_until(started, 60, what="the slow task to start")
+            ahead = [await manager.submit(health_check) for _ in range(2)]
+            target = await manager.submit(health_check)
+            pos = await monitor.get_task_position(target.id)
+            estimated_at = time.time()
+
+            runs = [
+                parse_run(echo.name, m)
+                for m in client.zrange(settings.key("stats", "runs", echo.name), 0, -1)
+            ]
+            slow_mean = sum(r.duration_s for r in runs if r is not None) / len(runs)
+            running = json.loads(client.hget(settings.key("stats", "running"), slow.id) or "{}")
+            # What the running task should still take, at the latest moment of the estimate.
+            remaining = slow_mean - (estimated_at - float(running["s"]))
+
+            assert pos.state == "waiting" and pos.position == 3, pos
+            assert pos.estimated_wait_s is not None, pos
+            assert pos.estimated_wait_s >= remaining - 0.001, (pos, remaining)
+            assert pos.estimated_wait_s <= slow_mean + 1.0, (pos, slow_mean)
+            fast = {t.task: t for t in await monitor.get_task_type_stats()}[health_check.name]
+            assert pos.mean_duration_s is not None and fast.mean_s is not None
+            assert pos.mean_duration_s == pytest.approx(fast.mean_s, abs=0.01)  # its own type
+            for handle in [slow, *ahead, target]:
+                await manager.wait_for_result(handle, timeout=60)
+    finally:
+        client.close()
+        proc.stop()
 
 
 async def test_health_unhealthy_without_worker_and_healthy_again(

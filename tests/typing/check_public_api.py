@@ -9,8 +9,13 @@ from __future__ import annotations
 from typing import assert_type
 
 from vocalborn_tasks import (
+    Alert,
+    AlertStatus,
     AnalysisRequest,
     AnalysisResult,
+    BeatEntry,
+    BrokerError,
+    BrokerUnavailableError,
     HealthReport,
     Monitor,
     TaskContext,
@@ -64,6 +69,24 @@ async def host_app() -> None:
         assert_type(words, int)
         await manager.submit(count_words, 42)  # type: ignore[arg-type]
         await manager.submit(count_words, "x", maximum=3)  # type: ignore[call-arg]
+
+        # An id the app stored: the typed handle comes back from the definition.
+        stored = TaskHandle.from_id(count_words, handle.id)
+        assert_type(stored, TaskHandle[int])
+        assert_type(await manager.wait_for_result(stored, timeout=10), int)
+        statuses = await manager.get_task_statuses([task_id, stored])
+        assert_type(statuses, list[TaskStatus])
+        try:
+            await manager.ping()
+        except BrokerUnavailableError:
+            pass  # retry later
+        except BrokerError as exc:  # BrokerAuthError: fix the credentials, do not retry
+            assert_type(exc.retryable, bool)
+        assert_type(TaskSettings().beat_schedule, dict[str, BeatEntry | None])
+
+    alert: Alert | None = None
+    if alert is not None:
+        assert_type(alert.status, AlertStatus)
 
     async with Monitor(settings) as monitor:
         workers = await monitor.get_worker_stats()

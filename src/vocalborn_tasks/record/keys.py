@@ -19,11 +19,6 @@ PRIORITY_SEP: Final = "\x06\x16"
 PRIORITY_STEPS: Final = (3, 6, 9)
 
 
-def queue_lists(queue: str) -> list[str]:
-    """Every Redis list that holds messages of ``queue``: the base list, then its priorities."""
-    return [queue, *(f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS)]
-
-
 @dataclass(frozen=True, slots=True)
 class RecordKeys:
     """Key names for one deployment (``VOCALBORN_KEY_PREFIX``).
@@ -98,6 +93,14 @@ class RecordKeys:
         return self._key("reaper")
 
     # --- broker database --------------------------------------------------------------------
+    @staticmethod
+    def queue_lists(queue: str) -> list[str]:
+        """Every list holding ``queue``'s messages, in the order workers take them.
+
+        The bare queue (priority 0) first, then one list per priority step.
+        """
+        return [queue, *(f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS)]
+
     unacked: str = "unacked"
     unacked_index: str = "unacked_index"
 
@@ -108,3 +111,7 @@ class RecordKeys:
     def wake(self, queue: str) -> str:
         """One token per queued message: what idle workers block on (see reserve.lua)."""
         return self.wake_prefix + queue
+
+
+#: Every Redis list that holds messages of a queue: the base list, then its priorities.
+queue_lists = RecordKeys.queue_lists

@@ -1,5 +1,9 @@
 """The record's Lua scripts: files in ``lua/``, each prefixed with ``lua/_prelude.lua``.
 
+In front of the prelude goes a line of constants generated from Python (kombu's priority
+list names, :data:`.keys.PRIORITY_SEP` and :data:`.keys.PRIORITY_STEPS`), so they are defined
+once, not once per language.
+
 Scripts are code: kept as files (so they are read, diffed and linted like code), loaded from
 the package once per process, and run with EVALSHA (redis-py's ``Script`` loads them again
 after a server restart forgot them). The few rules both languages need (the final states,

@@ -60,13 +60,34 @@ class TaskContext:
 
 @dataclass(frozen=True, slots=True)
 class TaskHandle(Generic[R]):
-    """A submitted task's id, remembering which definition (and so which result type) it has."""
+    """A submitted task's id, remembering which definition (and so which result type) it has.
+
+    ``TaskManager.submit`` returns one. An application that stored only the id (in its
+    database, a URL) gets a typed handle back with :meth:`from_id`; a plain id string passed to
+    ``wait_for_result`` is taken to be an audio analysis.
+    """
 
     id: str
     definition: TaskDefinition[..., R]
 
     def __str__(self) -> str:
         return self.id
+
+    @classmethod
+    def from_id(cls, definition: TaskDefinition[..., R], task_id: str) -> TaskHandle[R]:
+        """The handle of an already submitted task of ``definition``, from its stored id.
+
+        ``await manager.wait_for_result(TaskHandle.from_id(count_words, stored_id))`` returns
+        ``count_words``'s declared type, where the plain id would be decoded as an
+        :class:`~vocalborn_tasks.AnalysisResult` and fail with ``bad_result``. Nothing is
+        checked against the server: the caller vouches that the id is a task of ``definition``.
+
+        Raises:
+            ValueError: ``task_id`` is empty or not a string.
+        """
+        if not isinstance(task_id, str) or not task_id:
+            raise ValueError(f"a task id is a non-empty string, not {task_id!r}")
+        return cls(task_id, definition)
 
 
 class TaskDefinition(Generic[P, R]):

@@ -80,11 +80,6 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]
     def _key(self, *parts: str) -> str:
         return self._settings.key("beat", *parts)
 
-    @property
-    def is_leader(self) -> bool:
-        """Whether this process held the lock at its last tick."""
-        return self._leader
-
     def _hold_lock(self) -> bool:
         ttl_ms = int(self._settings.beat_lock_ttl_s * 1000)
         try:

@@ -1,96 +1,177 @@
 """Every private (or undocumented) name of Celery and kombu the worker side relies on.
 
-Borrowed internals break silently on upgrade, so they are quarantined here: the list below
-names each one, the module that uses it and why, and ``tests/unit/test_celery_private.py``
-checks that each still exists with the expected shape. pyproject pins Celery and kombu to the
-minor versions CI tests (``>=5.7,<5.8``); raise the pin only after that test passes.
+Borrowed internals break silently on upgrade, so they are quarantined here: :data:`BORROWED`
+names each one, the module of ours that uses it and why. ``tests/unit/test_celery_private.py``
+checks that each still exists with the expected shape, and finds the borrowed names in the
+source itself (every ``_name`` of Celery's or kombu's our worker code reads, writes or
+overrides, every name it imports from them, every attribute of their internal modules): a
+name found there and missing here fails the test. pyproject pins Celery and kombu to the minor
+versions CI tests (``>=5.7,<5.8``); raise the pin only after that test passes.
 
-- ``kombu.transport.redis.Channel._brpop_start`` (transport): our consume loop (reserve)
-- ``kombu.transport.redis.Channel._brpop_read`` (transport): reads the reserve reply
-- ``kombu.transport.redis.Channel._put`` (transport): wake-up token per publish
-- ``kombu.transport.redis.Channel._do_restore_message`` (transport): wake-up token per restore
-- ``kombu.transport.redis.Channel._create_client`` (transport): one client per pool
-- ``kombu.transport.redis.Channel._queue_cycle`` (transport): queue order (priority)
-- ``kombu.transport.redis.Channel._q_for_pri`` (transport): priority list names
-- ``kombu.transport.redis.Channel._lookup`` (transport): routing on restore
-- ``kombu.transport.redis.Channel._get_message_priority`` (transport): priority list on publish
-- ``kombu.transport.redis.Channel._flush_brpop_reauth`` (transport): kept after each read
-- ``kombu.transport.redis.Channel._in_poll`` (transport): "command in flight" flag
-- ``kombu.transport.redis.Channel._brpop_sent_at`` (transport): kombu's stale-socket check
-- ``kombu.transport.redis.QoS.append / ack`` (transport): reservation, folded acks
-- ``kombu.transport.virtual.QoS.append / ack`` (transport): in-memory bookkeeping only
-- ``kombu.transport.redis.Transport._deliver`` (transport): drops foreign entries
-- ``celery.backends.redis.RedisBackend._store_result`` (backend): the store script
-- ``celery.backends.redis.RedisBackend._get_result_meta`` (backend): Celery's meta of a state
-- ``celery.backends.redis.RedisBackend.failure_expires`` (backend, via this module): the TTL of
-  a FAILURE
-- ``celery.worker.state.active_requests/reserved_requests`` (heartbeat): the tags a live
-  worker holds
-- ``celery.worker.state.all_total_count`` (heartbeat): processed count
-- ``celery.worker.state.should_stop/should_terminate`` (transport, via this module): tells a
-  shutdown from a connection loss
-- ``kombu.transport.redis.QoS.restore_unacked`` (transport): keep running tasks reserved
-- ``celery.app.trace.LOG_SUCCESS`` (result_logging): its ``return_value`` argument is what
-  we hide from worker logs
-- ``celery.app.trace.log_policy_expected`` (result_logging): the ``description`` of the line
-  Celery logs for an error listed in a task's ``throws``, which we drop (the runtime logs a
-  WARNING with the code instead)
-- ``request.properties["delivery_tag"]`` (backend, via this module): the message to
-  acknowledge
-- ``celery.apps.worker.safe_say`` (cli, via this module): the shutdown messages, said in our
-  own words (Celery's mention Ctrl+C where a process manager sent SIGTERM)
+Undocumented attributes of objects Celery hands us (``pool.info``, ``queues.consume_from``)
+cannot be found by reading our source, so they are read here, by the helpers below, and
+nowhere else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from celery import states
 
 __all__ = [
+    "BORROWED",
     "PRIVATE_NAMES",
+    "PUBLIC_MODULES",
+    "Borrowed",
+    "consumed_queues",
     "delivery_tag_of",
     "held_requests",
+    "pool_child_pids",
+    "request_counts",
     "result_expiry",
     "running_delivery_tags",
     "say_shutdown_in_our_words",
     "worker_stopping",
 ]
 
-#: (module, dotted attribute) pairs checked by the test (see the table above).
-PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
-    ("kombu.transport.redis", "Channel._brpop_start"),
-    ("kombu.transport.redis", "Channel._brpop_read"),
-    ("kombu.transport.redis", "Channel._put"),
-    ("kombu.transport.redis", "Channel._do_restore_message"),
-    ("kombu.transport.redis", "Channel._create_client"),
-    ("kombu.transport.redis", "Channel._q_for_pri"),
-    ("kombu.transport.redis", "Channel._lookup"),
-    ("kombu.transport.redis", "Channel._get_message_priority"),
-    ("kombu.transport.redis", "Channel._flush_brpop_reauth"),
-    ("kombu.transport.redis", "Channel.priority_steps"),
-    ("kombu.transport.redis", "Channel.sep"),
-    ("kombu.transport.redis", "QoS.append"),
-    ("kombu.transport.redis", "QoS.ack"),
-    ("kombu.transport.redis", "QoS.unacked_key"),
-    ("kombu.transport.redis", "QoS.unacked_index_key"),
-    ("kombu.transport.redis", "Transport._deliver"),
-    ("kombu.transport.virtual", "QoS.append"),
-    ("kombu.transport.virtual", "QoS.ack"),
-    ("celery.backends.redis", "RedisBackend._store_result"),
-    ("celery.backends.redis", "RedisBackend._get_result_meta"),
-    ("celery.backends.redis", "RedisBackend.ensure"),
-    ("celery.backends.redis", "RedisBackend.supports_failure_expires"),
-    ("celery.worker.state", "active_requests"),
-    ("celery.worker.state", "reserved_requests"),
-    ("celery.worker.state", "all_total_count"),
-    ("celery.worker.state", "should_stop"),
-    ("celery.worker.state", "should_terminate"),
-    ("kombu.transport.redis", "QoS.restore_unacked"),
-    ("celery.app.trace", "LOG_SUCCESS"),
-    ("celery.app.trace", "log_policy_expected"),
-    ("celery.apps.worker", "safe_say"),
+
+@dataclass(frozen=True, slots=True)
+class Borrowed:
+    """One borrowed name: ``module`` imported, then ``name`` (dotted) looked up on it."""
+
+    module: str
+    name: str
+    #: Our module(s) that use it.
+    used_in: str
+    why: str
+    #: Used by value, not by name (a copied constant, a format's argument names): the test
+    #: compares the value instead of finding the name in our source.
+    implicit: bool = False
+
+    @property
+    def attribute(self) -> str:
+        """The last part of the name (what our code writes after the dot)."""
+        return self.name.rsplit(".", 1)[-1]
+
+
+_KR = "kombu.transport.redis"
+
+#: The table. Instance attributes (set in the owner's ``__init__``, not on the class) are
+#: checked against the owner's source by the test.
+BORROWED: tuple[Borrowed, ...] = (
+    # --- kombu's Redis transport: our consume loop (transport.py) ---
+    Borrowed(_KR, "Channel", "transport", "subclassed: atomic reservation, wake-up lists"),
+    Borrowed(_KR, "QoS", "transport", "subclassed: reservation and folded acks"),
+    Borrowed(_KR, "Transport", "transport", "subclassed: drops foreign queue entries"),
+    Borrowed(_KR, "Channel._brpop_start", "transport", "overridden: our reserve / wake-up BRPOP"),
+    Borrowed(_KR, "Channel._brpop_read", "transport", "overridden: reads the reserve reply"),
+    Borrowed(_KR, "Channel._put", "transport", "overridden: a wake-up token per publish"),
+    Borrowed(_KR, "Channel._do_restore_message", "transport", "overridden: a token per restore"),
+    Borrowed(_KR, "Channel._create_client", "transport", "overridden: one client per pool"),
+    Borrowed(_KR, "Channel._queue_cycle", "transport", "queue order: consume() and rotate()"),
+    Borrowed(_KR, "Channel._q_for_pri", "transport", "priority list names"),
+    Borrowed(_KR, "Channel._lookup", "transport", "routing on restore"),
+    Borrowed(_KR, "Channel._get_message_priority", "transport", "priority list on publish"),
+    Borrowed(_KR, "Channel._flush_brpop_reauth", "transport", "kept after each read"),
+    Borrowed(_KR, "Channel._in_poll", "transport", '"command in flight" flag, set and cleared'),
+    Borrowed(_KR, "Channel._brpop_sent_at", "transport", "kombu's stale-socket check"),
+    Borrowed(
+        _KR,
+        "Channel.sep",
+        "record.keys",
+        "priority list separator, copied as record.keys.PRIORITY_SEP (caller side: no kombu)",
+        implicit=True,
+    ),
+    Borrowed(
+        _KR,
+        "Channel.priority_steps",
+        "record.keys",
+        "priority list steps, copied as record.keys.PRIORITY_STEPS",
+        implicit=True,
+    ),
+    Borrowed(_KR, "Channel.brpop_timeout", "transport", "the idle BRPOP's timeout"),
+    Borrowed(_KR, "QoS.append", "transport", "overridden: reservation"),
+    Borrowed(_KR, "QoS.ack", "transport", "overridden: acks folded into the next reserve"),
+    Borrowed(_KR, "QoS.restore_unacked", "transport", "overridden: keep running tasks reserved"),
+    Borrowed(_KR, "QoS._delivered", "transport", "the tags restore_unacked hands back"),
+    Borrowed(_KR, "Channel.unacked_key", "record.keys", "the reserved hash's name", implicit=True),
+    Borrowed(_KR, "Channel.unacked_index_key", "record.keys", "its index's name", implicit=True),
+    Borrowed(_KR, "Transport._deliver", "transport", "overridden: drops foreign entries"),
+    Borrowed("kombu.transport.virtual", "QoS.append", "transport", "in-memory bookkeeping only"),
+    Borrowed("kombu.transport.virtual", "QoS.ack", "transport", "in-memory bookkeeping only"),
+    # --- Celery's Redis result backend (backend.py) ---
+    Borrowed("celery.backends.redis", "RedisBackend._store_result", "backend", "the store script"),
+    Borrowed(
+        "celery.backends.redis",
+        "RedisBackend._get_result_meta",
+        "backend",
+        "Celery's meta of a state",
+    ),
+    Borrowed("celery.backends.redis", "RedisBackend.ensure", "backend", "retry on errors"),
+    Borrowed(
+        "celery.backends.redis",
+        "RedisBackend.failure_expires",
+        "celery_private",
+        "the TTL of a FAILURE (result_expiry)",
+    ),
+    # --- the worker's state (heartbeat, transport, via this module) ---
+    Borrowed("celery.worker.state", "active_requests", "heartbeat", "the tasks running now"),
+    Borrowed("celery.worker.state", "reserved_requests", "heartbeat", "the tasks held"),
+    Borrowed("celery.worker.state", "all_total_count", "heartbeat", "processed count"),
+    Borrowed("celery.worker.state", "should_stop", "transport", "a shutdown, not a loss"),
+    Borrowed("celery.worker.state", "should_terminate", "transport", "a shutdown, not a loss"),
+    Borrowed("celery.concurrency.base", "BasePool.info", "heartbeat", "pool child pids (RSS)"),
+    Borrowed("celery.app.amqp", "Queues.consume_from", "heartbeat", "the queues consumed"),
+    Borrowed(
+        "celery.beat",
+        "Scheduler._heap",
+        "beat",
+        "reset when leadership changes, so the schedule is rebuilt from Redis",
+    ),
+    # --- logging (result_logging, cli) ---
+    Borrowed(
+        "celery.app.trace",
+        "LOG_SUCCESS",
+        "result_logging",
+        "its return_value argument is what we hide from worker logs",
+        implicit=True,
+    ),
+    Borrowed(
+        "celery.app.trace",
+        "log_policy_expected",
+        "result_logging",
+        "the description of the line logged for a task's ``throws``, which we drop",
+        implicit=True,
+    ),
+    Borrowed(
+        "celery.apps.worker",
+        "safe_say",
+        "cli",
+        "the shutdown messages, in our words (Celery's mention Ctrl+C after a SIGTERM)",
+    ),
+)
+
+#: (module, dotted name) pairs of :data:`BORROWED` (the form the tests parametrize over).
+PRIVATE_NAMES: tuple[tuple[str, str], ...] = tuple((b.module, b.name) for b in BORROWED)
+
+#: Celery/kombu modules whose public (no underscore) names are their documented API; every
+#: name used from any other of their modules is borrowed and must be in :data:`BORROWED`.
+PUBLIC_MODULES: frozenset[str] = frozenset(
+    {
+        "celery",
+        "celery.beat",
+        "celery.bootsteps",
+        "celery.exceptions",
+        "celery.signals",
+        "celery.states",
+        "celery.backends.redis",
+        "kombu.entity",
+        "kombu.transport.redis",
+        "kombu.transport.virtual",
+    }
 )
 
 
@@ -109,6 +190,29 @@ def result_expiry(backend: Any, state: str) -> Any:
     if state == states.FAILURE:
         return backend.failure_expires
     return backend.expires
+
+
+def pool_child_pids(pool: Any) -> list[int]:
+    """The pids of a worker pool's child processes ([] for a pool without children)."""
+    if pool is None:
+        return []
+    try:
+        return [int(p) for p in pool.info.get("processes", [])]
+    except Exception:  # a pool shutting down: the heartbeat must go on without the RSS
+        return []
+
+
+def consumed_queues(app: Any) -> list[str]:
+    """The queues this worker consumes (its ``-Q``, else every queue of the app), sorted."""
+    queues = app.amqp.queues
+    return sorted(queues.consume_from or queues)
+
+
+def request_counts() -> tuple[int, int, int]:
+    """(running, held, processed since start) of this worker process."""
+    from celery.worker import state
+
+    return len(state.active_requests), len(state.reserved_requests), state.all_total_count[0]
 
 
 def worker_stopping() -> bool:

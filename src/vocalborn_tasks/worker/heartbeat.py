@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from celery import bootsteps
 
 from ..record import Record, RecordKeys, calls
-from .celery_private import held_requests
+from .celery_private import consumed_queues, held_requests, pool_child_pids, request_counts
 
 if TYPE_CHECKING:
     import redis
@@ -110,30 +110,23 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
             self._stop.wait(interval)
 
     def _beat(self, worker: Any, app: VocalbornCelery) -> None:
-        from celery.worker import state
-
         settings = app.settings
         held = held_requests()  # copies: the main thread changes these sets while we read
         tags = sorted(
             {str(r.message.delivery_tag) for r in held if getattr(r, "message", None) is not None}
         )
-        pool = getattr(worker, "pool", None)
-        child_pids: list[int] = []
-        if pool is not None:
-            try:
-                child_pids = [int(p) for p in pool.info.get("processes", [])]
-            except Exception:
-                child_pids = []
+        child_pids = pool_child_pids(getattr(worker, "pool", None))
         rss = process_rss_kb(os.getpid()) + sum(process_rss_kb(p) for p in child_pids)
-        queues = sorted(app.amqp.queues.consume_from or app.amqp.queues)
+        queues = consumed_queues(app)
+        active, reserved, processed = request_counts()
         record: dict[FieldT, EncodableT] = {
             "hostname": worker.hostname,
             "pid": str(os.getpid()),
             "concurrency": str(getattr(worker, "concurrency", 0) or 0),
             "queues": ",".join(queues),
-            "active": str(len(state.active_requests)),
-            "reserved": str(len(state.reserved_requests)),
-            "processed": str(state.all_total_count[0]),
+            "active": str(active),
+            "reserved": str(reserved),
+            "processed": str(processed),
             "rss_kb": str(rss),
             "last_seen": repr(time.time()),
             "tags": json.dumps(tags),

@@ -44,11 +44,22 @@ local function ensure_epoch(key)
   redis.call('SET', key, now[1] .. string.format('%06d', tonumber(now[2])), 'NX')
 end
 
--- The queue a (priority) list belongs to: kombu names them '<queue>\6\22<priority>'.
+-- kombu names a queue's priority lists '<queue>' .. PRIORITY_SEP .. '<step>'. PRIORITY_SEP and
+-- PRIORITY_STEPS are defined in front of this prelude, from record/keys.py (the one copy).
+
+-- The queue a (priority) list belongs to (a plain find: the separator is not a pattern).
 local function base_queue(list)
   local at = string.find(list, PRIORITY_SEP, 1, true)
   if at and string.match(string.sub(list, at + #PRIORITY_SEP), '^%d+$') then
     return string.sub(list, 1, at - 1)
   end
   return list
+end
+
+-- The list kombu keeps a message of ``priority`` of ``queue`` in (the highest step <= it).
+local function priority_list(queue, priority)
+  local step = 0
+  for _, s in ipairs(PRIORITY_STEPS) do if priority >= s then step = s end end
+  if step > 0 then return queue .. PRIORITY_SEP .. step end
+  return queue
 end

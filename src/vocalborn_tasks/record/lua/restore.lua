@@ -23,14 +23,8 @@ for _, sep in ipairs({',', ', '}) do
   end
 end
 if message == nil then message = cjson.encode(payload) end
-local list = queue
 local props = payload['properties']
 local priority = type(props) == 'table' and tonumber(props['priority']) or 0
-if priority and priority > 0 then
-  local step = 0
-  for _, s in ipairs(PRIORITY_STEPS) do if priority >= s then step = s end end
-  if step > 0 then list = queue .. PRIORITY_SEP .. step end
-end
-redis.call('RPUSH', list, message)
+redis.call('RPUSH', priority_list(queue, priority or 0), message)
 redis.call('LPUSH', ARGV[2] .. queue, '1')
 return 1
