@@ -100,6 +100,7 @@ ERROR_CODES: Final[dict[str, ErrorCode]] = {
     # --- about a task rather than its outcome (TaskError subclasses) ---
     "task_failed": ErrorCode("system", "the task failed"),
     "revoked": ErrorCode("system", "the task was cancelled"),
+    "purged": ErrorCode("system", "the task was removed from its queue before it ran"),
     "timeout": ErrorCode("system", "the task has not finished yet"),
     "not_found": ErrorCode("system", "no such task"),
     "expired": ErrorCode("system", "the task's result has expired"),

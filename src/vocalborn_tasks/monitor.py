@@ -22,6 +22,9 @@ from ._redis import async_client, redis_errors
 from .config import QUEUES, TaskSettings
 from .errors import ManagerClosedError
 from .record import RecordKeys, ScriptSet
+from .record.keys import PRIORITY_STEPS as _PRIORITY_STEPS
+from .record.keys import queue_lists
+from .record.purge import purge_queue as _purge_queue
 from .stats import OUTCOMES, RunRecord, parse_run, percentile, running_tasks
 
 if TYPE_CHECKING:
@@ -38,14 +41,8 @@ __all__ = [
     "queue_keys",
 ]
 
-#: kombu's Redis transport keeps priorities 3, 6 and 9 of a queue in lists named like this.
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITY_STEPS = (3, 6, 9)
-
-
-def queue_keys(queue: str) -> list[str]:
-    """Every Redis list that holds messages of ``queue`` (the base list and its priority lists)."""
-    return [queue, *(f"{queue}{_PRIORITY_SEP}{p}" for p in _PRIORITY_STEPS)]
+#: Every Redis list that holds messages of a queue (the base list and its priority lists).
+queue_keys = queue_lists
 
 
 class _Model(BaseModel):
@@ -263,17 +260,14 @@ class Monitor:
     async def purge_queue(self, queue: str) -> int:
         """Delete every waiting message of ``queue``; returns how many were removed.
 
-        Running tasks are not affected. Use with care: purged analyses are gone.
+        Each purged task ends REVOKED with error code ``purged`` (its waiters are told at
+        once, ``wait_for_result`` raises :class:`TaskRevokedError`), and its practice record
+        is free for a new submit. Running tasks are not affected. Use with care: purged
+        analyses do not run.
         """
         broker, _ = self._clients()
         async with redis_errors(self.settings, f"purge {queue}"):
-            pipe = broker.pipeline(transaction=True)
-            for key in queue_keys(queue):
-                pipe.llen(key)
-            for key in queue_keys(queue):
-                pipe.delete(key)
-            results = await pipe.execute()
-        return int(sum(results[: len(_PRIORITY_STEPS) + 1]))
+            return await _purge_queue(broker, self.settings, queue)
 
     async def get_queue_stats(self, queues: Iterable[str] = QUEUES) -> list[QueueStats]:
         """Length (per priority list), consumers and oldest message age of each queue."""

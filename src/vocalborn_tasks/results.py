@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from .errors import TaskLostError, TaskNotFoundError
 from .models import TaskErrorInfo, TaskState, TaskStatus, state_from_celery
 from .record import META_PREFIX, RecordKeys, epoch_seconds, missing_state
+from .record.meta import revoked_reason
 
 __all__ = ["META_PREFIX", "PubSubHub", "ResultReader", "status_from_meta"]
 
@@ -135,9 +136,10 @@ def status_from_meta(
     if state is TaskState.RETRY:
         return TaskStatus(state=state, error=_error_info(result, retrying=True), **common)
     if state is TaskState.REVOKED:
+        reason = revoked_reason(result)  # "revoked" (a cancel) or "purged" (its queue was)
         return TaskStatus(
             state=state,
-            error=TaskErrorInfo(type="TaskRevokedError", message="revoked", code="revoked"),
+            error=TaskErrorInfo(type="TaskRevokedError", message=reason, code=reason),
             **common,
         )
     if state is TaskState.STARTED:

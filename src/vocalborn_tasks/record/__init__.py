@@ -15,6 +15,7 @@ begin    reserved -> STARTED (delivery count, revoke check) worker runtime
 progress STARTED/PROGRESS -> PROGRESS (never over final)   worker runtime
 store    -> RETRY/SUCCESS/FAILURE/REVOKED + ack, one step  worker result backend
 revoke   any unfinished -> REVOKED (persisted cancel)      TaskManager.cancel
+purge    queued -> REVOKED 'purged', slot freed (batches)  Monitor.purge_queue (record/purge.py)
 restore  reserved by a dead worker -> queued (reaper)      worker heartbeat
 release  drop a claim or lock still held by its owner      sink claim, beat lock
 lock     take or renew a lock                              beat scheduler

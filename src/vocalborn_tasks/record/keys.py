@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .meta import META_PREFIX
 
 if TYPE_CHECKING:
     from ..config import TaskSettings
 
-__all__ = ["RecordKeys"]
+__all__ = ["PRIORITY_SEP", "PRIORITY_STEPS", "RecordKeys", "queue_lists"]
+
+#: kombu's Redis transport keeps priorities 3, 6 and 9 of a queue in lists named
+#: ``<queue>\x06\x16<priority>`` (prelude.lua's ``base_queue`` reads the same names).
+PRIORITY_SEP: Final = "\x06\x16"
+PRIORITY_STEPS: Final = (3, 6, 9)
+
+
+def queue_lists(queue: str) -> list[str]:
+    """Every Redis list holding messages of ``queue``, in the order workers consume them."""
+    return [queue, *(f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ SCRIPT_NAMES: Final = (
     "lock",
     "position",
     "progress",
+    "purge",
     "release",
     "reserve",
     "restore",
