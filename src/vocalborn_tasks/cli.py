@@ -58,10 +58,8 @@ def _settings(ctx: click.Context) -> TaskSettings:
     obj: dict[str, Any] = ctx.ensure_object(dict)
     if "settings" not in obj:
         overrides = {k: v for k, v in obj.get("overrides", {}).items() if v is not None}
-        try:
-            obj["settings"] = TaskSettings(**overrides)
-        except ValidationError as exc:
-            raise ConfigurationError(f"invalid configuration: {_one_line(exc)}") from None
+        # An invalid value raises InvalidSettingsError (a ConfigurationError): one line, rc 2.
+        obj["settings"] = TaskSettings(**overrides)
     settings: TaskSettings = obj["settings"]
     return settings
 

@@ -21,6 +21,7 @@ EXPECTED = {
     "HealthLevel",
     "HealthReport",
     "InvalidRequestError",
+    "InvalidSettingsError",
     "ManagerClosedError",
     "Monitor",
     "QueueStats",
