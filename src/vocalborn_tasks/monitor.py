@@ -17,10 +17,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._redis import async_client, redis_errors
 from .config import QUEUES, TaskSettings
-from .errors import ManagerClosedError
+from .errors import BrokerUnavailableError, ManagerClosedError
 from .record import RecordKeys, ScriptSet
 from .record.keys import PRIORITY_STEPS as _PRIORITY_STEPS
 from .record.keys import queue_lists
@@ -499,6 +501,9 @@ class Monitor:
     async def health(self) -> HealthReport:
         """Check the server, the workers and the queues; never raises for an unreachable server.
 
+        An unreachable server (connection refused, timed out, credentials refused) is a report
+        with ``reachable=False``; any other error propagates.
+
         UNHEALTHY: the server is unreachable, it may evict queued work (``maxmemory-policy``
         other than ``noeviction``), a required queue (``health_required_queues``) or a queue
         with waiting work has no live worker, or a queue is not draining.
@@ -530,7 +535,9 @@ class Monitor:
             workers = await self.get_worker_stats()
             stats = await self._queue_stats(QUEUES, workers)
             stats = await self._with_drain_verdicts(stats, workers)
-        except Exception as exc:
+        except (BrokerUnavailableError, RedisConnectionError, RedisTimeoutError) as exc:
+            # Only the server's absence means "unreachable" (and the redis_unreachable alert);
+            # any other error is a bug or bad data and must surface as itself, not as an outage.
             return HealthReport(
                 level=HealthLevel.UNHEALTHY, reasons=[str(exc)], reachable=False, checked_at=now
             )
