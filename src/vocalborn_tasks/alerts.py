@@ -200,12 +200,11 @@ def current_alerts(
         reason = report.reasons[0] if report.reasons else "unreachable"
         out.append(_Holding(key="redis_unreachable", rule="redis_unreachable", message=reason))
         return out
+    from .monitor import queues_without_worker
+
+    unserved = {q.name for q in queues_without_worker(report.queues, s.health_required_queues)}
     for q in report.queues:
-        if (
-            s.alert_no_workers
-            and q.consumers == 0
-            and (q.length > 0 or q.name in s.health_required_queues)
-        ):
+        if s.alert_no_workers and q.name in unserved:
             out.append(
                 _Holding(
                     key=f"no_workers:{q.name}",

@@ -41,6 +41,7 @@ __all__ = [
     "TaskTypeStats",
     "WorkerStats",
     "queue_keys",
+    "queues_without_worker",
 ]
 
 #: Every Redis list that holds messages of a queue (the base list and its priority lists).
@@ -560,8 +561,9 @@ class Monitor:
                 HealthLevel.DEGRADED,
                 f"memory use {used / maxmemory:.0%} of maxmemory ({used} of {maxmemory} bytes)",
             )
+        unserved = {q.name for q in queues_without_worker(stats, s.health_required_queues)}
         for q in stats:
-            if q.consumers == 0 and (q.length > 0 or q.name in s.health_required_queues):
+            if q.name in unserved:
                 worse(
                     HealthLevel.UNHEALTHY,
                     f"queue {q.name} has no live worker ({q.length} waiting)",
@@ -654,6 +656,19 @@ class Monitor:
             if len(update):
                 await update.execute()
         return out
+
+
+def queues_without_worker(
+    queues: Iterable[QueueStats], required: Iterable[str]
+) -> list[QueueStats]:
+    """The "no live worker" rule, written once (health verdicts and alerts both use it).
+
+    A queue needs a live consumer when work waits in it or it is one of ``required``
+    (``HEALTH_REQUIRED_QUEUES``). A pure function of what was read, so every reader (async
+    Monitor, a synchronous check) gives the same verdict for the same data.
+    """
+    needed = set(required)
+    return [q for q in queues if q.consumers == 0 and (q.length > 0 or q.name in needed)]
 
 
 _SEVERITY = {HealthLevel.HEALTHY: 0, HealthLevel.DEGRADED: 1, HealthLevel.UNHEALTHY: 2}
