@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._redis import redis_errors
@@ -199,12 +200,11 @@ def current_alerts(
         reason = report.reasons[0] if report.reasons else "unreachable"
         out.append(_Holding(key="redis_unreachable", rule="redis_unreachable", message=reason))
         return out
+    from .monitor import queues_without_worker
+
+    unserved = {q.name for q in queues_without_worker(report.queues, s.health_required_queues)}
     for q in report.queues:
-        if (
-            s.alert_no_workers
-            and q.consumers == 0
-            and (q.length > 0 or q.name in s.health_required_queues)
-        ):
+        if s.alert_no_workers and q.name in unserved:
             out.append(
                 _Holding(
                     key=f"no_workers:{q.name}",
@@ -298,7 +298,7 @@ async def evaluate_alerts(
     if not report.reachable:
         # Alert state lives in Redis: without it, tell the sinks directly (no de-duplication).
         notices = [_notice(h, AlertStatus.FIRING, datetime.now(UTC)) for h in holding.values()]
-        _deliver(targets, notices)
+        await _deliver_off_loop(targets, notices)
         return notices
     _, backend = monitor._clients()
     state_key, lock_key = s.key("alerts", "state"), s.key("alerts", "lock")
@@ -316,7 +316,7 @@ async def evaluate_alerts(
                 except ValueError:
                     continue
             notices, changed, removed = _transitions(s, state, holding, time.time())
-            _deliver(targets, notices)
+            await _deliver_off_loop(targets, notices)
             pipe = backend.pipeline(transaction=False)
             if changed:
                 pipe.hset(state_key, mapping={k: json.dumps(v) for k, v in changed.items()})
@@ -384,6 +384,14 @@ def _notice(h: _Holding, status: AlertStatus, since: datetime) -> Alert:
     return Alert(
         key=h.key, rule=h.rule, status=status, message=h.message, since=since, details=h.details
     )
+
+
+async def _deliver_off_loop(sinks: Sequence[AlertSink], notices: Sequence[Alert]) -> None:
+    """Deliver in a worker thread: sinks are synchronous (the webhook's POST may take up to
+    ``alert_webhook_timeout_s``, a host's sink anything), and the event loop running the
+    evaluation also serves the host's requests and waiters."""
+    if notices:
+        await anyio.to_thread.run_sync(_deliver, sinks, notices)
 
 
 def _deliver(sinks: Sequence[AlertSink], notices: Sequence[Alert]) -> None:

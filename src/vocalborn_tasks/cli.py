@@ -58,10 +58,8 @@ def _settings(ctx: click.Context) -> TaskSettings:
     obj: dict[str, Any] = ctx.ensure_object(dict)
     if "settings" not in obj:
         overrides = {k: v for k, v in obj.get("overrides", {}).items() if v is not None}
-        try:
-            obj["settings"] = TaskSettings(**overrides)
-        except ValidationError as exc:
-            raise ConfigurationError(f"invalid configuration: {_one_line(exc)}") from None
+        # An invalid value raises InvalidSettingsError (a ConfigurationError): one line, rc 2.
+        obj["settings"] = TaskSettings(**overrides)
     settings: TaskSettings = obj["settings"]
     return settings
 
@@ -615,14 +613,25 @@ def cancel(ctx: click.Context, task_id: str) -> None:
 
 
 @main.command()
-@click.option("--queue", "-q", type=click.Choice(list(QUEUES)), required=True)
+@click.option(
+    "--queue",
+    "-q",
+    required=True,
+    help=f"One of {', '.join(QUEUES)} or a queue named in HOST_QUEUES.",
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 @handle_errors
 def purge(ctx: click.Context, queue: str, yes: bool) -> None:
-    """Delete every waiting task of a queue."""
+    """Delete every waiting task of a queue; each ends REVOKED with code ``purged``."""
     from .monitor import Monitor
 
+    known = [*QUEUES, *_settings(ctx).host_queues]
+    if queue not in known:
+        raise ConfigurationError(
+            f"unknown queue {queue!r}: choose one of {', '.join(known)} "
+            "(declare a host's own queues in HOST_QUEUES)"
+        )
     if not yes:
         if not sys.stdin.isatty():
             _fail(f"not purging {queue}: no terminal to confirm on; pass --yes", EXIT_CONFIG)

@@ -7,10 +7,12 @@ so an existing deployment keeps its environment. Nothing here connects to anythi
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
 from pydantic import (
@@ -19,12 +21,15 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-__all__ = ["QUEUES", "BeatEntry", "TaskSettings", "redact_url"]
+from .errors import InvalidSettingsError
+
+__all__ = ["QUEUES", "BeatEntry", "TaskSettings", "redact_url", "split_list"]
 
 #: The three queues, highest priority first.
 QUEUES: tuple[str, ...] = ("ai_analysis", "maintenance", "health")
@@ -58,6 +63,36 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+def split_list(value: object) -> object:
+    """A list setting from the environment: a JSON list, or the plain comma-separated form.
+
+    ``RECORDING_ROOTS=/srv/a,/srv/b`` is how an operator writes a list; requiring
+    ``'["/srv/a"]'`` made every command crash on the natural form. A value that starts with
+    ``[`` must be a JSON list of strings (a half-written one is refused, not read as a name);
+    anything else is split on commas, blanks trimmed, empty items dropped. Non-strings
+    (constructor arguments) pass through to the field's own validation.
+    """
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            raise ValueError(
+                'not a valid JSON list; write a comma-separated list (a,b) or JSON (["a","b"])'
+            ) from None
+        if not isinstance(parsed, list) or not all(isinstance(i, str) for i in parsed):
+            raise ValueError("a JSON list here must hold strings only")
+        return parsed
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+#: A list setting: JSON or comma-separated in the environment (see :func:`split_list`).
+StrList = Annotated[list[str], NoDecode]
+PathList = Annotated[list[Path], NoDecode]
+
+
 class TaskSettings(BaseSettings):
     """Everything the library needs to know, from the environment or from arguments.
 
@@ -78,6 +113,31 @@ class TaskSettings(BaseSettings):
         # A rejected REDIS_URL may carry a password: never echo inputs in validation errors.
         hide_input_in_errors=True,
     )
+
+    def __init__(self, **values: Any) -> None:
+        """Read the settings; a bad value is one :class:`InvalidSettingsError` line.
+
+        pydantic's own errors span many lines (and a value the environment source cannot
+        decode used to end a web server's start in a 90-line traceback); a host, a worker and
+        the CLI all want the variable's name and the problem, in one line, without the value
+        (it may be a password).
+
+        Raises:
+            InvalidSettingsError: a value is invalid or the combination cannot work.
+        """
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise InvalidSettingsError(
+                _one_line(exc), errors=_error_list(exc, type(self))
+            ) from None
+        except SettingsError as exc:
+            # pydantic-settings could not decode a value (e.g. BEAT_SCHEDULE that is not JSON).
+            found = re.search(r'field "(\w+)"', str(exc))
+            name = _env_name((found.group(1),), type(self)) if found else ""
+            raise InvalidSettingsError(
+                f"invalid configuration: {name}: not valid JSON" if name else str(exc)
+            ) from None
 
     # --- Redis -------------------------------------------------------------------------
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL", "redis_url"))
@@ -206,11 +266,11 @@ class TaskSettings(BaseSettings):
     #: only): a worker started without roots logs a WARNING at start-up, and the web
     #: integration (:mod:`vocalborn_tasks.fastapi`) refuses to start. Set it in production so
     #: a request cannot name /etc/shadow.
-    recording_roots: list[Path] = Field(
+    recording_roots: PathList = Field(
         default_factory=list, validation_alias=_env("RECORDING_ROOTS", "recording_roots")
     )
     #: URI schemes accepted besides plain paths; a resolver must handle anything but ``file``.
-    recording_schemes: list[str] = Field(
+    recording_schemes: StrList = Field(
         default_factory=lambda: ["file"],
         validation_alias=_env("RECORDING_SCHEMES", "recording_schemes"),
     )
@@ -225,7 +285,7 @@ class TaskSettings(BaseSettings):
         default=None, validation_alias=_env("RESULT_SINK", "result_sink")
     )
     #: Host modules whose task definitions a worker registers (``worker --include``).
-    task_modules: list[str] = Field(
+    task_modules: StrList = Field(
         default_factory=list, validation_alias=_env("TASK_MODULES", "task_modules")
     )
     analysis_max_duration_s: float = Field(
@@ -287,13 +347,13 @@ class TaskSettings(BaseSettings):
     #: Recent runs kept per task type (older ones are dropped as new ones finish).
     stats_keep: int = Field(default=1000, ge=10, validation_alias=_env("STATS_KEEP", "stats_keep"))
     #: Queues that must have a live worker; a queue without one makes health UNHEALTHY.
-    health_required_queues: list[str] = Field(
+    health_required_queues: StrList = Field(
         default_factory=lambda: list(QUEUES),
         validation_alias=_env("HEALTH_REQUIRED_QUEUES", "health_required_queues"),
     )
     #: A host application's own queues (its task definitions' ``queue=``): ``vocalborn-tasks
     #: worker --queues`` warns about any queue that is neither one of :data:`QUEUES` nor here.
-    host_queues: list[str] = Field(
+    host_queues: StrList = Field(
         default_factory=list, validation_alias=_env("HOST_QUEUES", "host_queues")
     )
     #: A queue whose oldest message and whose consumers' processed counts have not moved for
@@ -353,7 +413,7 @@ class TaskSettings(BaseSettings):
         default=5.0, gt=0, validation_alias=_env("ALERT_WEBHOOK_TIMEOUT", "alert_webhook_timeout_s")
     )
     #: ``package.module:attr`` of further AlertSinks or callables ``fn(alert)``.
-    alert_sinks: list[str] = Field(
+    alert_sinks: StrList = Field(
         default_factory=list, validation_alias=_env("ALERT_SINKS", "alert_sinks")
     )
 
@@ -377,6 +437,19 @@ class TaskSettings(BaseSettings):
     flower_port: int = Field(
         default=5555, ge=1, le=65535, validation_alias=_env("FLOWER_PORT", "flower_port")
     )
+
+    @field_validator(
+        "recording_roots",
+        "recording_schemes",
+        "task_modules",
+        "health_required_queues",
+        "host_queues",
+        "alert_sinks",
+        mode="before",
+    )
+    @classmethod
+    def _split_lists(cls, value: object) -> object:
+        return split_list(value)
 
     @field_validator("recording_schemes")
     @classmethod
@@ -546,3 +619,33 @@ class TaskSettings(BaseSettings):
     def key(self, *parts: str) -> str:
         """A namespaced Redis key for the library's own bookkeeping."""
         return ":".join((self.key_prefix, *parts))
+
+
+def _env_name(loc: tuple[int | str, ...], settings_cls: type[BaseSettings]) -> str:
+    """The environment variable an error's location names (``HOST_QUEUES``), else the field."""
+    if not loc:
+        return ""
+    name = str(loc[0])
+    field = settings_cls.model_fields.get(name)
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, AliasChoices) and alias.choices:
+        name = str(alias.choices[0])
+    return ".".join([name, *(str(p) for p in loc[1:])])
+
+
+def _error_list(exc: ValidationError, settings_cls: type[BaseSettings]) -> list[dict[str, object]]:
+    """Each problem as ``{"loc": ..., "msg": ...}``, never the rejected value."""
+    return [
+        {"loc": _env_name(tuple(e["loc"]), settings_cls), "msg": str(e["msg"])}
+        for e in exc.errors(include_input=False, include_url=False)
+    ]
+
+
+def _one_line(exc: ValidationError) -> str:
+    """``invalid configuration: NAME: problem (and N more)``."""
+    errors = _error_list(exc, TaskSettings)
+    first = errors[0]
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    text = f"{first['loc']}: {msg}" if first["loc"] else msg
+    more = len(errors) - 1
+    return "invalid configuration: " + text + (f" (and {more} more)" if more else "")

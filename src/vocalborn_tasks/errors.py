@@ -11,6 +11,7 @@ sibling, not its subclass, so it is never retried. Catch :class:`BrokerError` fo
 
     VocalbornTasksError                 root; never raised itself
     ├── ConfigurationError              settings that cannot work (permanent)
+    │   └── InvalidSettingsError        TaskSettings refused a value (one line, names the variable)
     ├── ManagerClosedError              a TaskManager/Monitor used after aclose()
     ├── InvalidRequestError             a request refused before anything was queued (permanent)
     │   └── RecordingAccessError        a recording outside the allowed roots/schemes, or missing
@@ -48,6 +49,7 @@ __all__ = [
     "ConfigurationError",
     "DeliveryLimitError",
     "InvalidRequestError",
+    "InvalidSettingsError",
     "ManagerClosedError",
     "RecordingAccessError",
     "RetryableTaskError",
@@ -105,6 +107,7 @@ ERROR_CODES: Final[dict[str, ErrorCode]] = {
     # --- about a task rather than its outcome (TaskError subclasses) ---
     "task_failed": ErrorCode("system", "the task failed"),
     "revoked": ErrorCode("system", "the task was cancelled"),
+    "purged": ErrorCode("system", "the task was removed from its queue before it ran"),
     "timeout": ErrorCode("system", "the task has not finished yet"),
     "not_found": ErrorCode("system", "no such task"),
     "expired": ErrorCode("system", "the task's result has expired"),
@@ -178,6 +181,22 @@ class ConfigurationError(VocalbornTasksError):
     """Settings that cannot give a safe, working system (e.g. visibility timeout too short)."""
 
     code = "configuration"
+
+
+class InvalidSettingsError(ConfigurationError, ValueError):
+    """:class:`~vocalborn_tasks.config.TaskSettings` refused a value or a combination.
+
+    The message is one line naming the environment variable (never its value: it may be a
+    password), so a web server or a worker that fails at start-up says why in one line. A
+    ``ValueError`` too, like pydantic's own validation errors it replaces.
+
+    Attributes:
+        errors: one ``{"loc": NAME, "msg": ...}`` per problem (never the rejected value).
+    """
+
+    def __init__(self, message: str, *, errors: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.errors: list[dict[str, object]] = list(errors or [])
 
 
 class ManagerClosedError(VocalbornTasksError):

@@ -498,7 +498,12 @@ class TaskManager:
                     code="bad_result",
                 ) from None
         if status.state is TaskState.REVOKED:
-            raise TaskRevokedError(f"task {task_id} was cancelled", task_id=task_id)
+            purged = status.error is not None and status.error.code == "purged"
+            raise TaskRevokedError(
+                f"task {task_id} was " + ("purged from its queue" if purged else "cancelled"),
+                task_id=task_id,
+                code="purged" if purged else None,
+            )
         if status.state in (TaskState.NOT_FOUND, TaskState.EXPIRED):
             raise TaskNotFoundError(
                 f"task {task_id} is unknown or its result has expired",

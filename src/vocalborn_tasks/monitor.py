@@ -17,11 +17,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._redis import async_client, redis_errors
 from .config import QUEUES, TaskSettings
-from .errors import ManagerClosedError
+from .errors import BrokerUnavailableError, ManagerClosedError
 from .record import PRIORITY_STEPS, AsyncRecord, RecordKeys, calls, queue_lists
+from .record.purge import purge_queue as _purge_queue
 from .stats import OUTCOMES, RunRecord, parse_run, percentile, running_tasks
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ __all__ = [
     "TaskTypeStats",
     "WorkerStats",
     "queue_keys",
+    "queues_without_worker",
 ]
 
 #: Every Redis list that holds messages of a queue (the base list and its priority lists).
@@ -260,17 +264,14 @@ class Monitor:
     async def purge_queue(self, queue: str) -> int:
         """Delete every waiting message of ``queue``; returns how many were removed.
 
-        Running tasks are not affected. Use with care: purged analyses are gone.
+        Each purged task ends REVOKED with error code ``purged`` (its waiters are told at
+        once, ``wait_for_result`` raises :class:`TaskRevokedError`), and its practice record
+        is free for a new submit. Running tasks are not affected. Use with care: purged
+        analyses do not run.
         """
         broker, _ = self._clients()
         async with redis_errors(self.settings, f"purge {queue}"):
-            pipe = broker.pipeline(transaction=True)
-            for key in queue_keys(queue):
-                pipe.llen(key)
-            for key in queue_keys(queue):
-                pipe.delete(key)
-            results = await pipe.execute()
-        return int(sum(results[: len(PRIORITY_STEPS) + 1]))
+            return await _purge_queue(broker, self.settings, queue)
 
     async def get_queue_stats(self, queues: Iterable[str] = QUEUES) -> list[QueueStats]:
         """Length (per priority list), consumers and oldest message age of each queue."""
@@ -563,6 +564,9 @@ class Monitor:
     async def health(self) -> HealthReport:
         """Check the server, the workers and the queues; never raises for an unreachable server.
 
+        An unreachable server (connection refused, timed out, credentials refused) is a report
+        with ``reachable=False``; any other error propagates.
+
         UNHEALTHY: the server is unreachable, it may evict queued work (``maxmemory-policy``
         other than ``noeviction``), a required queue (``health_required_queues``) or a queue
         with waiting work has no live worker, or a queue is not draining.
@@ -594,7 +598,9 @@ class Monitor:
             workers = await self.get_worker_stats()
             stats = await self._queue_stats(QUEUES, workers)
             stats = await self._with_drain_verdicts(stats, workers)
-        except Exception as exc:
+        except (BrokerUnavailableError, RedisConnectionError, RedisTimeoutError) as exc:
+            # Only the server's absence means "unreachable" (and the redis_unreachable alert);
+            # any other error is a bug or bad data and must surface as itself, not as an outage.
             return HealthReport(
                 level=HealthLevel.UNHEALTHY, reasons=[str(exc)], reachable=False, checked_at=now
             )
@@ -617,8 +623,9 @@ class Monitor:
                 HealthLevel.DEGRADED,
                 f"memory use {used / maxmemory:.0%} of maxmemory ({used} of {maxmemory} bytes)",
             )
+        unserved = {q.name for q in queues_without_worker(stats, s.health_required_queues)}
         for q in stats:
-            if q.consumers == 0 and (q.length > 0 or q.name in s.health_required_queues):
+            if q.name in unserved:
                 worse(
                     HealthLevel.UNHEALTHY,
                     f"queue {q.name} has no live worker ({q.length} waiting)",
@@ -711,6 +718,19 @@ class Monitor:
             if len(update):
                 await update.execute()
         return out
+
+
+def queues_without_worker(
+    queues: Iterable[QueueStats], required: Iterable[str]
+) -> list[QueueStats]:
+    """The "no live worker" rule, written once (health verdicts and alerts both use it).
+
+    A queue needs a live consumer when work waits in it or it is one of ``required``
+    (``HEALTH_REQUIRED_QUEUES``). A pure function of what was read, so every reader (async
+    Monitor, a synchronous check) gives the same verdict for the same data.
+    """
+    needed = set(required)
+    return [q for q in queues if q.consumers == 0 and (q.length > 0 or q.name in needed)]
 
 
 _SEVERITY = {HealthLevel.HEALTHY: 0, HealthLevel.DEGRADED: 1, HealthLevel.UNHEALTHY: 2}

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .errors import TaskLostError, TaskNotFoundError
-from .models import TaskErrorInfo, TaskState, TaskStatus, state_from_celery
+from .models import TaskErrorInfo, TaskState, TaskStatus, parse_cursor, state_from_celery
 from .record import (
     META_PREFIX,
     AsyncRecord,
@@ -40,6 +40,7 @@ from .record import (
     missing_state,
     read_meta,
 )
+from .record.meta import revoked_reason
 
 __all__ = ["META_PREFIX", "PubSubHub", "ResultReader", "status_from_meta"]
 
@@ -141,9 +142,10 @@ def status_from_meta(
     if state is TaskState.RETRY:
         return TaskStatus(state=state, error=_error_info(result, retrying=True), **common)
     if state is TaskState.REVOKED:
+        reason = revoked_reason(result)  # "revoked" (a cancel) or "purged" (its queue was)
         return TaskStatus(
             state=state,
-            error=TaskErrorInfo(type="TaskRevokedError", message="revoked", code="revoked"),
+            error=TaskErrorInfo(type="TaskRevokedError", message=reason, code=reason),
             **common,
         )
     if state is TaskState.STARTED:
@@ -564,6 +566,11 @@ class ResultReader:
                     if final_only and not is_final_status(meta.get("status")):
                         continue
                     status = status_from_meta(task_id, meta)
+                    if _older(status, last):
+                        # Published before the read that gave ``last`` (the subscription is
+                        # confirmed first, so its messages can predate the read): stale.
+                        status = last
+                        continue
                     status = status.model_copy(
                         update={
                             "submitted_at": last.submitted_at,
@@ -577,6 +584,18 @@ class ResultReader:
                     last = status
         finally:
             await self._hub.unsubscribe(channel, queue)
+
+
+def _older(status: TaskStatus, last: TaskStatus) -> bool:
+    """Whether a published ``status`` lies before ``last`` in the task's life.
+
+    Within an attempt a task only moves forward (queued, started, progress up, final); after
+    a RETRY the next attempt starts again, so nothing counts as older then.
+    """
+    if last.state is TaskState.RETRY or status.is_final:
+        return False
+    new, old = parse_cursor(status.cursor), parse_cursor(last.cursor)
+    return new is not None and old is not None and new < old
 
 
 def _lost_if_gone(status: TaskStatus) -> TaskStatus:

@@ -130,3 +130,54 @@ async def test_one_alert_per_outage_and_one_recovery_notice(
     finally:
         analysis.stop()
         checker.stop()
+
+
+async def test_a_slow_webhook_does_not_stall_the_event_loop() -> None:
+    """Issue 16: the webhook POST runs off the loop. Measured as loop progress while the
+    endpoint holds the request, not as wall time."""
+    import asyncio
+
+    from vocalborn_tasks.alerts import WebhookSink, evaluate_alerts
+    from vocalborn_tasks.embedded import free_port
+
+    received = threading.Event()
+    release = threading.Event()
+    released_by_test: list[bool] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.set()
+            released_by_test.append(release.wait(10))  # held until the test lets it go
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/alerts"
+    # An unreachable server: the redis_unreachable notice goes straight to the sinks.
+    settings = TaskSettings(redis_url=f"redis://127.0.0.1:{free_port()}", redis_connect_timeout_s=2)
+    try:
+        async with Monitor(settings) as monitor:
+            evaluation = asyncio.create_task(
+                evaluate_alerts(monitor, sinks=[WebhookSink(url, timeout=20)])
+            )
+            assert await asyncio.to_thread(received.wait, 15), "the webhook was never called"
+            # We got here while the POST is held: the loop ran. It keeps running other work:
+            for _ in range(100):
+                await asyncio.sleep(0)
+            assert not evaluation.done()
+            assert not released_by_test  # the endpoint still holds the request
+            release.set()
+            notices = await asyncio.wait_for(evaluation, 15)
+        assert [n.key for n in notices] == ["redis_unreachable"]
+        assert released_by_test == [True]
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -504,3 +504,44 @@ async def test_cancel_while_finishing_is_revoked_everywhere(
             assert (stats.succeeded, stats.revoked) == (0, 1), stats
     finally:
         worker.stop()
+
+
+# --- issue 16, bug 3: a list setting that is not JSON ------------------------------------------
+
+_SAMPLE = str(sample_path("en_reference"))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("health",),
+        ("status",),
+        ("monitor", "--once"),
+        ("task", "0190a0a0-0000-7000-8000-000000000000"),
+        ("cancel", "0190a0a0-0000-7000-8000-000000000000"),
+        ("purge", "--queue", "health", "--yes"),
+        ("test",),
+        ("submit", _SAMPLE, "--reference", _SAMPLE),
+        ("worker",),
+        ("beat",),
+        ("metrics",),
+        ("flower",),
+        ("demo",),
+    ],
+    ids=lambda args: args[0],
+)
+def test_an_invalid_list_setting_is_one_line_for_every_command(
+    redis_url: str, args: tuple[str, ...]
+) -> None:
+    env = env_for(redis_url, HOST_QUEUES="[videos")
+    proc = cli(*args, redis_url=redis_url, env=env)
+    assert_one_line_error(proc, 2, "HOST_QUEUES", "not a valid JSON list")
+
+
+def test_comma_separated_list_settings_are_accepted(redis_url: str) -> None:
+    env = env_for(
+        redis_url, RECORDING_ROOTS="/srv/x", TASK_MODULES="json", HOST_QUEUES="videos,images"
+    )
+    proc = cli("purge", "--queue", "images", "--yes", redis_url=redis_url, env=env)
+    assert proc.returncode == 0, explain(proc)
+    assert proc.stdout.strip() == "purged 0 tasks from images"

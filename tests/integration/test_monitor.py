@@ -320,3 +320,32 @@ async def test_health_unhealthy_with_an_evicting_policy(tmp_path: Path) -> None:
             assert report.persistence is True
     finally:
         server.close()
+
+
+async def test_health_reports_only_redis_errors_as_unreachable(
+    settings: TaskSettings, monitor: Monitor
+) -> None:
+    """Issue 16: a bug or bad data is not an outage (nor a redis_unreachable alert)."""
+    from vocalborn_tasks.alerts import evaluate_alerts
+    from vocalborn_tasks.embedded import free_port
+
+    # A worker heartbeat that does not parse (a pid that is not a number): a ValueError.
+    client = redis.Redis.from_url(settings.backend_url)
+    name = f"bad-{uuid.uuid4().hex}@test"
+    try:
+        client.sadd(settings.key("workers"), name)
+        client.hset(settings.key("worker", name), mapping={"hostname": name, "pid": "x"})
+        with pytest.raises(ValueError, match="invalid literal"):
+            await monitor.health()
+        with pytest.raises(ValueError, match="invalid literal"):
+            await evaluate_alerts(monitor, sinks=[])
+    finally:
+        client.srem(settings.key("workers"), name)
+        client.delete(settings.key("worker", name))
+        client.close()
+
+    # Nobody listening on the port: that is what unreachable means.
+    closed = TaskSettings(redis_url=f"redis://127.0.0.1:{free_port()}", redis_connect_timeout_s=2)
+    async with Monitor(closed) as m:
+        report = await m.health()
+    assert not report.reachable and report.level is HealthLevel.UNHEALTHY

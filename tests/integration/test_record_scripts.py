@@ -6,6 +6,7 @@ nothing here sees another test's keys; the fixture deletes them afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -33,6 +34,9 @@ from vocalborn_tasks.record import (
     revoked_meta,
     script_source,
 )
+from vocalborn_tasks.record.keys import queue_lists
+from vocalborn_tasks.record.meta import revoked_meta_template, revoked_reason
+from vocalborn_tasks.record.purge import purge_queue
 
 pytestmark = pytest.mark.integration
 
@@ -748,6 +752,129 @@ def test_restore_unknown_tag_returns_zero(rec: Rec) -> None:
     rec.put_unacked("t1")
     assert rec.restore("nope") == 0
     assert rec.reserved() == [b"t1"] and rec.queued() == [] and rec.tokens() == 0
+
+
+# --- purge --------------------------------------------------------------------------------------
+def _purge(rec: Rec, batch_size: int = 500) -> int:
+    """The typed purge of the record, on this test's key prefix and queue."""
+    settings = rec.settings.model_copy(update={"key_prefix": rec.keys.prefix})
+
+    async def go() -> int:
+        client = aioredis.Redis.from_url(settings.broker_url)
+        try:
+            return await purge_queue(client, settings, rec.queue, batch_size=batch_size)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def _claim_queued(rec: Rec, record: str, force: str = "0") -> str:
+    task_id = rec.new_id()
+    assert (
+        rec.claim(task_id, record, force, envelope(f"tag-{task_id}", id=task_id))
+        == task_id.encode()
+    )
+    return task_id
+
+
+def test_purge_ends_every_queued_task_as_revoked_purged(rec: Rec) -> None:
+    claimed = [_claim_queued(rec, f"rec-{n}") for n in range(2)]
+    plain = rec.new_id()
+    rec.submit(plain, envelope("tag-plain", id=plain))
+    high = rec.new_id()  # a priority list (Celery's own send with priority 4)
+    rec.broker.lpush(rec.queue + "\x06\x163", envelope("tag-high", id=high))
+    pubsub = rec.listen(claimed[0])
+    assert rec.tokens() == 3
+
+    assert _purge(rec) == 4
+
+    for task_id in [*claimed, plain, high]:
+        meta = rec.get_meta(task_id)
+        assert meta["status"] == "REVOKED" and meta["task_id"] == task_id
+        assert revoked_reason(meta["result"]) == "purged"
+        assert meta["date_done"] is not None
+        assert 0 < rec.result.ttl(rec.meta(task_id)) <= rec.settings.result_expires_s
+    for task_id in [*claimed, plain]:
+        assert rec.result.hget(rec.keys.marker(task_id), "done") == b"REVOKED"
+    assert not rec.result.exists(rec.keys.marker(high))  # mark_done never creates a marker
+    assert json.loads(published(pubsub))["status"] == "REVOKED"  # waiters are told at once
+    for n in range(2):
+        assert not rec.result.exists(rec.keys.inflight(f"rec-{n}"))
+    assert all(rec.broker.llen(key) == 0 for key in queue_lists(rec.queue))
+    assert rec.tokens() == 0
+
+
+def test_purge_frees_the_practice_record_for_a_new_submit(rec: Rec) -> None:
+    old = _claim_queued(rec, "rec-1")
+    assert _purge(rec) == 1
+    assert rec.get_meta(old)["status"] == "REVOKED"
+    new = rec.new_id()
+    assert rec.claim(new, "rec-1", message=envelope("tag-new", id=new)) == new.encode()
+
+
+def test_purge_releases_no_slot_another_task_holds(rec: Rec) -> None:
+    old = _claim_queued(rec, "rec-1")
+    newer = _claim_queued(rec, "rec-1", force="1")  # forced: the slot points at the newer run
+    rec.broker.lrem(rec.queue, 0, rec.queued()[0])  # the newer one was taken by a worker
+    assert [json.loads(m)["headers"]["id"] for m in rec.queued()] == [old]
+    assert _purge(rec) == 1
+    assert rec.result.get(rec.keys.inflight("rec-1")) == newer.encode()
+    assert rec.get_meta(newer) is None
+
+
+@pytest.mark.parametrize("status", FINALS)
+def test_purge_keeps_a_final_state(rec: Rec, status: str) -> None:
+    """A message whose task already ended (e.g. cancelled while queued) only leaves the list."""
+    task_id = rec.new_id()
+    rec.submit(task_id, envelope("t", id=task_id))
+    before = rec.set_meta(task_id, status)
+    assert _purge(rec) == 1
+    assert rec.result.get(rec.meta(task_id)) == before.encode()
+    assert not rec.result.hexists(rec.keys.marker(task_id), "done")
+    assert rec.queued() == []
+
+
+def test_purge_removes_a_foreign_message_too(rec: Rec) -> None:
+    rec.broker.lpush(rec.queue, b"not json", json.dumps({"headers": {}}).encode())
+    assert _purge(rec) == 2
+    assert rec.queued() == []
+
+
+def test_purge_of_an_empty_queue_drops_stale_tokens(rec: Rec) -> None:
+    rec.broker.lpush(rec.keys.wake(rec.queue), "1", "1")
+    assert _purge(rec) == 0
+    assert rec.tokens() == 0
+
+
+def test_purge_works_in_bounded_batches(rec: Rec) -> None:
+    ids = [rec.new_id() for _ in range(7)]
+    for task_id in ids:
+        rec.submit(task_id, envelope(f"tag-{task_id}", id=task_id))
+    # One call of the script takes at most its batch, consumption end first, and says what is left.
+    head, tail = revoked_meta_template("purged")
+    taken, left = rec.bs["purge"](
+        keys=[rec.keys.wake(rec.queue), *queue_lists(rec.queue)],
+        args=[3, rec.settings.redis_db_broker, rec.settings.redis_db_backend, "celery-task-meta-",
+              rec.keys.marker_prefix, rec.keys.inflight(""), head, tail, 60],
+    )  # fmt: skip
+    assert (taken, left) == (3, 4)
+    assert [rec.get_meta(i) is not None for i in ids] == [True] * 3 + [False] * 4
+    assert rec.tokens() == 4
+    # The loop goes on until the queue is empty.
+    assert _purge(rec, batch_size=3) == 4
+    assert all(rec.get_meta(i)["status"] == "REVOKED" for i in ids)
+    assert rec.queued() == [] and rec.tokens() == 0
+
+
+def test_revoked_meta_template_makes_the_meta_of_any_id() -> None:
+    head, tail = revoked_meta_template("purged")
+    task_id = new_task_id()
+    meta = json.loads(head + json.dumps(task_id) + tail)
+    expected = json.loads(revoked_meta(task_id, "purged"))
+    assert meta | {"date_done": None} == expected | {"date_done": None}
+    assert revoked_reason(meta["result"]) == "purged"
+    assert revoked_reason(json.loads(revoked_meta(task_id))["result"]) == "revoked"
 
 
 # --- release and lock ---------------------------------------------------------------------------

@@ -160,6 +160,35 @@ async def test_watch_and_wait_end_at_the_final_state(
     await wait_unsubscribed(server, task_id)  # both left: nothing stays subscribed
 
 
+async def test_watch_never_goes_back_to_a_message_older_than_its_read(
+    settings: TaskSettings, reader: ResultReader, server: aioredis.Redis
+) -> None:
+    """A message published before the watch's read, delivered after it, is skipped.
+
+    The window is forced: the key holds PROGRESS 50 when the watch reads it, then the older
+    PROGRESS 10 arrives on the channel (as it does when a worker reports between the
+    subscription and the read), then a newer report.
+    """
+    (task_id,) = await submit_held(settings)
+    key = RecordKeys.meta(task_id)
+    await server.set(key, celery_meta(task_id, "PROGRESS", {"step": "b", "percent": 50}))
+    watch = reader.watch(task_id)
+    first = await anext(watch)
+    assert (first.state, first.progress) == (TaskState.PROGRESS, 50)
+    await server.publish(key, celery_meta(task_id, "PROGRESS", {"step": "a", "percent": 10}))
+    await store(server, task_id, "PROGRESS", {"step": "c", "percent": 60})
+    following = await asyncio.wait_for(anext(watch), 10)
+    assert (following.step, following.progress) == ("c", 60)
+    await store(server, task_id, "RETRY", {"exc_type": "E", "exc_message": ["x"]})
+    assert (await asyncio.wait_for(anext(watch), 10)).state is TaskState.RETRY
+    # After a retry the next attempt starts over: STARTED is news, not a stale message.
+    await store(server, task_id, "STARTED", {"pid": 1})
+    assert (await asyncio.wait_for(anext(watch), 10)).state is TaskState.STARTED
+    await store(server, task_id, "SUCCESS", 1)
+    assert (await asyncio.wait_for(anext(watch), 10)).state is TaskState.SUCCESS
+    await watch.aclose()
+
+
 async def _kill_hub_connection(server: aioredis.Redis) -> int:
     """CLIENT KILL the subscribed connection(s) of database 13; how many were killed."""
     killed = 0

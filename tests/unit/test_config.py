@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from vocalborn_tasks.config import TaskSettings, redact_url
+from vocalborn_tasks.errors import ConfigurationError, InvalidSettingsError
 
 _ENV = (
     "REDIS_URL",
@@ -101,7 +102,7 @@ def test_key_namespace() -> None:
 
 
 def test_validation_errors_do_not_echo_a_password() -> None:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InvalidSettingsError) as info:
         TaskSettings(redis_url="http://user:hunter2-secret@h:1")
     assert "hunter2-secret" not in str(info.value)
     assert "hunter2-secret" not in repr(info.value)
@@ -140,5 +141,71 @@ def test_url_database_is_honoured(url: str, kwargs: dict[str, int], dbs: tuple[i
     ],
 )
 def test_url_database_conflicts_are_refused(url: str, kwargs: dict[str, int], needle: str) -> None:
-    with pytest.raises(ValidationError, match=re.escape(needle)):
+    with pytest.raises(InvalidSettingsError, match=re.escape(needle)):
         TaskSettings(redis_url=url, **kwargs)
+
+
+# --- issue 16, bug 3: list settings as operators write them --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "expected"),
+    [
+        ("RECORDING_ROOTS", "/srv/x", "recording_roots", [Path("/srv/x")]),
+        ("RECORDING_ROOTS", "/srv/a, /srv/b,", "recording_roots", [Path("/srv/a"), Path("/srv/b")]),
+        (
+            "RECORDING_ROOTS",
+            '["/srv/a", "/srv/b"]',
+            "recording_roots",
+            [Path("/srv/a"), Path("/srv/b")],
+        ),
+        ("RECORDING_ROOTS", "", "recording_roots", []),
+        ("TASK_MODULES", "count_words", "task_modules", ["count_words"]),
+        ("TASK_MODULES", "a.tasks,b.tasks", "task_modules", ["a.tasks", "b.tasks"]),
+        ("HOST_QUEUES", "videos", "host_queues", ["videos"]),
+        ("HOST_QUEUES", '["videos"]', "host_queues", ["videos"]),
+        ("HEALTH_REQUIRED_QUEUES", "ai_analysis", "health_required_queues", ["ai_analysis"]),
+        ("RECORDING_SCHEMES", "file, S3", "recording_schemes", ["file", "s3"]),
+        ("ALERT_SINKS", "app.alerts:page", "alert_sinks", ["app.alerts:page"]),
+    ],
+)
+def test_list_settings_accept_comma_separated_and_json(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, field: str, expected: list[object]
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert getattr(TaskSettings(), field) == expected
+
+
+def test_list_settings_from_dotenv(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("HOST_QUEUES=videos,images\n")
+    assert TaskSettings().host_queues == ["videos", "images"]
+
+
+def test_list_settings_from_arguments_stay_lists() -> None:
+    assert TaskSettings(host_queues=["a,b"]).host_queues == ["a,b"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("HOST_QUEUES", "[videos", "HOST_QUEUES: not a valid JSON list"),
+        ("TASK_MODULES", "[1, 2]", "TASK_MODULES: a JSON list here must hold strings only"),
+        ("RECORDING_ROOTS", '["/srv/a"]]', "RECORDING_ROOTS: not a valid JSON list"),
+        ("BEAT_SCHEDULE", "nope", "BEAT_SCHEDULE: not valid JSON"),
+        ("REDIS_PORT", "secret-ish", "REDIS_PORT"),
+    ],
+)
+def test_invalid_settings_are_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, needle: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidSettingsError) as info:
+        TaskSettings()
+    exc = info.value
+    message = str(exc)
+    assert message.startswith("invalid configuration: ") and needle in message, message
+    assert "\n" not in message
+    assert value not in message or value in needle  # never the value itself
+    # A host (uvicorn importing the app) sees this one error, not a chain of three.
+    assert exc.__cause__ is None and exc.__suppress_context__
+    assert isinstance(exc, ConfigurationError) and isinstance(exc, ValueError)

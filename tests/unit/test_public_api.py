@@ -30,6 +30,7 @@ EXPECTED = {
     "HealthLevel",
     "HealthReport",
     "InvalidRequestError",
+    "InvalidSettingsError",
     "ManagerClosedError",
     "Monitor",
     "QueueStats",

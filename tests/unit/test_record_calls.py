@@ -67,6 +67,7 @@ SAMPLES: dict[str, Callable[[], calls.ScriptCall[Any]]] = {
         result_db=1,
     ),
     "revoke": lambda: calls.revoke(KEYS, task_id=TASK, meta_ttl_s=9),
+    "purge": lambda: calls.purge(KEYS, queue="q", limit=5, broker_db=0, result_db=1, meta_ttl_s=9),
     "restore": lambda: calls.restore(KEYS, delivery_tag="tag"),
     "release": lambda: calls.release(key="k", token="t"),
     "lock": lambda: calls.lock(key="k", token="t", ttl_ms=9),

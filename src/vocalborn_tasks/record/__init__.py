@@ -21,9 +21,9 @@ restore  reserved by a dead worker -> queued (reaper)       worker heartbeat
 release  drop a claim or lock still held by its owner       sink claim, beat lock
 lock     take or renew a lock                               beat scheduler
 position where a queued message waits (read only)           Monitor.get_task_position
+purge    queued -> REVOKED 'purged', slot freed (batches)   Monitor.purge_queue (record/purge.py)
 epoch    the server's epoch and clock (sets it if missing)  ResultReader (LOST vs NOT_FOUND)
-======== ================================================== =====================================
-
+======== ================================================== ==============================
 Data *about* tasks that is not the record itself has its own owner: run statistics
 (``stats.py``), alert state (``alerts.py``), beat's schedule lock (``worker/beat.py``) and the
 Monitor's queue observations (``monitor.py``).

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 from redis.exceptions import NoScriptError
 
 from .keys import RecordKeys, queue_lists
-from .meta import celery_meta, read_meta, revoked_meta
+from .meta import celery_meta, read_meta, revoked_meta, revoked_meta_template
 from .scripts import ScriptSet, script_sha, script_source
 from .task_ids import epoch_seconds
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncRecord",
     "BeginVerdict",
+    "PurgeBatch",
     "QueuePosition",
     "Record",
     "RecordRead",
@@ -46,6 +47,7 @@ __all__ = [
     "lock",
     "position",
     "progress",
+    "purge",
     "release",
     "reserve",
     "restore",
@@ -128,6 +130,17 @@ class ServerEpoch(NamedTuple):
 
     epoch_s: float | None
     server_now_s: float | None
+
+
+class PurgeBatch(NamedTuple):
+    """``purge``'s reply: messages removed by this call, and messages still queued."""
+
+    taken: int
+    left: int
+
+
+def _purge_reply(reply: Any) -> PurgeBatch:
+    return PurgeBatch(int(reply[0]), int(reply[1]))
 
 
 def _text(value: Any) -> str:
@@ -343,6 +356,36 @@ def revoke(
             "meta_ttl": int(meta_ttl_s),
         },
         bool,
+    )
+
+
+def purge(
+    keys: RecordKeys,
+    *,
+    queue: str,
+    limit: int,
+    broker_db: int,
+    result_db: int,
+    meta_ttl_s: int,
+) -> ScriptCall[PurgeBatch]:
+    """queued -> REVOKED (code ``purged``) for up to ``limit`` messages of ``queue``."""
+    head, tail = revoked_meta_template("purged")
+    return _call(
+        "purge",
+        {"wake": keys.wake(queue)},
+        {
+            "limit": int(limit),
+            "broker_db": int(broker_db),
+            "result_db": int(result_db),
+            "meta_prefix": keys.meta(""),
+            "marker_prefix": keys.marker_prefix,
+            "inflight_prefix": keys.inflight(""),
+            "revoked_head": head,
+            "revoked_tail": tail,
+            "meta_ttl": int(meta_ttl_s),
+        },
+        _purge_reply,
+        more_keys=("lists", queue_lists(queue)),
     )
 
 

@@ -15,12 +15,15 @@ from typing import Any, Final
 __all__ = [
     "FINAL_STATES",
     "META_PREFIX",
+    "REVOKE_REASONS",
     "celery_meta",
     "is_final_status",
     "may_be_final",
     "meta_status",
     "read_meta",
     "revoked_meta",
+    "revoked_meta_template",
+    "revoked_reason",
 ]
 
 META_PREFIX: Final = "celery-task-meta-"
@@ -65,6 +68,13 @@ def may_be_final(raw: bytes) -> bool:
     return any(word in raw for word in _FINAL_WORDS)
 
 
+#: Why a task was REVOKED, stored as the message of its ``TaskRevokedError`` (Celery's own
+#: format, so its readers still understand it): a cancel, or a purge of its queue. Readers map
+#: it to the error code (:func:`revoked_reason`).
+REVOKE_REASONS: Final = frozenset({"revoked", "purged"})
+_ID_SLOT: Final = "@@task-id@@"
+
+
 def celery_meta(task_id: str, status: str, result: Any, *, done: bool = False) -> str:
     """A state in Celery's result-meta format, as JSON.
 
@@ -83,15 +93,44 @@ def celery_meta(task_id: str, status: str, result: Any, *, done: bool = False) -
     )
 
 
-def revoked_meta(task_id: str) -> str:
-    """REVOKED as Celery stores it (its readers raise ``TaskRevokedError`` from it)."""
+def revoked_meta(task_id: str, reason: str = "revoked") -> str:
+    """REVOKED as Celery stores it (its readers raise ``TaskRevokedError`` from it).
+
+    Args:
+        reason: one of :data:`REVOKE_REASONS`; the error code a reader reports.
+    """
+    if reason not in REVOKE_REASONS:
+        raise ValueError(f"unknown revoke reason {reason!r}")
     return celery_meta(
         task_id,
         "REVOKED",
         {
             "exc_type": "TaskRevokedError",
-            "exc_message": ["revoked"],
+            "exc_message": [reason],
             "exc_module": "celery.exceptions",
         },
         done=True,
     )
+
+
+def revoked_meta_template(reason: str) -> tuple[str, str]:
+    """:func:`revoked_meta` cut where the task id goes: a script writing many fills it in.
+
+    Returns:
+        ``(head, tail)``: ``head + json.dumps(task_id) + tail`` is the meta of ``task_id``.
+    """
+    head, tail = revoked_meta(_ID_SLOT, reason).split(json.dumps(_ID_SLOT))
+    return head, tail
+
+
+def revoked_reason(result: Any) -> str:
+    """The error code of a REVOKED meta's ``result``: ``purged``, else ``revoked``.
+
+    Celery's own revokes store other messages (``terminated``, ``expired``): all of them are
+    cancels to a caller.
+    """
+    if isinstance(result, dict):
+        args = result.get("exc_message")
+        if isinstance(args, list | tuple) and args and args[0] in REVOKE_REASONS:
+            return str(args[0])
+    return "revoked"

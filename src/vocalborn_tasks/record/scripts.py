@@ -32,6 +32,7 @@ SCRIPT_NAMES: Final = (
     "lock",
     "position",
     "progress",
+    "purge",
     "release",
     "reserve",
     "restore",
