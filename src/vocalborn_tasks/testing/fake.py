@@ -194,9 +194,15 @@ class FakeTaskManager:
         """Keep tasks submitted from now on PENDING, as if no worker were running."""
         self._holding = True
 
-    def release(self) -> None:
-        """Stop holding: every held PENDING task starts now, and new ones run at once."""
+    def release(self, *, run_held: bool = True) -> None:
+        """Stop holding: new tasks run at once again, and so does every held task now.
+
+        With ``run_held=False`` the tasks held so far stay PENDING (run them one by one with
+        :meth:`run`, or drive them by hand).
+        """
         self._holding = False
+        if not run_held:
+            return
         for task in self._tasks.values():
             if task.status.state is TaskState.PENDING and task.runner is None:
                 self._launch(task)
