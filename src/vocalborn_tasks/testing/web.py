@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
+try:
+    import httpx
+except ImportError as exc:  # the [testing] extra leaves the web stack out
+    raise ImportError(
+        "vocalborn_tasks.testing.web needs httpx and FastAPI: "
+        "pip install 'vocalborn-tasks[fastapi]' httpx"
+    ) from exc
 
 from ..config import TaskSettings
 from ..fastapi import get_manager
