@@ -14,6 +14,7 @@ broker is ``broker_outage()`` on the fake and a manager pointed at a closed port
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,10 @@ from vocalborn_tasks.embedded import free_port
 from vocalborn_tasks.facade import TaskManagerProtocol
 from vocalborn_tasks.samples import sample_path
 from vocalborn_tasks.tasks import TaskHandle
-from vocalborn_tasks.testing import FakeTaskManager, isolated_settings
+from vocalborn_tasks.testing import FakeTaskManager, WorkerProcess, isolated_settings
+
+#: The environment before any fixture of this module ran.
+ENVIRON_AT_IMPORT = dict(os.environ)
 
 pytestmark = [pytest.mark.integration, pytest.mark.vocalborn_task_modules("contract_tasks")]
 
@@ -319,3 +323,11 @@ async def test_an_unreachable_broker_is_broker_unavailable(subject: Subject) -> 
             await m.submit_audio_analysis(
                 practice_record_id="bad id!", recording="a", reference="b"
             )
+
+
+def test_the_worker_fixture_leaves_the_environment_alone(vocalborn_worker: WorkerProcess) -> None:
+    """The worker gets its settings through its own environment, never through ours."""
+    assert vocalborn_worker.running
+    assert vocalborn_worker.task_modules == ("contract_tasks",)
+    now = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # pytest's own
+    assert now == {k: v for k, v in ENVIRON_AT_IMPORT.items() if k != "PYTEST_CURRENT_TEST"}

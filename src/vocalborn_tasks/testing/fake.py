@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +59,7 @@ from ..models import (
     invalid_request_from,
     parse_cursor,
 )
+from ..record import new_task_id
 from ..recordings import (
     RecordingResolver,
     check_recording_location,
@@ -77,8 +77,6 @@ __all__ = ["FakeTaskManager", "SubmittedTask"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_ids = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +387,7 @@ class FakeTaskManager:
         arguments: dict[str, Any],
         request: AnalysisRequest | None,
     ) -> _Task:
-        task_id = f"fake-{next(_ids):06d}"
+        task_id = new_task_id()  # the real format (UUID7), for hosts that parse or route on it
         submitted = SubmittedTask(task_id, definition.name, definition.queue, arguments, request)
         status = TaskStatus(
             task_id=task_id,
