@@ -72,3 +72,23 @@ def worker(
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def vocalborn_server(
+    server_binary: str | None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalServer]:
+    """The testing plugin's server, overridden so CI's second leg runs it on redis-server too.
+
+    (A host overrides a plugin fixture the same way, in its own conftest.py.)
+    """
+    server = LocalServer(
+        binary=server_binary,
+        data_dir=tmp_path_factory.mktemp("plugin-server"),
+        die_with_parent=True,
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

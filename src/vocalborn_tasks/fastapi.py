@@ -74,6 +74,7 @@ from .errors import (
     VocalbornTasksError,
     error_cause,
 )
+from .facade import TaskManagerProtocol
 from .manager import TaskManager
 from .models import AnalysisRequest, AnalysisResult, TaskState, TaskStatus, parse_cursor
 from .tasks.builtin import analyze_audio
@@ -84,6 +85,7 @@ __all__ = [
     "PublicError",
     "StatusView",
     "Submitted",
+    "TaskManagerProtocol",
     "analysis_router",
     "get_manager",
     "install_error_handlers",
@@ -121,9 +123,14 @@ def manager_lifespan(
     return lifespan
 
 
-def get_manager(request: Request) -> TaskManager:
-    """Dependency: the app's :class:`TaskManager` (opened by :func:`manager_lifespan`)."""
-    manager: TaskManager | None = getattr(request.app.state, _STATE_KEY, None)
+def get_manager(request: Request) -> TaskManagerProtocol:
+    """Dependency: the app's :class:`TaskManager` (opened by :func:`manager_lifespan`).
+
+    Typed as :class:`TaskManagerProtocol`, the only surface the routes use, so a test can
+    override it with an in-memory manager (``app.dependency_overrides[get_manager]``; see
+    :func:`vocalborn_tasks.testing.web.service_client`).
+    """
+    manager: TaskManagerProtocol | None = getattr(request.app.state, _STATE_KEY, None)
     if manager is None:
         raise ConfigurationError(
             "no TaskManager: create the app with FastAPI(lifespan=manager_lifespan(settings))"
@@ -132,7 +139,7 @@ def get_manager(request: Request) -> TaskManager:
 
 
 #: ``manager: ManagerDep`` in a route's signature.
-ManagerDep = Annotated[TaskManager, Depends(get_manager)]
+ManagerDep = Annotated[TaskManagerProtocol, Depends(get_manager)]
 
 
 # --- errors --------------------------------------------------------------------------------------

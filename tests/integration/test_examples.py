@@ -186,3 +186,40 @@ async def test_service_accepts_and_returns_a_result(
         missing = await c.get(f"/analyses/{uuid.uuid4()}")
         assert missing.status_code == 404
         assert missing.headers["content-type"] == "application/problem+json"
+
+
+# --- the host project and its own tests (docs/testing.md) ----------------------------------------
+
+
+def test_host_project_tests_pass_with_the_plugin_alone(tmp_path: Path) -> None:
+    """``examples/host_project``'s suite, run as its developers run it: ``pytest`` in its root.
+
+    Its own configuration (pyproject.toml), no fixture code of its own, no server or worker of
+    ours: the plugin starts them. pytest-asyncio is switched off (anyio's plugin, which the
+    library installs, runs the async tests), as in a venv with only ``[testing]`` installed.
+    """
+    project = EXAMPLES / "host_project"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CELERY_"))}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:asyncio",
+            "--basetemp",
+            str(tmp_path / "basetemp"),
+            "-q",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT_S,
+        check=False,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "9 passed" in proc.stdout, proc.stdout

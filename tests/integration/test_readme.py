@@ -119,6 +119,22 @@ def test_readme_block_runs(
         assert "SUCCESS" in proc.stdout, proc.stdout
     if name == "count_words.py":
         assert proc.stdout.strip().splitlines()[-1] == "3", proc.stdout
+    if name.startswith("test_"):
+        # A test block runs as the README says: pytest, with the testing plugin's own server and
+        # worker (pytest-asyncio off: anyio's plugin runs it, as with only [testing] installed).
+        env = {k: v for k, v in env.items() if k not in ("RECORDING_ROOTS", "UPLOAD_DIR")}
+        tested = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:asyncio", name],
+            cwd=blocks_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=SCRIPT_TIMEOUT_S,
+            check=False,
+        )
+        assert tested.returncode == 0, f"{name}:\n{tested.stdout}\n{tested.stderr}"
+        assert "1 passed" in tested.stdout, tested.stdout
 
 
 def test_readme_extras_exist_and_quick_start_has_two_commands() -> None:
