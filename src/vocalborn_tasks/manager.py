@@ -40,7 +40,8 @@ from .models import (
     invalid_request_from,
     parse_cursor,
 )
-from .record import RecordKeys, ScriptSet, new_task_id, revoked_meta
+from .record import RecordKeys, ScriptSet, new_task_id
+from .record.cancel import revoke
 from .recordings import (
     RecordingResolver,
     check_recording_location,
@@ -527,8 +528,11 @@ class TaskManager:
         """Cancel a task: it will not start, and a running one is stopped when ``terminate``.
 
         The revocation is stored in Redis (so it survives a restart of every worker), the
-        REVOKED state is published at once (so waiters resolve), and workers are told to stop
-        a running copy. A task that already finished is left as it is.
+        REVOKED state is published at once (so waiters resolve), and, with ``terminate``, the
+        worker running it stops it with SIGTERM (told on the record's own channel, and checked
+        on each of its heartbeats; this process builds no Celery app). Without ``terminate`` a
+        running copy stops at its next progress report. A task that already finished is left
+        as it is.
 
         Returns:
             The task's status after the cancel.
@@ -541,25 +545,18 @@ class TaskManager:
             status = await self._ensure_open().fetch(task_id)
             if status.is_final and status.state is not TaskState.REVOKED:
                 return status
-            keys = self._keys
             assert self._scripts is not None
-            await self._scripts["revoke"](
-                keys=[keys.revoked, keys.meta(task_id), keys.marker(task_id)],
-                args=[task_id, time.time(), revoked_meta(task_id), int(settings.result_expires_s)],
+            # With terminate, the script also tells the worker running it (the record's
+            # terminate channel, which worker heartbeats listen to): no Celery app here.
+            await revoke(
+                self._scripts,
+                self._keys,
+                task_id,
+                now=time.time(),
+                ttl_s=int(settings.result_expires_s),
+                terminate=terminate,
             )
-        if terminate and status.state in (TaskState.STARTED, TaskState.PROGRESS, TaskState.RETRY):
-            await self._broadcast_revoke(task_id)
         return await self.get_task_status(task_id)
-
-    async def _broadcast_revoke(self, task_id: str) -> None:
-        """Ask workers to terminate a running copy (Celery's control broadcast, in a thread)."""
-        app = self.app
-
-        def send() -> None:
-            app.control.revoke(task_id, terminate=True, signal="SIGTERM")
-
-        with anyio.move_on_after(self.settings.redis_connect_timeout_s):
-            await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -232,3 +232,115 @@ async def test_pickle_unknown_task_and_malformed_json_are_discarded(
     )
     assert not pwned.exists(), "the worker unpickled a message"
     assert worker.proc is not None and worker.proc.poll() is None
+
+
+# --- issue 16: worker names ---------------------------------------------------------------------
+def _ready(worker: WorkerProcess) -> bool:
+    """Celery's "<name> ready." line: the worker consumes (whatever name it runs under)."""
+    if worker.proc is not None and worker.proc.poll() is not None:
+        raise AssertionError(f"worker {worker.name} exited: {worker.log_tail()}")
+    return " ready." in worker.log_path.read_text(errors="replace")
+
+
+def _executions(settings: TaskSettings, task_ids: list[str]) -> list[int]:
+    client = _client(settings)
+    try:
+        return [int(client.hget(EXEC_KEY, t) or 0) for t in task_ids]
+    finally:
+        client.close()
+
+
+async def _two_long_tasks_on_two_workers(settings: TaskSettings) -> list[str]:
+    """Submit a 4 s and a 9 s ``faults.count``, wait until both run (one per worker: each has
+    one process), then for both results. Returns their ids.
+
+    The dead-worker reaper runs every 0.5 s and hands back any message reserved for more than
+    2 s that no live heartbeat lists: with two workers sharing a heartbeat, each one's tasks
+    vanish from it at every beat of the other, and the 9 s task runs again once the worker of
+    the 4 s one is free.
+    """
+    from faults.helpers import count
+
+    async with TaskManager(settings) as manager:
+        handles = [
+            await manager.submit(count, 1, delay_s=4.0),
+            await manager.submit(count, 2, delay_s=9.0),
+        ]
+        ids = [str(h) for h in handles]
+        await asyncio.to_thread(
+            wait_until, lambda: _executions(settings, ids) == [1, 1], 30, 0.05, "both running"
+        )
+        results = [await manager.wait_for_result(h, timeout=60) for h in handles]
+    assert results == [1, 2]
+    return ids
+
+
+async def test_two_workers_with_the_default_name_run_each_task_once(
+    make_settings: Callable[..., TaskSettings], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Issue 16, bug 1: two workers started as the README shows (no ``-n``) get distinct
+    names, both show in the status, and neither runs the other's tasks again."""
+    from vocalborn_tasks import Monitor
+
+    settings = make_settings()
+    workers = [
+        start_worker(
+            settings,
+            f"default{i}",
+            node_name=None,
+            wait=False,
+            args=("--include", "faults.helpers"),
+        )
+        for i in (1, 2)
+    ]
+    for w in workers:
+        await asyncio.to_thread(wait_until, lambda w=w: _ready(w), 60, 0.05, f"{w.name} ready")
+    ids = await _two_long_tasks_on_two_workers(settings)
+    # A second run would have started by now (the 9 s task's copy goes back while it runs).
+    assert _executions(settings, ids) == [1, 1]
+    async with Monitor(settings) as monitor:
+        names = sorted(s.hostname for s in await monitor.get_worker_stats())
+    assert names == sorted(w.hostname for w in workers), names
+    client = _client(settings)
+    assert [int(client.hget(SINK_KEY, t) or 0) for t in ids] == [1, 1]
+    client.close()
+    assert all(w.proc is not None and w.proc.poll() is None for w in workers)
+
+
+async def test_a_second_worker_under_a_live_name_refuses_to_start(
+    make_settings: Callable[..., TaskSettings], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Issue 16, bug 1: two workers started at once with one ``-n``: exactly one runs, the
+    other exits 2 with one line; every task body runs once."""
+    settings = make_settings()
+    name = "same@test"
+    pair = [
+        start_worker(
+            settings, f"same{i}", node_name=name, wait=False, args=("--include", "faults.helpers")
+        )
+        for i in (1, 2)
+    ]
+
+    def settled() -> bool:
+        return any(w.proc is not None and w.proc.poll() is not None for w in pair) and any(
+            " ready." in w.log_path.read_text(errors="replace") for w in pair
+        )
+
+    await asyncio.to_thread(wait_until, settled, 60, 0.05, "one ready, one refused")
+    refused = next(w for w in pair if w.proc is not None and w.proc.poll() is not None)
+    running = next(w for w in pair if w is not refused)
+    assert refused.proc is not None and refused.proc.returncode == 2
+    lines = [ln for ln in refused.log_path.read_text().splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert "same@test" in lines[0] and "held by a live worker" in lines[0]
+    assert running.proc is not None and running.proc.poll() is None
+    # A third one, started later, is refused too; the running one is not disturbed.
+    late = start_worker(settings, "same3", node_name=name, wait=False)
+    assert late.proc is not None and late.proc.wait(timeout=60) == 2
+
+    from faults.helpers import count
+
+    async with TaskManager(settings) as manager:
+        handles = [await manager.submit(count, i, delay_s=3.0) for i in (1, 2)]
+        assert [await manager.wait_for_result(h, timeout=60) for h in handles] == [1, 2]
+    assert _executions(settings, [str(h) for h in handles]) == [1, 1]

@@ -14,11 +14,13 @@ reserve  queued -> reserved (``unacked``), folds acks       worker transport (fe
 begin    reserved -> STARTED (delivery count, revoke check) worker runtime
 progress STARTED/PROGRESS -> PROGRESS (never over final)   worker runtime
 store    -> RETRY/SUCCESS/FAILURE/REVOKED + ack, one step  worker result backend
-revoke   any unfinished -> REVOKED (persisted cancel)      TaskManager.cancel
+revoke   any unfinished -> REVOKED (persisted cancel;      TaskManager.cancel (record.cancel)
+         with terminate, tells the running worker)
 restore  reserved by a dead worker -> queued (reaper)      worker heartbeat
 release  drop a claim or lock still held by its owner      sink claim, beat lock
 lock     take or renew a lock                              beat scheduler
 position where a queued message waits (read only)          Monitor.get_task_position
+take_name take a worker's node name (one live holder)       worker start (record.workers)
 ======== ================================================ =====================================
 
 Data *about* tasks that is not the record itself has its own owner: run statistics

@@ -25,6 +25,7 @@ SCRIPT_NAMES: Final = (
     "revoke",
     "store",
     "submit",
+    "take_name",
 )
 
 

@@ -27,6 +27,12 @@ minor versions CI tests (``>=5.7,<5.8``); raise the pin only after that test pas
 - ``celery.worker.state.active_requests/reserved_requests`` (heartbeat): the tags a live
   worker holds
 - ``celery.worker.state.all_total_count`` (heartbeat): processed count
+- ``celery.worker.state.revoked`` (heartbeat, via this module): ids a terminate cancelled, so
+  Celery reports a terminated request as revoked, as its own ``revoke`` command does
+- ``celery.worker.request.Request.terminate`` (heartbeat, via this module): SIGTERM to the pool
+  child running a cancelled task (what ``revoke(terminate=True)`` did through a broadcast)
+- ``celery.worker.consumer.Consumer.on_unknown_task`` (consumer): what a worker does with a
+  task it does not know; ours hands it back to its queue (bounded) and never logs the body
 - ``celery.worker.state.should_stop/should_terminate`` (transport, via this module): tells a
   shutdown from a connection loss
 - ``kombu.transport.redis.QoS.restore_unacked`` (transport): keep running tasks reserved
@@ -43,6 +49,7 @@ minor versions CI tests (``>=5.7,<5.8``); raise the pin only after that test pas
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,9 +61,13 @@ __all__ = [
     "held_requests",
     "result_expiry",
     "running_delivery_tags",
+    "running_task_ids",
     "say_shutdown_in_our_words",
+    "terminate_running",
     "worker_stopping",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: (module, dotted attribute) pairs checked by the test (see the table above).
 PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
@@ -85,6 +96,9 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("celery.worker.state", "active_requests"),
     ("celery.worker.state", "reserved_requests"),
     ("celery.worker.state", "all_total_count"),
+    ("celery.worker.state", "revoked"),
+    ("celery.worker.request", "Request.terminate"),
+    ("celery.worker.consumer.consumer", "Consumer.on_unknown_task"),
     ("celery.worker.state", "should_stop"),
     ("celery.worker.state", "should_terminate"),
     ("kombu.transport.redis", "QoS.restore_unacked"),
@@ -134,6 +148,41 @@ def running_delivery_tags() -> set[str]:
         for r in list(state.active_requests)
         if getattr(r, "message", None) is not None
     }
+
+
+def running_task_ids() -> set[str]:
+    """Ids of the tasks this worker is running now."""
+    from celery.worker import state
+
+    return {str(r.id) for r in list(state.active_requests)}
+
+
+def terminate_running(task_ids: set[str], pool: Any) -> list[str]:
+    """Stop this worker's running copies of ``task_ids`` with SIGTERM; return the ids hit.
+
+    What Celery's ``revoke(terminate=True, signal="SIGTERM")`` control command does in the
+    worker (celery.worker.control), without the broadcast: the ids join the worker's revoked
+    set (so the request reports REVOKED, not a failure) and each running request's pool child
+    gets SIGTERM. Called from the heartbeat thread: ``Request.terminate`` only sends a signal,
+    or, for a request whose child is not known yet, records it for when it is.
+    """
+    import signal
+
+    from celery.worker import state
+
+    hit: list[str] = []
+    for request in list(state.active_requests):
+        if request.id not in task_ids:
+            continue
+        state.revoked.add(request.id)
+        try:
+            request.terminate(pool, signal=signal.SIGTERM)
+        except NotImplementedError:  # a pool that cannot (solo): the next progress report stops it
+            logger.info(
+                "task %s: this pool cannot terminate; it stops at its next report", request.id
+            )
+        hit.append(str(request.id))
+    return hit
 
 
 def say_shutdown_in_our_words(soft_shutdown_s: float) -> None:
