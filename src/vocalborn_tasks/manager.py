@@ -529,7 +529,7 @@ class TaskManager:
 
         The revocation is stored in Redis (so it survives a restart of every worker), the
         REVOKED state is published at once (so waiters resolve), and, with ``terminate``, the
-        worker running it stops it with SIGTERM (told on the record's own channel, and checked
+        worker running it stops it at once (told on the record's own channel, and checked
         on each of its heartbeats; this process builds no Celery app). Without ``terminate`` a
         running copy stops at its next progress report. A task that already finished is left
         as it is.

@@ -30,7 +30,7 @@ async def revoke(
         task_id: the task to cancel.
         now: when (seconds since the epoch): the score in the revoke sets, trimmed by cleanup.
         ttl_s: how long the REVOKED meta lives.
-        terminate: also ask the worker running it, if any, to stop it now (SIGTERM).
+        terminate: also ask the worker running it, if any, to stop it now.
 
     Returns:
         True if REVOKED was stored, False if the task had already finished.

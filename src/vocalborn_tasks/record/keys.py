@@ -113,6 +113,11 @@ class RecordKeys:
     def wake_prefix(self) -> str:
         return self._key("wake", "")
 
+    @property
+    def pause(self) -> str:
+        """A list nothing pushes to: a worker pausing its consumption blocks on it."""
+        return self._key("pause")
+
     def wake(self, queue: str) -> str:
         """One token per queued message: what idle workers block on (see reserve.lua)."""
         return self.wake_prefix + queue

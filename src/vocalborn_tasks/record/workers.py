@@ -19,7 +19,7 @@ from .scripts import ScriptSet
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["NameHolder", "release_worker_name", "take_worker_name"]
+__all__ = ["NameHolder", "count_unknown_offer", "release_worker_name", "take_worker_name"]
 
 
 class NameHolder(NamedTuple):
@@ -91,3 +91,15 @@ def release_worker_name(client: redis.Redis, keys: RecordKeys, name: str, *, pid
         except sync_redis.WatchError:
             return False
     return True
+
+
+def count_unknown_offer(
+    client: redis.Redis, keys: RecordKeys, task_id: str, *, ttl_s: float
+) -> int:
+    """Count one hand-back of a task by a worker that does not know it; return the count."""
+    key = keys.unknown_offers(task_id)
+    pipe = client.pipeline(transaction=True)
+    pipe.incr(key)
+    pipe.expire(key, max(1, int(ttl_s)))
+    count, _ = pipe.execute()
+    return int(count)

@@ -29,8 +29,8 @@ minor versions CI tests (``>=5.7,<5.8``); raise the pin only after that test pas
 - ``celery.worker.state.all_total_count`` (heartbeat): processed count
 - ``celery.worker.state.revoked`` (heartbeat, via this module): ids a terminate cancelled, so
   Celery reports a terminated request as revoked, as its own ``revoke`` command does
-- ``celery.worker.request.Request.terminate`` (heartbeat, via this module): SIGTERM to the pool
-  child running a cancelled task (what ``revoke(terminate=True)`` did through a broadcast)
+- ``celery.worker.request.Request.terminate`` (heartbeat, via this module): signals the pool
+  child running a cancelled task (as ``revoke(terminate=True)`` does through a broadcast)
 - ``celery.worker.consumer.Consumer.on_unknown_task`` (consumer): what a worker does with a
   task it does not know; ours hands it back to its queue (bounded) and never logs the body
 - ``celery.worker.state.should_stop/should_terminate`` (transport, via this module): tells a
@@ -158,16 +158,17 @@ def running_task_ids() -> set[str]:
 
 
 def terminate_running(task_ids: set[str], pool: Any) -> list[str]:
-    """Stop this worker's running copies of ``task_ids`` with SIGTERM; return the ids hit.
+    """Stop this worker's running copies of ``task_ids``; return the ids hit.
 
-    What Celery's ``revoke(terminate=True, signal="SIGTERM")`` control command does in the
-    worker (celery.worker.control), without the broadcast: the ids join the worker's revoked
-    set (so the request reports REVOKED, not a failure) and each running request's pool child
-    gets SIGTERM. Called from the heartbeat thread: ``Request.terminate`` only sends a signal,
-    or, for a request whose child is not known yet, records it for when it is.
+    What Celery's ``revoke(terminate=True)`` control command does in the worker
+    (celery.worker.control), without the broadcast: the ids join the worker's revoked set (so
+    the request reports REVOKED, not a failure) and each running request's pool child gets
+    billiard's termination signal. That is SIGQUIT under ``REMAP_SIGTERM=SIGQUIT`` (which our
+    workers run with): pool children *ignore* SIGTERM then, so the ``signal="SIGTERM"`` the
+    caller used to broadcast left the body running to its end. Called from the heartbeat
+    thread: ``Request.terminate`` only sends a signal, or, for a request whose child is not
+    known yet, records it for when it is.
     """
-    import signal
-
     from celery.worker import state
 
     hit: list[str] = []
@@ -176,7 +177,7 @@ def terminate_running(task_ids: set[str], pool: Any) -> list[str]:
             continue
         state.revoked.add(request.id)
         try:
-            request.terminate(pool, signal=signal.SIGTERM)
+            request.terminate(pool)  # signal None: billiard's TERM_SIGNAME
         except NotImplementedError:  # a pool that cannot (solo): the next progress report stops it
             logger.info(
                 "task %s: this pool cannot terminate; it stops at its next report", request.id

@@ -156,7 +156,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 logger.debug("terminate channel: close failed: %s", exc)
 
     def _terminate(self, worker: Any, task_ids: set[str]) -> None:
-        """Stop the running copies of ``task_ids`` held here (SIGTERM to the pool child)."""
+        """Stop the running copies of ``task_ids`` held here (signals their pool children)."""
         wanted = task_ids - self._terminated
         if not wanted:
             return
