@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -121,10 +122,14 @@ class WorkerProcess:
         log_dir: Path | None = None,
         module: str = "vocalborn_tasks",
         args: tuple[str, ...] = (),
+        node_name: str | None = "",
     ) -> None:
         self.settings = settings
         self.name = name
-        self.hostname = f"{name}@test"
+        # ``node_name``: "" for ``<name>@test``; None to give no ``--hostname`` (the worker's
+        # default name, ``celery-<pid>@<host>``, known once the process is started).
+        self.explicit_name = node_name is not None
+        self.hostname = node_name or f"{name}@test"
         self.queues = queues
         self.concurrency = concurrency
         self.pool = pool
@@ -161,8 +166,7 @@ class WorkerProcess:
             str(self.concurrency),
             "--pool",
             self.pool,
-            "--hostname",
-            self.hostname,
+            *(("--hostname", self.hostname) if self.explicit_name else ()),
             *self.args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
@@ -175,6 +179,8 @@ class WorkerProcess:
             preexec_fn=die_with_parent,  # a crashed test run leaves no worker behind
         )
         log.close()
+        if not self.explicit_name:
+            self.hostname = f"celery-{self.proc.pid}@{socket.gethostname()}"
         if wait:
             self.wait_ready(timeout)
         return self
@@ -187,7 +193,8 @@ class WorkerProcess:
             def ready() -> bool:
                 if self.proc is not None and self.proc.poll() is not None:
                     raise AssertionError(f"worker {self.name} exited: {self.log_tail()}")
-                return bool(client.exists(key))
+                # The name is taken before the worker starts; its first beat says it is up.
+                return bool(client.hexists(key, "last_seen"))
 
             wait_until(ready, timeout, what=f"worker {self.name} heartbeat")
         finally:

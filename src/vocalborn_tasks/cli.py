@@ -145,7 +145,13 @@ def _reexec_with_soft_shutdown() -> None:
 )
 @click.option("-c", "--concurrency", type=int, default=None, help="Pool processes (default: CPUs).")
 @click.option("-P", "--pool", type=click.Choice(["prefork", "solo", "threads"]), default=None)
-@click.option("-n", "--hostname", default=None, help="Worker node name, e.g. analysis1@%h.")
+@click.option(
+    "-n",
+    "--hostname",
+    default=None,
+    help="Worker node name, e.g. analysis1@%h (default celery-<pid>@<host>); refused while a "
+    "live worker holds it.",
+)
 @click.option(
     "-I",
     "--include",
@@ -184,17 +190,27 @@ def worker(
                 soft_wrap=True,
             )
     processes = concurrency or settings.celery_worker_concurrency
-    err_console.print(
-        f"worker {escape(hostname or 'celery@' + os.uname().nodename)}: queues "
-        f"{','.join(names)}, {processes or 'one per CPU'} {pool or 'prefork'} processes, "
-        f"broker {escape(settings.redacted_broker_url)}. SIGTERM, SIGQUIT or a second Ctrl+C: "
-        f"running tasks get {settings.worker_soft_shutdown_s:g} s, then go back to their queue; "
-        "Ctrl+C: stop once they finish.",
-        highlight=False,
-        soft_wrap=True,
-    )
+
+    def announce(name: str) -> None:
+        err_console.print(
+            f"worker {escape(name)}: queues "
+            f"{','.join(names)}, {processes or 'one per CPU'} {pool or 'prefork'} processes, "
+            f"broker {escape(settings.redacted_broker_url)}. SIGTERM, SIGQUIT or a second "
+            f"Ctrl+C: running tasks get {settings.worker_soft_shutdown_s:g} s, then go back to "
+            "their queue; Ctrl+C: stop once they finish.",
+            highlight=False,
+            soft_wrap=True,
+        )
+
     say_shutdown_in_our_words(settings.worker_soft_shutdown_s)
-    run_worker(settings, queues=names, concurrency=processes, pool=pool, hostname=hostname)
+    run_worker(
+        settings,
+        queues=names,
+        concurrency=processes,
+        pool=pool,
+        hostname=hostname,
+        announce=announce,
+    )
 
 
 @main.command()

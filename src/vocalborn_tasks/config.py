@@ -234,6 +234,14 @@ class TaskSettings(BaseSettings):
     max_deliveries: int = Field(
         default=3, ge=1, validation_alias=_env("TASK_MAX_DELIVERIES", "max_deliveries")
     )
+    #: A task that reaches workers which do not know it (they differ in ``--include``) is
+    #: handed back to its queue for one that does, this many times (each worker pausing 1, 2,
+    #: 4 .. 10 s after each); then it ends as FAILURE with code ``unknown_task``.
+    unknown_task_max_offers: int = Field(
+        default=10,
+        ge=1,
+        validation_alias=_env("UNKNOWN_TASK_MAX_OFFERS", "unknown_task_max_offers"),
+    )
 
     #: How long a worker waits out a broker outage in the middle of a task (storing progress,
     #: the sink's claim and acknowledgement, the result) before giving up on that step.

@@ -525,8 +525,11 @@ class TaskManager:
         """Cancel a task: it will not start, and a running one is stopped when ``terminate``.
 
         The revocation is stored in Redis (so it survives a restart of every worker), the
-        REVOKED state is published at once (so waiters resolve), and workers are told to stop
-        a running copy. A task that already finished is left as it is.
+        REVOKED state is published at once (so waiters resolve), and, with ``terminate``, the
+        worker running it stops it at once (told on the record's own channel, and checked
+        on each of its heartbeats; this process builds no Celery app). Without ``terminate`` a
+        running copy stops at its next progress report. A task that already finished is left
+        as it is.
 
         Returns:
             The task's status after the cancel.
@@ -540,22 +543,17 @@ class TaskManager:
             if status.is_final and status.state is not TaskState.REVOKED:
                 return status
             assert self._record is not None
+            # With terminate, the script also tells the worker running it (the record's
+            # terminate channel, which worker heartbeats listen to): no Celery app here.
             await self._record.run(
-                calls.revoke(self._keys, task_id=task_id, meta_ttl_s=int(settings.result_expires_s))
+                calls.revoke(
+                    self._keys,
+                    task_id=task_id,
+                    meta_ttl_s=int(settings.result_expires_s),
+                    terminate=terminate,
+                )
             )
-        if terminate and status.state in (TaskState.STARTED, TaskState.PROGRESS, TaskState.RETRY):
-            await self._broadcast_revoke(task_id)
         return await self.get_task_status(task_id)
-
-    async def _broadcast_revoke(self, task_id: str) -> None:
-        """Ask workers to terminate a running copy (Celery's control broadcast, in a thread)."""
-        app = self.app
-
-        def send() -> None:
-            app.control.revoke(task_id, terminate=True, signal="SIGTERM")
-
-        with anyio.move_on_after(self.settings.redis_connect_timeout_s):
-            await anyio.to_thread.run_sync(send, abandon_on_cancel=True)
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -26,6 +26,7 @@ FAULT_DEFAULTS: dict[str, Any] = {
     "worker_heartbeat_s": 0.5,
     "worker_dead_after_s": 2.0,
     "max_deliveries": 3,
+    "unknown_task_max_offers": 3,
     "retry_backoff_s": 0.2,
     "retry_backoff_max_s": 1.0,
 }

@@ -232,3 +232,282 @@ async def test_pickle_unknown_task_and_malformed_json_are_discarded(
     )
     assert not pwned.exists(), "the worker unpickled a message"
     assert worker.proc is not None and worker.proc.poll() is None
+
+
+# --- issue 16: worker names ---------------------------------------------------------------------
+def _ready(worker: WorkerProcess) -> bool:
+    """Celery's "<name> ready." line: the worker consumes (whatever name it runs under)."""
+    if worker.proc is not None and worker.proc.poll() is not None:
+        raise AssertionError(f"worker {worker.name} exited: {worker.log_tail()}")
+    return " ready." in worker.log_path.read_text(errors="replace")
+
+
+def _executions(settings: TaskSettings, task_ids: list[str]) -> list[int]:
+    client = _client(settings)
+    try:
+        return [int(client.hget(EXEC_KEY, t) or 0) for t in task_ids]
+    finally:
+        client.close()
+
+
+async def _two_long_tasks_on_two_workers(settings: TaskSettings) -> list[str]:
+    """Submit a 4 s and a 9 s ``faults.count``, wait until both run (one per worker: each has
+    one process), then for both results. Returns their ids.
+
+    The dead-worker reaper runs every 0.5 s and hands back any message reserved for more than
+    2 s that no live heartbeat lists: with two workers sharing a heartbeat, each one's tasks
+    vanish from it at every beat of the other, and the 9 s task runs again once the worker of
+    the 4 s one is free.
+    """
+    from faults.helpers import count
+
+    async with TaskManager(settings) as manager:
+        handles = [
+            await manager.submit(count, 1, delay_s=4.0),
+            await manager.submit(count, 2, delay_s=9.0),
+        ]
+        ids = [str(h) for h in handles]
+        await asyncio.to_thread(
+            wait_until, lambda: _executions(settings, ids) == [1, 1], 30, 0.05, "both running"
+        )
+        results = [await manager.wait_for_result(h, timeout=60) for h in handles]
+    assert results == [1, 2]
+    return ids
+
+
+async def test_two_workers_with_the_default_name_run_each_task_once(
+    make_settings: Callable[..., TaskSettings], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Issue 16, bug 1: two workers started as the README shows (no ``-n``) get distinct
+    names, both show in the status, and neither runs the other's tasks again."""
+    from vocalborn_tasks import Monitor
+
+    settings = make_settings()
+    workers = [
+        start_worker(
+            settings,
+            f"default{i}",
+            node_name=None,
+            wait=False,
+            args=("--include", "faults.helpers"),
+        )
+        for i in (1, 2)
+    ]
+    for w in workers:
+        await asyncio.to_thread(wait_until, lambda w=w: _ready(w), 60, 0.05, f"{w.name} ready")
+    ids = await _two_long_tasks_on_two_workers(settings)
+    # A second run would have started by now (the 9 s task's copy goes back while it runs).
+    assert _executions(settings, ids) == [1, 1]
+    async with Monitor(settings) as monitor:
+        names = sorted(s.hostname for s in await monitor.get_worker_stats())
+    assert names == sorted(w.hostname for w in workers), names
+    client = _client(settings)
+    assert [int(client.hget(SINK_KEY, t) or 0) for t in ids] == [1, 1]
+    client.close()
+    assert all(w.proc is not None and w.proc.poll() is None for w in workers)
+
+
+async def test_a_second_worker_under_a_live_name_refuses_to_start(
+    make_settings: Callable[..., TaskSettings], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Issue 16, bug 1: two workers started at once with one ``-n``: exactly one runs, the
+    other exits 2 with one line; every task body runs once."""
+    settings = make_settings()
+    name = "same@test"
+    pair = [
+        start_worker(
+            settings, f"same{i}", node_name=name, wait=False, args=("--include", "faults.helpers")
+        )
+        for i in (1, 2)
+    ]
+
+    def settled() -> bool:
+        return any(w.proc is not None and w.proc.poll() is not None for w in pair) and any(
+            " ready." in w.log_path.read_text(errors="replace") for w in pair
+        )
+
+    await asyncio.to_thread(wait_until, settled, 60, 0.05, "one ready, one refused")
+    refused = next(w for w in pair if w.proc is not None and w.proc.poll() is not None)
+    running = next(w for w in pair if w is not refused)
+    assert refused.proc is not None and refused.proc.returncode == 2
+    lines = [ln for ln in refused.log_path.read_text().splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert "same@test" in lines[0] and "held by a live worker" in lines[0]
+    assert running.proc is not None and running.proc.poll() is None
+    # A third one, started later, is refused too; the running one is not disturbed.
+    late = start_worker(settings, "same3", node_name=name, wait=False)
+    assert late.proc is not None and late.proc.wait(timeout=60) == 2
+
+    from faults.helpers import count
+
+    async with TaskManager(settings) as manager:
+        handles = [await manager.submit(count, i, delay_s=3.0) for i in (1, 2)]
+        assert [await manager.wait_for_result(h, timeout=60) for h in handles] == [1, 2]
+    assert _executions(settings, [str(h) for h in handles]) == [1, 1]
+
+
+# --- issue 16: workers that differ in --include -------------------------------------------------
+#: A value only the message body holds: no log line may contain it.
+BODY_MARKER = 987654321
+
+
+def _logs(*workers: WorkerProcess) -> list[str]:
+    return [ln for w in workers for ln in w.log_path.read_text(errors="replace").splitlines()]
+
+
+async def test_a_task_reaches_the_worker_that_knows_it(
+    make_settings: Callable[..., TaskSettings], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Issue 16, bug 4: a worker without the host's module hands the task back (one line,
+    no body) until a worker with ``--include`` takes it; it runs exactly once."""
+    from faults.helpers import count
+
+    settings = make_settings(unknown_task_max_offers=10)
+    stranger = start_worker(settings, "stranger", queues="ai_analysis")
+    async with TaskManager(settings) as manager:
+        handle = await manager.submit(count, BODY_MARKER)
+        await asyncio.to_thread(
+            wait_until,
+            lambda: any(str(handle) in ln and "handed back" in ln for ln in _logs(stranger)),
+            30,
+            0.05,
+            "the first hand-back",
+        )
+        knower = start_worker(
+            settings, "knower", queues="ai_analysis", args=("--include", "faults.helpers")
+        )
+        assert await manager.wait_for_result(handle, timeout=90) == BODY_MARKER
+    assert _executions(settings, [str(handle)]) == [1]
+    lines = _logs(stranger, knower)
+    assert not [ln for ln in lines if str(BODY_MARKER) in ln], "a log line holds the body"
+    assert not [ln for ln in lines if "NotRegistered" in ln or "Traceback" in ln]
+
+
+async def test_a_task_no_worker_knows_fails_after_the_bound(
+    make_settings: Callable[..., TaskSettings], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Issue 16, bug 4: with no worker knowing it, the task ends FAILURE ``unknown_task`` after
+    ``UNKNOWN_TASK_MAX_OFFERS`` hand-backs, logged without its body; the worker goes on."""
+    from faults.helpers import count
+
+    settings = make_settings()  # unknown_task_max_offers=3
+    stranger = start_worker(settings, "stranger", queues="ai_analysis,health")
+    async with TaskManager(settings) as manager:
+        handle = await manager.submit(count, BODY_MARKER)
+        with pytest.raises(TaskFailedError) as failed:
+            await manager.wait_for_result(handle, timeout=60)
+        after = await manager.submit(echo, "still serving")
+        assert (await manager.wait_for_result(after, timeout=60)).message == "still serving"
+    assert failed.value.code == "unknown_task", failed.value
+    lines = _logs(stranger)
+    mine = [ln for ln in lines if str(handle) in ln]
+    assert len([ln for ln in mine if "handed back" in ln]) == settings.unknown_task_max_offers - 1
+    assert len([ln for ln in mine if "[unknown_task]" in ln]) == 1
+    assert not [ln for ln in lines if str(BODY_MARKER) in ln], "a log line holds the body"
+    assert _executions(settings, [str(handle)]) == [0]
+
+
+# --- issue 16: cancel(terminate=True) without a Celery app in the host ---------------------------
+_HOST_CANCEL = """
+import asyncio, sys
+from vocalborn_tasks import TaskManager, TaskSettings, TaskState
+from vocalborn_tasks.tasks import TaskContext, task_definition
+
+@task_definition(name="faults.count", queue="ai_analysis")
+def count(ctx: TaskContext, n: int, delay_s: float = 0.0, gate_dir: str | None = None) -> int:
+    raise AssertionError("runs on the worker only")
+
+async def main() -> None:
+    async with TaskManager(TaskSettings()) as manager:
+        handle = await manager.submit(count, 1, delay_s=120.0)
+        async for status in manager.watch(handle):
+            if status.state is TaskState.STARTED:
+                break
+        print("running", handle, flush=True)
+        sys.stdin.readline()  # the test noted the pool child running it
+        print("cancelled", (await manager.cancel(handle, terminate=True)).state, flush=True)
+
+asyncio.run(main())
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("celery", "kombu", "billiard"))
+print("loaded", loaded, flush=True)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"
+    except (OSError, IndexError):
+        return True
+
+
+async def test_cancel_terminate_stops_the_task_without_celery_in_the_host(
+    make_settings: Callable[..., TaskSettings], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Issue 16: a host process cancels a running task with terminate=True: the pool child
+    running it is stopped, and the host never imported celery, kombu or billiard."""
+    import sys
+
+    from support import ROOT, settings_env
+
+    settings = make_settings()
+    worker = start_worker(
+        settings, "term", queues="ai_analysis", args=("--include", "faults.helpers")
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "TASK_", "CELERY_"))}
+    env.update(settings_env(settings))
+    env["PYTHONPATH"] = str(ROOT / "src")
+    host = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _HOST_CANCEL,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert host.stdout is not None and host.stdin is not None
+        line = (await asyncio.wait_for(host.stdout.readline(), 60)).decode()
+        assert line.startswith("running "), line
+        (child,) = worker.child_pids()
+        host.stdin.write(b"\n")
+        await host.stdin.drain()
+        raw_out, raw_err = await asyncio.wait_for(host.communicate(), 60)
+        out, err = raw_out.decode(), raw_err.decode()
+    finally:
+        if host.returncode is None:
+            host.kill()
+            await host.wait()
+    assert host.returncode == 0, err
+    assert "cancelled REVOKED" in out, out
+    assert "loaded []" in out, out
+    await asyncio.to_thread(wait_until, lambda: _gone(child), 30, 0.05, "the child terminated")
+    assert worker.proc is not None and worker.proc.poll() is None
+
+
+async def test_a_missed_terminate_message_is_caught_by_the_heartbeat(
+    make_settings: Callable[..., TaskSettings], start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """Issue 16: a terminate the worker never heard (written while it was reconnecting: here,
+    the record without the message) stops the running copy within one heartbeat."""
+    from faults.helpers import count
+    from vocalborn_tasks.record import RecordKeys
+
+    settings = make_settings()
+    worker = start_worker(
+        settings, "term", queues="ai_analysis", args=("--include", "faults.helpers")
+    )
+    async with TaskManager(settings) as manager:
+        handle = await manager.submit(count, 1, delay_s=120.0)
+        async for status in manager.watch(handle):
+            if status.state is TaskState.STARTED:
+                break
+        (child,) = worker.child_pids()
+        # The cancel as the revoke script records it, minus the message on the channel.
+        keys = RecordKeys.of(settings)
+        client = _client(settings)
+        client.zadd(keys.revoked, {str(handle): time.time()})
+        client.zadd(keys.terminate, {str(handle): time.time()})
+        client.close()
+        await asyncio.to_thread(wait_until, lambda: _gone(child), 30, 0.05, "the child terminated")
+    assert _executions(settings, [str(handle)]) == [1]

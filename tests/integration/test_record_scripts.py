@@ -659,10 +659,17 @@ def test_store_expiry_zero_means_no_ttl_and_no_marker_created(rec: Rec) -> None:
 
 
 # --- revoke -------------------------------------------------------------------------------------
-def _revoke(rec: Rec, task_id: str) -> Any:
+def _revoke(rec: Rec, task_id: str, terminate: str = "0") -> Any:
+    keys = rec.keys
     return rec.rs["revoke"](
-        keys=[rec.keys.revoked, rec.meta(task_id), rec.keys.marker(task_id)],
-        args=[task_id, "1700000000.25", revoked_meta(task_id), 60],
+        keys=[
+            keys.revoked,
+            rec.meta(task_id),
+            keys.marker(task_id),
+            keys.terminate,
+            keys.terminate_channel,
+        ],
+        args=[task_id, "1700000000.25", revoked_meta(task_id), 60, terminate],
     )
 
 
@@ -696,6 +703,60 @@ def test_revoke_refuses_a_finished_task(rec: Rec, status: str) -> None:
     assert rec.result.get(rec.meta(task_id)) == before.encode()
     assert rec.result.zscore(rec.keys.revoked, task_id) is None
     assert not rec.result.hexists(rec.keys.marker(task_id), "done")
+
+
+def test_revoke_with_terminate_records_and_announces_it(rec: Rec) -> None:
+    task_id = rec.new_id()
+    rec.submit(task_id)
+    rec.set_meta(task_id, "STARTED")
+    pubsub = redis.Redis.from_url(rec.settings.backend_url).pubsub()  # type: ignore[no-untyped-call]
+    rec.subs.append(pubsub)
+    pubsub.subscribe(rec.keys.terminate_channel)
+    assert pubsub.get_message(timeout=5.0)["type"] == "subscribe"
+    assert _revoke(rec, task_id, terminate="1") == 1
+    assert rec.result.zscore(rec.keys.terminate, task_id) == 1700000000.25
+    assert published(pubsub) == task_id.encode()
+
+
+def test_revoke_without_terminate_leaves_a_running_copy_be(rec: Rec) -> None:
+    task_id = rec.new_id()
+    rec.submit(task_id)
+    assert _revoke(rec, task_id, terminate="0") == 1
+    assert rec.result.zscore(rec.keys.terminate, task_id) is None
+
+
+def test_revoke_with_terminate_refuses_a_finished_task(rec: Rec) -> None:
+    task_id = rec.new_id()
+    rec.submit(task_id)
+    rec.set_meta(task_id, "SUCCESS")
+    assert _revoke(rec, task_id, terminate="1") == 0
+    assert rec.result.zscore(rec.keys.terminate, task_id) is None
+
+
+# --- take_name ----------------------------------------------------------------------------------
+def test_take_name_one_holder_at_a_time(rec: Rec) -> None:
+    from vocalborn_tasks.record.workers import NameHolder, release_worker_name, take_worker_name
+
+    name = f"w-{rec.new_id()}@test"
+    key = rec.keys.worker(name)
+    assert take_worker_name(rec.result, rec.keys, name, pid=11, machine="m1", ttl_s=30) is None
+    assert 0 < rec.result.pttl(key) <= 30_000
+    held = take_worker_name(rec.result, rec.keys, name, pid=12, machine="m1", ttl_s=30)
+    assert held == NameHolder("m1", 11)
+    # A stale pid only replaces a holder on the same machine with exactly that pid.
+    assert take_worker_name(
+        rec.result, rec.keys, name, pid=12, machine="m2", ttl_s=30, stale_pid=11
+    ) == NameHolder("m1", 11)
+    assert take_worker_name(
+        rec.result, rec.keys, name, pid=12, machine="m1", ttl_s=30, stale_pid=10
+    ) == NameHolder("m1", 11)
+    assert (
+        take_worker_name(rec.result, rec.keys, name, pid=12, machine="m1", ttl_s=30, stale_pid=11)
+        is None
+    )
+    assert not release_worker_name(rec.result, rec.keys, name, pid=11)  # no longer its name
+    assert release_worker_name(rec.result, rec.keys, name, pid=12)
+    assert not rec.result.exists(key)
 
 
 # --- restore ------------------------------------------------------------------------------------

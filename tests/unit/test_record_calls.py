@@ -73,6 +73,7 @@ SAMPLES: dict[str, Callable[[], calls.ScriptCall[Any]]] = {
     "lock": lambda: calls.lock(key="k", token="t", ttl_ms=9),
     "position": lambda: calls.position(queue="q", task_id=TASK),
     "epoch": lambda: calls.epoch(KEYS),
+    "take_name": lambda: calls.take_name(KEYS, name="w@h", pid=1, machine="h", ttl_ms=9),
 }
 
 

@@ -7,23 +7,25 @@ acknowledgement are one step") live in one place. The transitions are Lua script
 typed call of :mod:`.calls`: the only place their KEYS and ARGV are built (``record.run(
 calls.begin(keys, ...))`` on :class:`Record` or :class:`AsyncRecord`):
 
-======== ================================================== =====================================
-script   transition                                          called by
-======== ================================================== =====================================
-submit   (none) -> queued: marker + message + wake-up       TaskManager.submit
-claim    same, holding a practice record's in-flight slot   TaskManager.submit_audio_analysis
-reserve  queued -> reserved (``unacked``), folds acks       worker transport (fetch)
-begin    reserved -> STARTED (delivery count, revoke check) worker runtime
-progress STARTED/PROGRESS -> PROGRESS (never over final)    worker runtime
-store    -> RETRY/SUCCESS/FAILURE/REVOKED + ack, one step   worker result backend
-revoke   any unfinished -> REVOKED (persisted cancel)       TaskManager.cancel
-restore  reserved by a dead worker -> queued (reaper)       worker heartbeat
-release  drop a claim or lock still held by its owner       sink claim, beat lock
-lock     take or renew a lock                               beat scheduler
-position where a queued message waits (read only)           Monitor.get_task_position
-purge    queued -> REVOKED 'purged', slot freed (batches)   Monitor.purge_queue (record/purge.py)
-epoch    the server's epoch and clock (sets it if missing)  ResultReader (LOST vs NOT_FOUND)
-======== ================================================== ==============================
+========= ================================================== =================================
+script    transition                                         called by
+========= ================================================== =================================
+submit    (none) -> queued: marker + message + wake-up       TaskManager.submit
+claim     same, holding a practice record's in-flight slot   TaskManager.submit_audio_analysis
+reserve   queued -> reserved (``unacked``), folds acks       worker transport (fetch)
+begin     reserved -> STARTED (delivery count, revoke check) worker runtime
+progress  STARTED/PROGRESS -> PROGRESS (never over final)    worker runtime
+store     -> RETRY/SUCCESS/FAILURE/REVOKED + ack, one step   worker result backend
+revoke    unfinished -> REVOKED (+ terminate a running copy) TaskManager.cancel
+restore   reserved by a dead worker -> queued (reaper)       worker heartbeat
+release   drop a claim or lock still held by its owner       sink claim, beat lock, alerts
+lock      take or renew a lock                               beat scheduler
+position  where a queued message waits (read only)           Monitor.get_task_position
+purge     queued -> REVOKED 'purged', slot freed (batches)   Monitor.purge_queue (purge.py)
+epoch     the server's epoch and clock (sets it if missing)  ResultReader (LOST vs NOT_FOUND)
+take_name a worker's node name: one live holder              worker start (workers.py)
+========= ================================================== =================================
+
 Data *about* tasks that is not the record itself has its own owner: run statistics
 (``stats.py``), alert state (``alerts.py``), beat's schedule lock (``worker/beat.py``) and the
 Monitor's queue observations (``monitor.py``).

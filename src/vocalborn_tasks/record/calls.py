@@ -54,6 +54,7 @@ __all__ = [
     "revoke",
     "store",
     "submit",
+    "take_name",
 ]
 
 Arg = str | int | float | bytes
@@ -343,19 +344,60 @@ def store(
 
 
 def revoke(
-    keys: RecordKeys, *, task_id: str, meta_ttl_s: int, revoked_at: float | None = None
+    keys: RecordKeys,
+    *,
+    task_id: str,
+    meta_ttl_s: int,
+    terminate: bool = False,
+    revoked_at: float | None = None,
 ) -> ScriptCall[bool]:
-    """Any unfinished state -> REVOKED, persisted in the revoke set and published."""
+    """Any unfinished state -> REVOKED, persisted in the revoke set and published; with
+    ``terminate``, the worker running it is told to stop it now (False: already finished)."""
     return _call(
         "revoke",
-        {"revoked": keys.revoked, "meta": keys.meta(task_id), "marker": keys.marker(task_id)},
+        {
+            "revoked": keys.revoked,
+            "meta": keys.meta(task_id),
+            "marker": keys.marker(task_id),
+            "terminate": keys.terminate,
+            "terminate_channel": keys.terminate_channel,
+        },
         {
             "task_id": task_id,
             "revoked_at": repr(time.time() if revoked_at is None else revoked_at),
             "revoked_meta": revoked_meta(task_id),
             "meta_ttl": int(meta_ttl_s),
+            "terminate": "1" if terminate else "0",
         },
         bool,
+    )
+
+
+def take_name(
+    keys: RecordKeys,
+    *,
+    name: str,
+    pid: int,
+    machine: str,
+    ttl_ms: int,
+    stale_pid: int | None = None,
+) -> ScriptCall[str]:
+    """Take a worker's node name (its heartbeat hash) unless a live worker holds it.
+
+    The reply is '' when taken, else ``'<machine> <pid>'`` of the holder; a holder on this
+    machine with ``stale_pid`` (a process the caller found gone) is replaced.
+    """
+    return _call(
+        "take_name",
+        {"worker": keys.worker(name)},
+        {
+            "pid": int(pid),
+            "machine": machine,
+            "ttl_ms": max(1, int(ttl_ms)),
+            "stale_pid": "" if stale_pid is None else int(stale_pid),
+            "name": name,
+        },
+        _text,
     )
 
 

@@ -66,6 +66,25 @@ class RecordKeys:
         return self._key("revoked")
 
     @property
+    def terminate(self) -> str:
+        """Sorted set of cancelled task ids whose running copy must be stopped (score: when).
+
+        Written with ``revoked`` by a cancel that asks to terminate; every worker's heartbeat
+        checks the tasks it runs against it, so a missed message on :attr:`terminate_channel`
+        is caught within one heartbeat.
+        """
+        return self._key("revoked", "terminate")
+
+    @property
+    def terminate_channel(self) -> str:
+        """Pub/sub channel: a task id to stop now (every worker's heartbeat thread listens)."""
+        return self._key("terminate")
+
+    def unknown_offers(self, task_id: str) -> str:
+        """How many times workers that do not know a task handed it back (see consumer.py)."""
+        return self._key("unknown-offers", task_id)
+
+    @property
     def running(self) -> str:
         """Hash task id -> JSON of the tasks running now (the Monitor's wait estimate)."""
         return self._key("stats", "running")
@@ -107,6 +126,11 @@ class RecordKeys:
     @property
     def wake_prefix(self) -> str:
         return self._key("wake", "")
+
+    @property
+    def pause(self) -> str:
+        """A list nothing pushes to: a worker pausing its consumption blocks on it."""
+        return self._key("pause")
 
     def wake(self, queue: str) -> str:
         """One token per queued message: what idle workers block on (see reserve.lua)."""

@@ -39,6 +39,7 @@ SCRIPT_NAMES: Final = (
     "revoke",
     "store",
     "submit",
+    "take_name",
 )
 
 

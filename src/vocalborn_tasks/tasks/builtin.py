@@ -111,7 +111,11 @@ def cleanup(ctx: TaskContext) -> CleanupReport:
             except OSError as exc:  # a file vanishing under us is not an error worth failing on
                 logger.debug("cleanup: skipping %s: %s", path, exc)
     horizon = time.time() - settings.result_expires_s - settings.visibility_timeout_s
-    trimmed = int(runtime.redis.zremrangebyscore(RecordKeys.of(settings).revoked, "-inf", horizon))
+    keys = RecordKeys.of(settings)
+    pipe = runtime.redis.pipeline(transaction=False)
+    pipe.zremrangebyscore(keys.revoked, "-inf", horizon)
+    pipe.zremrangebyscore(keys.terminate, "-inf", horizon)
+    trimmed = int(pipe.execute()[0])
     return CleanupReport(files_removed=files, bytes_freed=freed, revocations_trimmed=trimmed)
 
 

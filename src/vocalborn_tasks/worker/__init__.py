@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import QUEUES, TaskSettings
@@ -81,14 +81,35 @@ def worker_argv(
     return argv
 
 
-def run_worker(settings: TaskSettings | None = None, **options: Any) -> None:
-    """Run a worker in this process until it is stopped (blocks). See :func:`worker_argv`."""
+def run_worker(
+    settings: TaskSettings | None = None,
+    *,
+    hostname: str | None = None,
+    announce: Callable[[str], None] | None = None,
+    **options: Any,
+) -> None:
+    """Run a worker in this process until it is stopped (blocks). See :func:`worker_argv`.
+
+    The node name (``hostname``, Celery's ``-n``; default ``celery-<pid>@<host>``) is taken in
+    Redis before the worker consumes (:mod:`.names`), then ``announce(name)`` is called.
+
+    Raises:
+        ConfigurationError: a live worker already holds ``hostname``.
+    """
+    from .names import release_node_name, take_node_name
+
     prepare_worker_environment()
     settings = settings if settings is not None else TaskSettings()
-    app = create_celery_app(settings)
-    # --quiet: no Celery banner (it offers a -E our command does not have); the CLI says
-    # what it starts in its own words.
-    app.worker_main(["--quiet", *worker_argv(settings, **options)])
+    name = take_node_name(settings, hostname)
+    try:
+        if announce is not None:
+            announce(name)
+        app = create_celery_app(settings)
+        # --quiet: no Celery banner (it offers a -E our command does not have); the CLI says
+        # what it starts in its own words.
+        app.worker_main(["--quiet", *worker_argv(settings, hostname=name, **options)])
+    finally:
+        release_node_name(settings, name)
 
 
 def run_beat(settings: TaskSettings | None = None, *, schedule_file: str | None = None) -> None:

@@ -15,6 +15,7 @@ nowhere else.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,9 @@ __all__ = [
     "request_counts",
     "result_expiry",
     "running_delivery_tags",
+    "running_task_ids",
     "say_shutdown_in_our_words",
+    "terminate_running",
     "worker_stopping",
 ]
 
@@ -56,6 +59,8 @@ class Borrowed:
         """The last part of the name (what our code writes after the dot)."""
         return self.name.rsplit(".", 1)[-1]
 
+
+logger = logging.getLogger(__name__)
 
 _KR = "kombu.transport.redis"
 
@@ -123,6 +128,51 @@ BORROWED: tuple[Borrowed, ...] = (
     Borrowed("celery.worker.state", "all_total_count", "heartbeat", "processed count"),
     Borrowed("celery.worker.state", "should_stop", "transport", "a shutdown, not a loss"),
     Borrowed("celery.worker.state", "should_terminate", "transport", "a shutdown, not a loss"),
+    Borrowed(
+        "celery.worker.state",
+        "revoked",
+        "celery_private",
+        "ids a terminate cancelled: Celery then reports the request as revoked, as its own "
+        "revoke command does",
+    ),
+    Borrowed(
+        "celery.worker.request",
+        "Request.terminate",
+        "celery_private",
+        "signals the pool child running a cancelled task (revoke(terminate=True) without a "
+        "broadcast)",
+    ),
+    Borrowed(
+        "celery.worker.consumer",
+        "Consumer",
+        "consumer",
+        "subclassed (worker_consumer): unknown tasks are handed back, not failed",
+    ),
+    Borrowed(
+        "celery.utils.objects",
+        "Bunch",
+        "consumer",
+        "the request-like object Celery's own unknown-task path stores a FAILURE for",
+    ),
+    Borrowed(
+        "celery.utils.nodenames",
+        "default_nodename",
+        "names",
+        "Celery's default node name, which our unique default extends",
+    ),
+    Borrowed(
+        "celery.utils.nodenames",
+        "host_format",
+        "names",
+        "expands %h/%n in a node name as ``celery worker -n`` does",
+    ),
+    Borrowed(
+        "celery.worker.consumer.consumer",
+        "Consumer.on_unknown_task",
+        "consumer",
+        "overridden: a task this worker does not know goes back to its queue (bounded), its "
+        "body never logged",
+    ),
     Borrowed("celery.concurrency.base", "BasePool.info", "heartbeat", "pool child pids (RSS)"),
     Borrowed("celery.app.amqp", "Queues.consume_from", "heartbeat", "the queues consumed"),
     Borrowed(
@@ -238,6 +288,42 @@ def running_delivery_tags() -> set[str]:
         for r in list(state.active_requests)
         if getattr(r, "message", None) is not None
     }
+
+
+def running_task_ids() -> set[str]:
+    """Ids of the tasks this worker is running now."""
+    from celery.worker import state
+
+    return {str(r.id) for r in list(state.active_requests)}
+
+
+def terminate_running(task_ids: set[str], pool: Any) -> list[str]:
+    """Stop this worker's running copies of ``task_ids``; return the ids hit.
+
+    What Celery's ``revoke(terminate=True)`` control command does in the worker
+    (celery.worker.control), without the broadcast: the ids join the worker's revoked set (so
+    the request reports REVOKED, not a failure) and each running request's pool child gets
+    billiard's termination signal. That is SIGQUIT under ``REMAP_SIGTERM=SIGQUIT`` (which our
+    workers run with): pool children *ignore* SIGTERM then, so the ``signal="SIGTERM"`` the
+    caller used to broadcast left the body running to its end. Called from the heartbeat
+    thread: ``Request.terminate`` only sends a signal, or, for a request whose child is not
+    known yet, records it for when it is.
+    """
+    from celery.worker import state
+
+    hit: list[str] = []
+    for request in list(state.active_requests):
+        if request.id not in task_ids:
+            continue
+        state.revoked.add(request.id)
+        try:
+            request.terminate(pool)  # signal None: billiard's TERM_SIGNAME
+        except NotImplementedError:  # a pool that cannot (solo): the next progress report stops it
+            logger.info(
+                "task %s: this pool cannot terminate; it stops at its next report", request.id
+            )
+        hit.append(str(request.id))
+    return hit
 
 
 def say_shutdown_in_our_words(soft_shutdown_s: float) -> None:

@@ -146,6 +146,9 @@ def create_celery_app(
         "worker_concurrency": settings.celery_worker_concurrency,
         "worker_max_tasks_per_child": settings.celery_worker_max_tasks_per_child,
         "worker_max_memory_per_child": settings.celery_worker_max_memory_per_child_kb,
+        # Hands a task this worker does not know back to its queue (bounded), for one that
+        # does, instead of failing it and logging its body (consumer.py).
+        "worker_consumer": "vocalborn_tasks.worker.consumer:Consumer",
         "worker_send_task_events": False,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,

@@ -9,6 +9,12 @@ TTL of ``worker_dead_after_s``. It serves two readers:
   hands the dead worker's unacknowledged messages back to their queues at once, instead of
   after kombu's visibility timeout (an hour by default).
 
+The same thread stops running tasks that a cancel asked to terminate: between beats it listens
+on the record's terminate channel (``TaskManager.cancel`` publishes there, from the ``revoke``
+script, so the host needs no Celery app), and each beat also checks the tasks this worker runs
+against the persisted terminate set, so a message missed while reconnecting is acted on within
+one beat.
+
 The heartbeat lives in a Celery bootstep, so it runs only inside a worker and only for the app
 it was added to.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -25,7 +32,15 @@ from typing import TYPE_CHECKING, Any
 from celery import bootsteps
 
 from ..record import Record, RecordKeys, calls
-from .celery_private import consumed_queues, held_requests, pool_child_pids, request_counts
+from ..record.cancel import terminate_requested, terminated_ids
+from .celery_private import (
+    consumed_queues,
+    held_requests,
+    pool_child_pids,
+    request_counts,
+    running_task_ids,
+    terminate_running,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -68,6 +83,8 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._thread: threading.Thread | None = None
         self._worker: Any = None
         self._broker: redis.Redis | None = None
+        self._pubsub: redis.client.PubSub | None = None
+        self._terminated: set[str] = set()  # ids we signalled (not signalled again)
 
     def start(self, worker: Any) -> None:
         self._worker = worker
@@ -102,12 +119,53 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         app: VocalbornCelery = worker.app
         interval = app.settings.worker_heartbeat_s
         while not self._stop.is_set():
+            next_beat = time.monotonic() + interval
             try:
                 self._beat(worker, app)
                 self._reap(worker, app)
             except Exception as exc:
                 logger.warning("heartbeat failed (%s); retrying in %.1f s", exc, interval)
-            self._stop.wait(interval)
+            self._listen(worker, app, next_beat)
+        self._close_pubsub()
+
+    def _listen(self, worker: Any, app: VocalbornCelery, until: float) -> None:
+        """Until the next beat: stop the running tasks named on the terminate channel."""
+        while not self._stop.is_set() and (left := until - time.monotonic()) > 0:
+            try:
+                pubsub = self._subscribed(app)
+                message = pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 0.5))
+            except Exception as exc:  # the beat's check covers what we miss meanwhile
+                logger.warning("terminate channel unavailable (%s); checking on each beat", exc)
+                self._close_pubsub()
+                self._stop.wait(max(0.0, until - time.monotonic()))
+                return
+            if message is not None and message.get("type") == "message":
+                self._terminate(worker, {_text(message["data"])})
+
+    def _subscribed(self, app: VocalbornCelery) -> redis.client.PubSub:
+        if self._pubsub is None:
+            pubsub = _backend_client(app).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub.subscribe(RecordKeys.of(app.settings).terminate_channel)
+            self._pubsub = pubsub
+        return self._pubsub
+
+    def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception as exc:  # a broken connection: nothing to give back
+                logger.debug("terminate channel: close failed: %s", exc)
+
+    def _terminate(self, worker: Any, task_ids: set[str]) -> None:
+        """Stop the running copies of ``task_ids`` held here (signals their pool children)."""
+        wanted = task_ids - self._terminated
+        if not wanted:
+            return
+        pool = getattr(worker, "pool", None)
+        for task_id in terminate_running(wanted, pool):
+            self._terminated.add(task_id)
+            logger.info("task %s: cancelled while running here; terminating it", task_id)
 
     def _beat(self, worker: Any, app: VocalbornCelery) -> None:
         settings = app.settings
@@ -130,6 +188,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
             "rss_kb": str(rss),
             "last_seen": repr(time.time()),
             "tags": json.dumps(tags),
+            "machine": socket.gethostname(),
         }
         client = _backend_client(app)
         keys = RecordKeys.of(settings)
@@ -139,7 +198,13 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         pipe.hsetnx(key, "started_at", repr(time.time()))
         pipe.expire(key, int(max(settings.worker_dead_after_s, 2 * settings.worker_heartbeat_s)))
         pipe.sadd(keys.workers, worker.hostname)
-        pipe.execute()
+        running = sorted(running_task_ids())
+        if running:
+            terminate_requested(pipe, keys, running)
+        replies = pipe.execute()
+        self._terminated &= set(running)
+        if running:
+            self._terminate(worker, terminated_ids(running, replies[-1]))
 
     def _reap(self, worker: Any, app: VocalbornCelery) -> None:
         """Hand orphaned unacknowledged messages back to their queues.

@@ -113,6 +113,7 @@ class Channel(kombu_redis.Channel):
         self._vb_sent_acks = 0  # how many of them the reserve in flight carries
         self._vb_reserved: set[str] = set()  # tags the reserve script recorded as unacked
         self._vb_send_source = False  # the server forgot our script: send it whole once
+        self._vb_pause_until = 0.0  # monotonic time before which we take nothing (see below)
         super().__init__(*args, **kwargs)
         options = self.connection.client.transport_options or {}
         self._vb_keys = RecordKeys(str(options.get(PREFIX_OPTION, "vocalborn")))
@@ -163,6 +164,12 @@ class Channel(kombu_redis.Channel):
             return False
         return True
 
+    def pause_consuming(self, seconds: float) -> None:
+        """Take no message for ``seconds`` (after handing back a task this worker does not
+        know, so that a worker that knows it gets it). The consume loop waits on a list
+        nothing pushes to, so the event loop stays responsive and no wake-up token is taken."""
+        self._vb_pause_until = max(self._vb_pause_until, time.monotonic() + seconds)
+
     def defer_ack(self, delivery_tag: str) -> None:
         """Remember an ack; the next reserve applies it (or ``close`` does)."""
         self._vb_acks.append(delivery_tag)
@@ -184,6 +191,13 @@ class Channel(kombu_redis.Channel):
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
+        pause = self._vb_pause_until - time.monotonic()
+        if pause > 0:
+            self._vb_waiting = True
+            self._vb_idle = True
+            wait = min(pause, timeout or self.brpop_timeout or 1)
+            connection.send_command("BRPOP", self._vb_keys.pause, f"{max(wait, 0.01):.3f}")
+            return
         if self._vb_idle:
             self._vb_waiting = True
             wake = [self._vb_keys.wake(q) for q in dict.fromkeys(queues)]
