@@ -1,9 +1,12 @@
 """Alerting: rules over the health report, sinks, and one notice per outage.
 
 The periodic health task (``vocalborn.health.check``, sent by beat) calls
-:func:`evaluate_alerts`. Each rule of :class:`~vocalborn_tasks.config.TaskSettings` yields the
-alerts that hold now, each with a stable key (``no_workers:ai_analysis``). Their state lives in
-Redis (``<prefix>:alerts:state``), so it is shared by every worker and survives restarts:
+:func:`evaluate_alerts_sync` (no event loop in a worker's pool process); hosts may call
+:func:`evaluate_alerts` with a Monitor. Both take the same report (see
+:mod:`vocalborn_tasks.health`) and the same decisions. Each rule of
+:class:`~vocalborn_tasks.config.TaskSettings` yields the alerts that hold now, each with a
+stable key (``no_workers:ai_analysis``). Their state lives in Redis
+(``<prefix>:alerts:state``), so it is shared by every worker and survives restarts:
 
 * an alert that starts holding is sent once (``firing``), not at every evaluation;
 * when it stops holding, one ``resolved`` notice follows;
@@ -30,7 +33,7 @@ import logging
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -38,13 +41,14 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._redis import redis_errors
+from ._redis import redis_errors, sync_redis_errors
 from .config import TaskSettings
 from .errors import ConfigurationError
-from .record import AsyncRecord, calls
+from .health import HealthReport, TaskTypeStats, queues_without_worker
+from .record import AsyncRecord, Record, calls
 
 if TYPE_CHECKING:
-    from .monitor import HealthReport, Monitor, TaskTypeStats
+    from .monitor import Monitor
 
 __all__ = [
     "Alert",
@@ -200,8 +204,6 @@ def current_alerts(
         reason = report.reasons[0] if report.reasons else "unreachable"
         out.append(_Holding(key="redis_unreachable", rule="redis_unreachable", message=reason))
         return out
-    from .monitor import queues_without_worker
-
     unserved = {q.name for q in queues_without_worker(report.queues, s.health_required_queues)}
     for q in report.queues:
         if s.alert_no_workers and q.name in unserved:
@@ -297,36 +299,112 @@ async def evaluate_alerts(
     holding = {h.key: h for h in current_alerts(s, report, stats)}
     if not report.reachable:
         # Alert state lives in Redis: without it, tell the sinks directly (no de-duplication).
-        notices = [_notice(h, AlertStatus.FIRING, datetime.now(UTC)) for h in holding.values()]
+        notices = _unreachable_notices(holding)
         await _deliver_off_loop(targets, notices)
         return notices
     _, backend = monitor._clients()
     state_key, lock_key = s.key("alerts", "state"), s.key("alerts", "lock")
     token = uuid.uuid4().hex
     async with redis_errors(s, "alerts"):
-        if not await backend.set(lock_key, token, nx=True, px=30_000):
+        if not await backend.set(lock_key, token, nx=True, px=_LOCK_MS):
             logger.info("alerts: another evaluation is running; skipping this one")
             return []
         try:
-            raw = await backend.hgetall(state_key)
-            state: dict[str, dict[str, Any]] = {}
-            for k, v in raw.items():
-                try:
-                    state[_text(k)] = dict(json.loads(_text(v)))
-                except ValueError:
-                    continue
+            state = _parse_state(await backend.hgetall(state_key))
             notices, changed, removed = _transitions(s, state, holding, time.time())
             await _deliver_off_loop(targets, notices)
-            pipe = backend.pipeline(transaction=False)
-            if changed:
-                pipe.hset(state_key, mapping={k: json.dumps(v) for k, v in changed.items()})
-            if removed:
-                pipe.hdel(state_key, *removed)
-            if changed or removed:
+            writes = _state_writes(state_key, changed, removed)
+            if writes:
+                pipe = backend.pipeline(transaction=False)
+                for command in writes:
+                    pipe.execute_command(*command)
                 await pipe.execute()
         finally:
             await AsyncRecord(backend).run(calls.release(key=lock_key, token=token))
     return notices
+
+
+def evaluate_alerts_sync(
+    settings: TaskSettings, sinks: Iterable[AlertSink] | None = None
+) -> list[Alert]:
+    """:func:`evaluate_alerts` for synchronous code (the periodic health task in a worker).
+
+    Starts no event loop: it reads through :class:`~vocalborn_tasks.health.SyncHealthReader`
+    (the same steps and rules as :meth:`Monitor.health`, so the same report) and keeps the
+    alert state with a synchronous client. Safe to call from any thread, even one whose
+    event loop is running (it then blocks that loop for the evaluation).
+
+    Args:
+        settings: the rules and the server.
+        sinks: where notices go; :func:`alert_sinks` of ``settings`` if omitted.
+    """
+    from .health import SyncHealthReader
+
+    s = settings
+    targets = list(sinks) if sinks is not None else alert_sinks(s)
+    with SyncHealthReader(s) as reader:
+        report = reader.health()
+        stats: Sequence[TaskTypeStats] = ()
+        if report.reachable and s.alert_failure_rate is not None:
+            stats = reader.get_task_type_stats(s.alert_failure_window_s)
+        holding = {h.key: h for h in current_alerts(s, report, stats)}
+        if not report.reachable:
+            notices = _unreachable_notices(holding)
+            _deliver(targets, notices)
+            return notices
+        backend = reader.backend
+        state_key, lock_key = s.key("alerts", "state"), s.key("alerts", "lock")
+        token = uuid.uuid4().hex
+        with sync_redis_errors(s, "alerts"):
+            if not backend.set(lock_key, token, nx=True, px=_LOCK_MS):
+                logger.info("alerts: another evaluation is running; skipping this one")
+                return []
+            try:
+                state = _parse_state(backend.hgetall(state_key))
+                notices, changed, removed = _transitions(s, state, holding, time.time())
+                _deliver(targets, notices)
+                writes = _state_writes(state_key, changed, removed)
+                if writes:
+                    pipe = backend.pipeline(transaction=False)
+                    for command in writes:
+                        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                    pipe.execute()
+            finally:
+                Record(backend).run(calls.release(key=lock_key, token=token))
+    return notices
+
+
+#: How long an evaluation may hold the alert lock (a crashed one frees it by expiry).
+_LOCK_MS = 30_000
+
+
+def _unreachable_notices(holding: dict[str, _Holding]) -> list[Alert]:
+    """Without the server there is no alert state: each condition is told as it is."""
+    return [_notice(h, AlertStatus.FIRING, datetime.now(UTC)) for h in holding.values()]
+
+
+def _parse_state(raw: Mapping[Any, Any]) -> dict[str, dict[str, Any]]:
+    """The stored alert state (entries that do not parse are ignored, then overwritten)."""
+    state: dict[str, dict[str, Any]] = {}
+    for k, v in raw.items():
+        try:
+            state[_text(k)] = dict(json.loads(_text(v)))
+        except ValueError:
+            continue
+    return state
+
+
+def _state_writes(
+    state_key: str, changed: dict[str, dict[str, Any]], removed: list[str]
+) -> list[tuple[Any, ...]]:
+    """The commands that store the new alert state (for either client's pipeline)."""
+    writes: list[tuple[Any, ...]] = []
+    if changed:
+        fields = [part for k, v in changed.items() for part in (k, json.dumps(v))]
+        writes.append(("HSET", state_key, *fields))
+    if removed:
+        writes.append(("HDEL", state_key, *removed))
+    return writes
 
 
 def _transitions(
@@ -407,19 +485,3 @@ def _deliver(sinks: Sequence[AlertSink], notices: Sequence[Alert]) -> None:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def evaluate_alerts_sync(settings: TaskSettings) -> list[Alert]:
-    """Run :func:`evaluate_alerts` from synchronous code (the periodic health task).
-
-    Not for use inside a running event loop (it starts its own).
-    """
-    import asyncio
-
-    from .monitor import Monitor
-
-    async def run() -> list[Alert]:
-        async with Monitor(settings) as monitor:
-            return await evaluate_alerts(monitor)
-
-    return asyncio.run(run())
