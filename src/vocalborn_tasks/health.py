@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._redis import Batch, Steps, run_steps_sync, sync_client
 from .config import QUEUES, TaskSettings
-from .errors import BrokerUnavailableError, ManagerClosedError
+from .errors import BrokerError, ManagerClosedError
 from .record import PRIORITY_STEPS, RecordKeys, queue_lists
 from .stats import OUTCOMES, RunRecord, parse_run, percentile
 
@@ -451,9 +451,10 @@ def health_steps(settings: TaskSettings) -> Steps[HealthReport]:
         workers = yield from worker_stats_steps(settings)
         stats = yield from queue_stats_steps(settings, QUEUES, workers)
         stats = yield from _drain_steps(settings, stats, workers)
-    except (BrokerUnavailableError, RedisConnectionError, RedisTimeoutError) as exc:
-        # Only the server's absence means "unreachable" (and the redis_unreachable alert);
-        # any other error is a bug or bad data and must surface as itself, not as an outage.
+    except (BrokerError, RedisConnectionError, RedisTimeoutError) as exc:
+        # Only the server's absence or its refusal of our credentials means "unreachable" (and
+        # the redis_unreachable alert); any other error is a bug or bad data and must surface
+        # as itself, not as an outage.
         return HealthReport(
             level=HealthLevel.UNHEALTHY, reasons=[str(exc)], reachable=False, checked_at=now
         )

@@ -342,7 +342,7 @@ async def test_worker_with_wrong_password_consumes_nothing(
             bad = start_worker(wrong_settings, "sec-wrong-pw", queues="sec_wrong_pw", wait=False)
             await asyncio.to_thread(
                 wait_until,
-                lambda: "invalid username-password" in bad.log_tail(200),
+                lambda: "refused our credentials" in bad.log_tail(200),
                 20,
                 0.1,
                 "the wrong-password worker to report its authentication error",
@@ -354,7 +354,8 @@ async def test_worker_with_wrong_password_consumes_nothing(
             assert (await manager.get_task_status(handle)).state is TaskState.PENDING
             bad.stop(timeout=15)
             log = bad.log_path.read_text(errors="replace")
-            assert ":**@127.0.0.1" in log, log  # Celery's retry message, password masked
+            # The worker's retry line names the server, the password masked, and says why.
+            assert ":***@127.0.0.1" in log and "refused our credentials" in log, log
             _assert_no_secret(log, "wrong-password worker log")
             # The same queue with the right password: consumed at once.
             good: WorkerProcess = request.getfixturevalue("good_worker")

@@ -18,9 +18,11 @@ import time
 from typing import TYPE_CHECKING
 
 import redis
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..config import redact_url
 from ..errors import ConfigurationError
 from ..record import RecordKeys
 from ..record.workers import NameHolder, release_worker_name, take_worker_name
@@ -96,8 +98,18 @@ def take_node_name(settings: TaskSettings, hostname: str | None) -> str:
                         stale_pid=holder.pid,
                     )
             except (RedisConnectionError, RedisTimeoutError) as exc:
+                # A wrong password is not an outage, but like Celery's own connection loop the
+                # worker stays up and retries (a secret being rotated), saying which it is.
+                problem = (
+                    "refused our credentials (check REDIS_PASSWORD/REDIS_USERNAME)"
+                    if isinstance(exc, AuthenticationError)
+                    else f"unavailable ({exc})"
+                )
                 logger.warning(
-                    "worker name: Redis unavailable (%s); retrying in %.1f s", exc, pause
+                    "worker name: Redis at %s %s; retrying in %.1f s",
+                    redact_url(settings.backend_url),
+                    problem,
+                    pause,
                 )
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
