@@ -38,6 +38,7 @@ EXPECTED = {
     "RecordingResolver",
     "ResultSink",
     "RetryableTaskError",
+    "Submission",
     "TaskContext",
     "TaskDefinition",
     "TaskError",
