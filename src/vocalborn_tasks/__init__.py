@@ -32,6 +32,7 @@ from .errors import (
     TaskNotFoundError,
     TaskRevokedError,
     TaskTimeoutError,
+    UnknownReferenceError,
     VocalbornTasksError,
 )
 from .manager import TaskManager
@@ -110,6 +111,7 @@ __all__ = [
     "TaskStatus",
     "TaskTimeoutError",
     "TaskTypeStats",
+    "UnknownReferenceError",
     "VocalbornCelery",
     "VocalbornTasksError",
     "WorkerRuntime",

@@ -55,6 +55,7 @@ EXPECTED = {
     "TaskStatus",
     "TaskTimeoutError",
     "TaskTypeStats",
+    "UnknownReferenceError",
     "VocalbornCelery",
     "VocalbornTasksError",
     "WorkerRuntime",
