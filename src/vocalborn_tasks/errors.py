@@ -122,6 +122,7 @@ ERROR_CODES: Final[dict[str, ErrorCode]] = {
     "no_route": ErrorCode("input", "no such resource"),
     "method_not_allowed": ErrorCode("input", "this method is not allowed here"),
     "http_error": ErrorCode("input", "the request was refused"),
+    "not_ready": ErrorCode("system", "no worker is serving analyses right now"),
     # --- generic codes of the base classes (subclasses refine them) ---
     "error": ErrorCode("system", "an error occurred"),
     "broker": ErrorCode("system", "the service is unavailable"),

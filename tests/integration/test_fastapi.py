@@ -40,10 +40,18 @@ MAX_UPLOAD = 2_000_000
 FINAL = {"SUCCESS", "FAILURE", "REVOKED", "LOST"}
 
 
+#: The therapist's reference recording the tests name (``REFERENCE_DIR/sentence-1.flac``).
+REFERENCE_ID = "sentence-1"
+
+
 @pytest.fixture(scope="module")
 def rec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("recordings")
     (root / "uploads").mkdir()
+    (root / "references").mkdir()
+    (root / "references" / f"{REFERENCE_ID}.flac").write_bytes(
+        sample_path("en_reference").read_bytes()
+    )
     return root
 
 
@@ -53,6 +61,7 @@ def web_settings(base_settings: TaskSettings, rec_root: Path) -> TaskSettings:
         update={
             "recording_roots": [rec_root],
             "upload_dir": rec_root / "uploads",
+            "reference_dir": rec_root / "references",
             "upload_retention_s": 3600.0,
         }
     )
@@ -116,7 +125,7 @@ class WebServer:
         def ready() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()
             try:
-                return httpx.get(f"{self.url}/ready", timeout=1).status_code == 200
+                return httpx.get(f"{self.url}/live", timeout=1).status_code == 200
             except httpx.TransportError:
                 return False
 
@@ -145,7 +154,7 @@ def web(
 
 @pytest.fixture
 async def client(web: WebServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=web.url, timeout=90) as c:
+    async with httpx.AsyncClient(base_url=web.url, timeout=90, headers={"X-User": "alice"}) as c:
         yield c
 
 
@@ -164,10 +173,13 @@ def frozen(worker: WorkerProcess) -> Iterator[None]:
 
 def files(recording: bytes | None = None, name: str = "attempt.flac") -> dict[str, Any]:
     rec = recording if recording is not None else sample_path("en_other_voice").read_bytes()
-    return {
-        "recording": (name, rec, "audio/flac"),
-        "reference": ("reference.flac", sample_path("en_reference").read_bytes(), "audio/flac"),
-    }
+    return {"recording": (name, rec, "audio/flac")}
+
+
+def form(practice_record_id: str | None = None, **more: str) -> dict[str, str]:
+    """The upload's fields: the reference is named, never uploaded."""
+    rid = practice_record_id if practice_record_id is not None else record_id()
+    return {"practice_record_id": rid, "language": "en", "reference_id": REFERENCE_ID, **more}
 
 
 def record_id() -> str:
@@ -185,6 +197,11 @@ def assert_problem(response: httpx.Response, status: int, code: str, cause: str)
     assert body["status"] == status and body["code"] == code and body["cause"] == cause, body
     assert body["type"] == f"urn:vocalborn-tasks:error:{code}"
     return body
+
+
+def cursor_of(event_id: str) -> tuple[int, int, int] | None:
+    """The status cursor of an SSE id (``<cursor>-<sequence number>``)."""
+    return parse_cursor(event_id.partition("-")[0])
 
 
 async def read_events(
@@ -210,9 +227,7 @@ async def read_events(
 
 
 async def submit(client: httpx.AsyncClient, **kw: Any) -> str:
-    response = await client.post(
-        "/analyses", data={"practice_record_id": record_id(), "language": "en"}, files=files(**kw)
-    )
+    response = await client.post("/analyses", data=form(), files=files(**kw))
     assert response.status_code == 202, response.text
     task_id: str = response.json()["task_id"]
     return task_id
@@ -250,16 +265,17 @@ async def test_upload_then_status_result_and_events(
 ) -> None:
     before = uploads(rec_root)
     rid = record_id()
-    response = await client.post(
-        "/analyses", data={"practice_record_id": rid, "language": "en"}, files=files()
-    )
+    response = await client.post("/analyses", data=form(rid), files=files())
     assert response.status_code == 202, response.text
     body = response.json()
     task_id = body["task_id"]
     assert response.headers["location"] == body["status_url"]
-    assert body["status_url"].endswith(f"/analyses/{task_id}")
+    assert body["status_url"] == f"/analyses/{task_id}"  # relative
+    assert body["result_url"] == f"/analyses/{task_id}/result"
+    assert body["events_url"] == f"/analyses/{task_id}/events"
+    assert (body["duplicate"], body["practice_record_id"]) == (False, rid)
     new = uploads(rec_root) - before
-    assert len(new) == 2 and not any(n.endswith(".part") for n in new), new  # renamed, whole
+    assert len(new) == 1 and not any(n.endswith(".part") for n in new), new  # renamed, whole
 
     result = await client.get(f"/analyses/{task_id}/result", params={"wait": 60})
     assert result.status_code == 200, result.text
@@ -286,7 +302,7 @@ async def test_upload_then_status_result_and_events(
         "GET", f"/analyses/{task_id}/events", headers={"Last-Event-ID": "0.1.0"}
     ) as stream:
         events, _ = await read_events(stream)
-    assert [e["id"] for e in events] == [final_id]
+    assert [cursor_of(e["id"]) for e in events] == [cursor_of(final_id)]
 
 
 async def test_events_follow_a_task_to_the_end(client: httpx.AsyncClient) -> None:
@@ -296,9 +312,10 @@ async def test_events_follow_a_task_to_the_end(client: httpx.AsyncClient) -> Non
     states = [e["data"]["state"] for e in events]
     assert states[-1] == "SUCCESS", states
     assert all(e["data"]["task_name"] == "vocalborn.analyze_audio" for e in events), events
-    cursors = [parse_cursor(e["id"]) for e in events]
+    cursors = [cursor_of(e["id"]) for e in events]
     assert all(c is not None for c in cursors)
     assert cursors == sorted(cursors), cursors  # type: ignore[type-var]
+    assert len({e["id"] for e in events}) == len(events)  # unique ids
 
 
 # --- a task held in PENDING: long poll, keep-alive, resume, 504, cancel -----------------------
@@ -348,8 +365,10 @@ async def test_unknown_and_lost_tasks(
     saved = r.get(epoch_key)
     try:
         r.set(epoch_key, str(int((time.time() + 1) * 1_000_000)))
-        body = assert_problem(await client.get(f"/analyses/{lost}"), 410, "lost", "system")
+        body = assert_problem(await client.get(f"/admin/analyses/{lost}"), 410, "lost", "system")
         assert body["task_id"] == lost
+        # Scoped to an owner, a task without a record is unknown, whoever it was: 404.
+        assert_problem(await client.get(f"/analyses/{lost}"), 404, "not_found", "system")
     finally:
         if saved is not None:
             r.set(epoch_key, saved)
@@ -360,37 +379,29 @@ async def test_bad_requests_are_422_and_leave_no_file(
     client: httpx.AsyncClient, rec_root: Path
 ) -> None:
     before = uploads(rec_root)
-    bad_id = await client.post(
-        "/analyses", data={"practice_record_id": "no spaces/allowed"}, files=files()
-    )
+    bad_id = await client.post("/analyses", data=form("no spaces/allowed"), files=files())
     body = assert_problem(bad_id, 422, "invalid_request", "input")
     assert body["errors"][0]["loc"] == ["practice_record_id"]
 
-    only_one = files()
-    del only_one["reference"]
     missing = await client.post(
-        "/analyses", data={"practice_record_id": record_id()}, files=only_one
+        "/analyses", data={"practice_record_id": record_id()}, files=files()
     )
     body = assert_problem(missing, 422, "invalid_request", "input")
-    assert body["errors"] == [{"loc": ["body", "reference"], "msg": "Field required"}]
+    assert body["errors"] == [{"loc": ["body", "reference_id"], "msg": "Field required"}]
 
-    empty = await client.post(
-        "/analyses", data={"practice_record_id": record_id()}, files=files(recording=b"")
-    )
+    empty = await client.post("/analyses", data=form(), files=files(recording=b""))
     assert_problem(empty, 422, "empty_audio", "input")
 
     text = await client.post(
         "/analyses",
-        data={"practice_record_id": record_id()},
+        data=form(),
         files=files(recording=b"not a recording\n" * 100, name="attempt.wav"),
     )
     body = assert_problem(text, 422, "unreadable_audio", "input")
     assert str(rec_root) not in text.text and "/" not in body["detail"]
 
     big = await client.post(
-        "/analyses",
-        data={"practice_record_id": record_id()},
-        files=files(recording=b"\0" * (MAX_UPLOAD + 1)),
+        "/analyses", data=form(), files=files(recording=b"\0" * (MAX_UPLOAD + 1))
     )
     assert_problem(big, 413, "upload_too_large", "input")
 
@@ -442,17 +453,24 @@ async def test_broker_unavailable_is_503_with_retry_after(
     create_app = module.create_app
 
     port = free_port()
+    (tmp_path / "references").mkdir()
+    (tmp_path / "references" / "s.flac").write_bytes(sample_path("en_reference").read_bytes())
     settings = web_settings.model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{port}", "redis_connect_timeout_s": 2.0}
+        update={
+            "redis_url": f"redis://127.0.0.1:{port}",
+            "redis_connect_timeout_s": 2.0,
+            "recording_roots": [*web_settings.recording_roots, tmp_path],
+            "reference_dir": tmp_path / "references",
+        }
     )
     app = create_app(settings)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t", headers={"X-User": "u"}
+        ) as c,
     ):
-        response = await c.post(
-            "/analyses", data={"practice_record_id": record_id()}, files=files()
-        )
+        response = await c.post("/analyses", data=form(reference_id="s"), files=files())
         body = assert_problem(response, 503, "broker_unavailable", "system")
         assert response.headers["retry-after"] == "5"
         assert str(port) not in body["detail"]
@@ -515,7 +533,7 @@ async def test_browser_event_source_resumes_across_a_server_restart(
                 "--disable-gpu",
                 "--no-first-run",
                 f"--user-data-dir={tmp_path / 'chromium'}",
-                f"{web.url}/page/{task_id}",
+                f"{web.url}/page/{task_id}?user=alice",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -543,5 +561,5 @@ async def test_browser_event_source_resumes_across_a_server_restart(
     assert states[-1] == "SUCCESS", got
     assert "PENDING" not in states, got  # resumed after PENDING: not sent twice
     assert all(x["task_name"] == "vocalborn.analyze_audio" for x in got if "state" in x), got
-    cursors = [parse_cursor(x["id"]) for x in got if "state" in x]
+    cursors = [cursor_of(x["id"]) for x in got if "state" in x]
     assert cursors == sorted(cursors), got  # type: ignore[type-var]
