@@ -543,17 +543,25 @@ async def _with_position(
 
 
 async def _until(
-    call: Callable[[], Awaitable[Any]], deadline: float, stop: asyncio.Event | None
+    call: Callable[[], Awaitable[Any]],
+    deadline: float,
+    stop: asyncio.Event | None,
+    *,
+    what: str,
 ) -> Any:
     """``call()``, retried with backoff while the broker is unavailable, until ``deadline``
     (monotonic): a blip inside a long poll's wait is waited out, not answered 503."""
     pause = 0.05
+    warned = False
     while True:
         try:
             return await call()
         except BrokerUnavailableError:
             if time.monotonic() + pause > deadline or (stop is not None and stop.is_set()):
                 raise
+            if not warned:
+                warned = True
+                logger.warning("%s: broker unavailable; waiting within the long poll", what)
             await _sleep_or(pause, stop)
             pause = min(pause * 2, 1.0)
 
@@ -1037,14 +1045,18 @@ def analysis_router(
         state = _web_state(request)
         stop = state.shutdown if state is not None else None
         deadline = time.monotonic() + wait
+        what = f"result of task {task_id}"
         current = _check_found(
-            await _until(lambda: manager.get_task_status(task_id, owner=who), deadline, stop)
+            await _until(
+                lambda: manager.get_task_status(task_id, owner=who), deadline, stop, what=what
+            )
         )
         try:
             result = await _until(
                 lambda: _wait_or_stop(manager, task_id, who, current, deadline, stop),
                 deadline,
                 stop,
+                what=what,
             )
         except TaskTimeoutError:
             with contextlib.suppress(BrokerUnavailableError):
