@@ -704,8 +704,9 @@ async def test_browser_sees_the_result_across_an_app_restart_while_redis_is_down
 ) -> None:
     """Redis stops, the app restarts while it is down: the browser's EventSource reconnects
     to a stream that opens (200, not 503: a 503 closes an EventSource for good) and waits;
-    a long poll started during the outage rides it out. Redis comes back with its AOF, the
-    worker runs the task, and the browser and the long poll both see the result."""
+    a long poll started during the outage rides it out. Redis comes back with its AOF, a
+    worker starts (none ran before: the task waited in PENDING as a state, not a race) and
+    runs the task, and the browser and the long poll both see the result."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser is not None, "apt-get install -y chromium"
     srv = LocalServer(binary=server_binary, data_dir=tmp_path / "redis", die_with_parent=True)
@@ -717,7 +718,6 @@ async def test_browser_sees_the_result_across_an_app_restart_while_redis_is_down
     server = WebServer(settings, tmp_path)
     proc: subprocess.Popen[bytes] | None = None
     try:
-        worker.start()
         await asyncio.to_thread(server.start)
         async with httpx.AsyncClient(
             base_url=server.url, timeout=90, headers={"X-User": "alice"}
@@ -735,51 +735,49 @@ async def test_browser_sees_the_result_across_an_app_restart_while_redis_is_down
                 return got
 
             events_ok = '/analyses/{}/events?user=alice HTTP/1.1" 200'
-            with frozen(worker):
-                task_id = await submit(c)
-                proc = await asyncio.to_thread(
-                    subprocess.Popen,
-                    [
-                        browser,
-                        "--headless=new",
-                        "--no-sandbox",
-                        "--disable-gpu",
-                        "--no-first-run",
-                        f"--user-data-dir={tmp_path / 'chromium'}",
-                        f"{server.url}/page/{task_id}?user=alice",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    stdin=subprocess.DEVNULL,
-                    preexec_fn=die_with_parent,
-                )
-                await wait_reports(lambda r: any(x.get("state") == "PENDING" for x in r), "PENDING")
-                srv.stop()  # Redis is down (a graceful stop: the AOF keeps the task)
-                server.kill()
-                await asyncio.to_thread(server.start)  # the new app starts without Redis
-                # The browser reconnects, and the stream opens although Redis is down.
-                await asyncio.to_thread(
-                    wait_until,
-                    lambda: server.log_path.read_text().count(events_ok.format(task_id)) >= 2,
-                    60,
-                    0.05,
-                    "the browser's stream reopened during the outage",
-                )
-                poll = asyncio.ensure_future(
-                    c.get(f"/analyses/{task_id}/result", params={"wait": 60})
-                )
-                await asyncio.to_thread(
-                    wait_until,
-                    lambda: (
-                        f"result of task {task_id}: broker unavailable"
-                        in server.log_path.read_text()
-                    ),
-                    60,
-                    0.05,
-                    "the long poll waiting out the outage",
-                )
-                assert not poll.done()
-                srv.start()  # Redis is back
+            # No worker yet: the task stays PENDING.
+            task_id = await submit(c)
+            proc = await asyncio.to_thread(
+                subprocess.Popen,
+                [
+                    browser,
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'chromium'}",
+                    f"{server.url}/page/{task_id}?user=alice",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
+            await wait_reports(lambda r: any(x.get("state") == "PENDING" for x in r), "PENDING")
+            srv.stop()  # Redis is down (a graceful stop: the AOF keeps the task)
+            server.kill()
+            await asyncio.to_thread(server.start)  # the new app starts without Redis
+            # The browser reconnects, and the stream opens although Redis is down.
+            await asyncio.to_thread(
+                wait_until,
+                lambda: server.log_path.read_text().count(events_ok.format(task_id)) >= 2,
+                60,
+                0.05,
+                "the browser's stream reopened during the outage",
+            )
+            poll = asyncio.ensure_future(c.get(f"/analyses/{task_id}/result", params={"wait": 60}))
+            await asyncio.to_thread(
+                wait_until,
+                lambda: (
+                    f"result of task {task_id}: broker unavailable" in server.log_path.read_text()
+                ),
+                60,
+                0.05,
+                "the long poll waiting out the outage",
+            )
+            assert not poll.done()
+            srv.start()  # Redis is back
+            await asyncio.to_thread(worker.start)
             got = await wait_reports(lambda r: any(x.get("state") in FINAL for x in r), "final")
             response = await poll
             assert response.status_code == 200, response.text
