@@ -32,6 +32,7 @@ from .errors import (
     TaskNotFoundError,
     TaskRevokedError,
     TaskTimeoutError,
+    UnknownReferenceError,
     VocalbornTasksError,
 )
 from .manager import TaskManager
@@ -40,6 +41,7 @@ from .models import (
     AnalysisResult,
     AnalyzerInfo,
     Finding,
+    Submission,
     TaskErrorInfo,
     TaskState,
     TaskStatus,
@@ -92,6 +94,7 @@ __all__ = [
     "RecordingResolver",
     "ResultSink",
     "RetryableTaskError",
+    "Submission",
     "TaskContext",
     "TaskDefinition",
     "TaskError",
@@ -108,6 +111,7 @@ __all__ = [
     "TaskStatus",
     "TaskTimeoutError",
     "TaskTypeStats",
+    "UnknownReferenceError",
     "VocalbornCelery",
     "VocalbornTasksError",
     "WorkerRuntime",

@@ -327,6 +327,12 @@ class TaskSettings(BaseSettings):
     upload_retention_s: float = Field(
         default=86400.0, gt=0, validation_alias=_env("UPLOAD_RETENTION", "upload_retention_s")
     )
+    #: Where the web integration finds therapists' reference recordings by id
+    #: (``<reference_id>.<audio extension>``), inside RECORDING_ROOTS. Patients never upload
+    #: the reference: a patient who sent their own attempt as it would score 100.
+    reference_dir: Path | None = Field(
+        default=None, validation_alias=_env("REFERENCE_DIR", "reference_dir")
+    )
     maintenance_interval_s: float = Field(
         default=3600.0,
         gt=0,

@@ -14,7 +14,8 @@ sibling, not its subclass, so it is never retried. Catch :class:`BrokerError` fo
     │   └── InvalidSettingsError        TaskSettings refused a value (one line, names the variable)
     ├── ManagerClosedError              a TaskManager/Monitor used after aclose()
     ├── InvalidRequestError             a request refused before anything was queued (permanent)
-    │   └── RecordingAccessError        a recording outside the allowed roots/schemes, or missing
+    │   ├── RecordingAccessError        a recording outside the allowed roots/schemes, or missing
+    │   └── UnknownReferenceError       no reference recording has the id the request named
     ├── BrokerError                     Redis/Valkey cannot be used; never raised itself
     │   ├── BrokerUnavailableError      unreachable or not answering in time (retryable)
     │   └── BrokerAuthError             wrong password / ACL user / certificate (permanent)
@@ -59,6 +60,7 @@ __all__ = [
     "TaskNotFoundError",
     "TaskRevokedError",
     "TaskTimeoutError",
+    "UnknownReferenceError",
     "VocalbornTasksError",
     "error_cause",
     "is_retryable",
@@ -83,6 +85,10 @@ ERROR_CODES: Final[dict[str, ErrorCode]] = {
     "recording_access": ErrorCode("input", "a recording was not found or is not allowed"),
     "unreadable_audio": ErrorCode("input", "a recording is not a readable audio file"),
     "empty_audio": ErrorCode("input", "a recording holds no audio"),
+    "unknown_reference": ErrorCode("input", "no reference recording has this id"),
+    "reference_upload_not_allowed": ErrorCode(
+        "input", "the reference recording is chosen by the service: send reference_id"
+    ),
     # --- found by the analysis on the worker (AudioError): the task ends in FAILURE ---
     "audio": ErrorCode("input", "the recording cannot be analysed"),
     "unreadable": ErrorCode("input", "the recording could not be decoded as audio"),
@@ -112,6 +118,11 @@ ERROR_CODES: Final[dict[str, ErrorCode]] = {
     "not_found": ErrorCode("system", "no such task"),
     "expired": ErrorCode("system", "the task's result has expired"),
     "lost": ErrorCode("system", "the task was lost by the server; submit it again"),
+    # --- the web integration's answers that are about the HTTP request, not a task ---
+    "no_route": ErrorCode("input", "no such resource"),
+    "method_not_allowed": ErrorCode("input", "this method is not allowed here"),
+    "http_error": ErrorCode("input", "the request was refused"),
+    "not_ready": ErrorCode("system", "no worker is serving analyses right now"),
     # --- generic codes of the base classes (subclasses refine them) ---
     "error": ErrorCode("system", "an error occurred"),
     "broker": ErrorCode("system", "the service is unavailable"),
@@ -235,6 +246,16 @@ class RecordingAccessError(InvalidRequestError):
     """A recording is missing, outside the configured roots, or uses an unsupported scheme."""
 
     code = "recording_access"
+
+
+class UnknownReferenceError(InvalidRequestError):
+    """No reference recording has the id a request named (``reference_id``).
+
+    Raised by the web integration's default reference lookup, and the error a host's own
+    ``references`` callable raises for an id it does not know (HTTP 422 ``unknown_reference``).
+    """
+
+    code = "unknown_reference"
 
 
 class BrokerError(VocalbornTasksError):

@@ -33,12 +33,13 @@ from .errors import (
 from .models import (
     AnalysisRequest,
     AnalysisResult,
+    Submission,
     TaskState,
     TaskStatus,
     invalid_request_from,
     parse_cursor,
 )
-from .record import AsyncRecord, RecordKeys, calls, new_task_id
+from .record import AsyncRecord, RecordKeys, calls, new_task_id, owner_tag
 from .recordings import (
     RecordingResolver,
     check_recording_location,
@@ -69,6 +70,15 @@ class TaskManager:
     Use it as ``async with TaskManager(settings) as manager``; it opens connections lazily and
     closes them on exit. One manager is meant to be shared by a whole application: all its
     waiters share one pub/sub connection.
+
+    **Owners.** A host serving several users passes each call the caller's identity as
+    ``owner=`` (any non-empty string: an account id). An analysis submitted with an owner
+    records it (as a digest: the record never holds the identity, and the library never logs
+    it); de-duplication is then per (owner, practice record), so two users never share a task;
+    and a read, watch, wait or cancel with ``owner=`` treats a task of another owner (or of
+    none) exactly as an unknown id (``NOT_FOUND``, :class:`TaskNotFoundError`), so it cannot
+    even learn that the id exists. ``owner=None`` (the default) is unscoped: an operator's or
+    a single-user host's view of every task.
 
     Args:
         settings: connection and behaviour; ``TaskSettings()`` (environment) if omitted.
@@ -222,6 +232,7 @@ class TaskManager:
         language: str | None = None,
         analysis_params: dict[str, JsonValue] | None = None,
         force: bool = False,
+        owner: str | None = None,
     ) -> str:
         """Queue one analysis and return its task id at once.
 
@@ -229,7 +240,8 @@ class TaskManager:
         analysis_params=...``) where the recording resolver finds the files.
 
         If the same practice record already has an analysis queued or running, its task id is
-        returned and nothing new is queued, unless ``force`` is true.
+        returned and nothing new is queued, unless ``force`` is true. With ``owner`` (see
+        the class docstring), only that owner's in-flight analysis counts.
 
         Raises:
             InvalidRequestError: the request is invalid (bad id, a recording outside the roots,
@@ -246,20 +258,43 @@ class TaskManager:
                 "analysis_params": analysis_params,
             },
         )
-        ids = await self._submit_analyses([req], force=force)
-        return ids[0]
+        (submitted,) = await self.submit_analyses([req], force=force, owner=owner)
+        return submitted.task_id
 
     async def submit_batch(
-        self, requests: Iterable[AnalysisRequest], *, force: bool = False
+        self,
+        requests: Iterable[AnalysisRequest],
+        *,
+        force: bool = False,
+        owner: str | None = None,
     ) -> list[str]:
         """Queue many analyses in one pipelined round trip; all are validated first.
 
         Returns the task ids in the order of ``requests`` (an existing id where a record was
         already in flight). Nothing is queued if any request is invalid.
         """
-        return await self._submit_analyses(list(requests), force=force)
+        submitted = await self.submit_analyses(requests, force=force, owner=owner)
+        return [s.task_id for s in submitted]
 
-    async def _submit_analyses(self, requests: list[AnalysisRequest], *, force: bool) -> list[str]:
+    async def submit_analyses(
+        self,
+        requests: Iterable[AnalysisRequest],
+        *,
+        force: bool = False,
+        owner: str | None = None,
+    ) -> list[Submission]:
+        """:meth:`submit_batch`, telling for each request whether it was a duplicate.
+
+        A duplicate (the practice record already in flight for the same owner) queued
+        nothing: its :class:`Submission` carries the existing task's id and
+        ``duplicate=True``, so the caller can say so, and delete files it stored only for it.
+        """
+        tag = _owner_tag(owner)
+        return await self._submit_analyses(list(requests), force=force, owner=tag)
+
+    async def _submit_analyses(
+        self, requests: list[AnalysisRequest], *, force: bool, owner: str | None
+    ) -> list[Submission]:
         self._ensure_open()
         backend = self._backend
         assert backend is not None
@@ -271,8 +306,10 @@ class TaskManager:
         settings = self.settings
         definition = analyze_audio
         claims = []
+        new_ids = []
         for req in prepared:
             task_id = new_task_id()
+            new_ids.append(task_id)
             message = build_task_message(
                 task_id, definition.name, definition.encode_arguments(req), definition.queue
             )
@@ -287,11 +324,16 @@ class TaskManager:
                     marker_ttl_s=self._marker_ttl_s,
                     broker_db=settings.redis_db_broker,
                     force=force,
+                    owner=owner,
                 )
             )
         assert self._record is not None
         async with redis_errors(settings, "submit"):
-            return await self._record.run_many(claims)
+            holders = await self._record.run_many(claims)
+        return [
+            Submission(holder, duplicate=holder != new)
+            for holder, new in zip(holders, new_ids, strict=True)
+        ]
 
     async def submit(
         self, definition: TaskDefinition[P, R], /, *args: P.args, **kwargs: P.kwargs
@@ -329,35 +371,48 @@ class TaskManager:
         return TaskHandle(task_id, definition)
 
     # --- reading ------------------------------------------------------------------------------
-    async def get_task_status(self, task: str | TaskHandle[Any]) -> TaskStatus:
+    async def get_task_status(
+        self, task: str | TaskHandle[Any], *, owner: str | None = None
+    ) -> TaskStatus:
         """The task's current status (one round trip).
 
         Unknown and expired ids are reported as ``NOT_FOUND``/``EXPIRED``, not PENDING; an id
         the server has forgotten (a data loss since it was submitted) is ``LOST``, the same
-        answer in every process (see :mod:`vocalborn_tasks.record.task_ids`).
+        answer in every process (see :mod:`vocalborn_tasks.record.task_ids`). With
+        ``owner``, another owner's task reads as an unknown id.
         """
         reader = self._ensure_open()
         task_id = str(task)
+        tag = _owner_tag(owner)
         async with redis_errors(self.settings, f"status of task {task_id}"):
-            return await reader.fetch(task_id)
+            return await reader.fetch(task_id, tag)
 
-    async def get_task_statuses(self, tasks: Iterable[str | TaskHandle[Any]]) -> list[TaskStatus]:
+    async def get_task_statuses(
+        self, tasks: Iterable[str | TaskHandle[Any]], *, owner: str | None = None
+    ) -> list[TaskStatus]:
         """The batch form of :meth:`get_task_status`: many tasks in one pipelined round trip.
 
         Returns the statuses in the order of ``tasks``, with the same states (``NOT_FOUND``,
         ``EXPIRED``, ``LOST``) as the single form.
         """
-        return await self.get_statuses(tasks)
+        return await self.get_statuses(tasks, owner=owner)
 
-    async def get_statuses(self, tasks: Iterable[str | TaskHandle[Any]]) -> list[TaskStatus]:
+    async def get_statuses(
+        self, tasks: Iterable[str | TaskHandle[Any]], *, owner: str | None = None
+    ) -> list[TaskStatus]:
         """The same as :meth:`get_task_statuses` (its first name, kept for existing hosts)."""
         reader = self._ensure_open()
         ids = [str(t) for t in tasks]
+        tag = _owner_tag(owner)
         async with redis_errors(self.settings, "status of tasks"):
-            return await reader.fetch_many(ids)
+            return await reader.fetch_many(ids, owners=[tag] * len(ids))
 
     async def watch(
-        self, task: str | TaskHandle[Any], *, after: str | None = None
+        self,
+        task: str | TaskHandle[Any],
+        *,
+        after: str | None = None,
+        owner: str | None = None,
     ) -> AsyncIterator[TaskStatus]:
         """Yield the task's status now and at each change (progress included); ends when final.
 
@@ -371,21 +426,23 @@ class TaskManager:
             after: the :attr:`TaskStatus.cursor` of the last status the caller saw (e.g. an
                 SSE ``Last-Event-ID``): the current status is only yielded if it is later,
                 then every change. After a final status's cursor, nothing is yielded.
+            owner: scope to this owner (another owner's task is an unknown id).
 
         Raises:
-            TaskNotFoundError: the id is unknown or expired.
+            TaskNotFoundError: the id is unknown or expired (or another owner's).
             BrokerUnavailableError: Redis is unreachable at the start, or stayed unreachable
                 for longer than ``BROKER_OUTAGE_TOLERANCE`` while following.
         """
         reader = self._ensure_open()
         task_id = str(task)
+        tag = _owner_tag(owner)
         seen = parse_cursor(after)
         last: TaskStatus | None = None
         tolerance = self.settings.broker_outage_tolerance_s
         outage_since: float | None = None
         pause = 0.05
         while True:
-            stream = reader.watch(task_id)
+            stream = reader.watch(task_id, tag)
             try:
                 try:
                     async with redis_errors(self.settings, f"watch task {task_id}"):
@@ -433,21 +490,28 @@ class TaskManager:
                 await stream.aclose()
 
     @overload
-    async def wait_for_result(self, task: TaskHandle[R], *, timeout: float | None = None) -> R: ...
+    async def wait_for_result(
+        self, task: TaskHandle[R], *, timeout: float | None = None, owner: str | None = None
+    ) -> R: ...
 
     @overload
     async def wait_for_result(
-        self, task: str, *, timeout: float | None = None
+        self, task: str, *, timeout: float | None = None, owner: str | None = None
     ) -> AnalysisResult: ...
 
     async def wait_for_result(
-        self, task: str | TaskHandle[Any], *, timeout: float | None = None
+        self,
+        task: str | TaskHandle[Any],
+        *,
+        timeout: float | None = None,
+        owner: str | None = None,
     ) -> Any:
         """Wait until the task finishes and return its typed result.
 
         A task id string is taken to be an audio analysis (returns :class:`AnalysisResult`);
         a :class:`TaskHandle` returns its definition's declared type. For another task whose
-        id was stored, pass ``TaskHandle.from_id(definition, task_id)``.
+        id was stored, pass ``TaskHandle.from_id(definition, task_id)``. With ``owner``,
+        another owner's task is an unknown id.
 
         Raises:
             TaskTimeoutError: ``timeout`` seconds passed first (the task may still finish).
@@ -458,10 +522,11 @@ class TaskManager:
         """
         reader = self._ensure_open()
         task_id = str(task)
+        tag = _owner_tag(owner)
         try:
             async with asyncio.timeout(timeout):
                 async with redis_errors(self.settings, f"wait for task {task_id}", bounded=False):
-                    status = await reader.wait(task_id)
+                    status = await reader.wait(task_id, tag)
         except TimeoutError:
             raise TaskTimeoutError(
                 f"task {task_id} did not finish within {timeout:g} s", task_id=task_id
@@ -521,7 +586,9 @@ class TaskManager:
         )
 
     # --- cancelling ---------------------------------------------------------------------------
-    async def cancel(self, task: str | TaskHandle[Any], *, terminate: bool = True) -> TaskStatus:
+    async def cancel(
+        self, task: str | TaskHandle[Any], *, terminate: bool = True, owner: str | None = None
+    ) -> TaskStatus:
         """Cancel a task: it will not start, and a running one is stopped when ``terminate``.
 
         The revocation is stored in Redis (so it survives a restart of every worker), the
@@ -530,6 +597,8 @@ class TaskManager:
         on each of its heartbeats; this process builds no Celery app). Without ``terminate`` a
         running copy stops at its next progress report. A task that already finished is left
         as it is.
+        With ``owner``, another owner's task is an unknown id: nothing is cancelled,
+        ``NOT_FOUND`` returned.
 
         Returns:
             The task's status after the cancel.
@@ -538,8 +607,9 @@ class TaskManager:
         assert self._backend is not None
         task_id = str(task)
         settings = self.settings
+        tag = _owner_tag(owner)
         async with redis_errors(settings, f"cancel task {task_id}"):
-            status = await self._ensure_open().fetch(task_id)
+            status = await self._ensure_open().fetch(task_id, tag)
             if status.is_final and status.state is not TaskState.REVOKED:
                 return status
             assert self._record is not None
@@ -553,7 +623,20 @@ class TaskManager:
                     terminate=terminate,
                 )
             )
-        return await self.get_task_status(task_id)
+        return await self.get_task_status(task_id, owner=owner)
+
+
+def _owner_tag(owner: str | None) -> str | None:
+    """The digest the record keeps for ``owner`` (None: unscoped).
+
+    Raises:
+        InvalidRequestError: an empty owner (a host's bug that would scope nobody).
+    """
+    if owner is None:
+        return None
+    if not isinstance(owner, str) or not owner:
+        raise InvalidRequestError("owner must be a non-empty string (or None: unscoped)")
+    return owner_tag(owner)
 
 
 def _validation_message(exc: ValidationError) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -32,6 +32,7 @@ __all__ = [
     "AnalysisResult",
     "AnalyzerInfo",
     "Finding",
+    "Submission",
     "TaskErrorInfo",
     "TaskState",
     "TaskStatus",
@@ -300,3 +301,14 @@ def invalid_request_from(exc: ValidationError) -> InvalidRequestError:
     more = exc.error_count() - len(parts)
     message = "invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
     return InvalidRequestError(message, public=message, errors=errors)
+
+
+class Submission(NamedTuple):
+    """What :meth:`~vocalborn_tasks.TaskManager.submit_analyses` returns per request."""
+
+    #: The task analysing the request (an existing one when ``duplicate``).
+    task_id: str
+    #: True when the practice record already had an analysis in flight (for the same owner):
+    #: nothing new was queued and ``task_id`` is that analysis's. The caller's files were not
+    #: used (a web service deletes an upload that was only a duplicate).
+    duplicate: bool

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -440,19 +440,23 @@ class ResultReader:
         self._hub = hub
         self._keys = keys
         self._record_ttl_s = record_ttl_s
-        self._pending: list[tuple[str, asyncio.Future[TaskStatus]]] = []
+        self._pending: list[tuple[str, str | None, asyncio.Future[TaskStatus]]] = []
         self._flush_scheduled = False
         self._flushing = 0
 
-    async def fetch(self, task_id: str) -> TaskStatus:
+    async def fetch(self, task_id: str, owner: str | None = None) -> TaskStatus:
         """The task's stored meta and our marker, mapped to a TaskStatus.
+
+        With ``owner`` (an :func:`~vocalborn_tasks.record.owner_tag`), a task recorded for
+        another owner, or for none, reads exactly as an unknown id would (see
+        :meth:`fetch_many`).
 
         Fetches requested in the same event-loop turn are coalesced into one pipelined round
         trip on one connection, and at most ``_MAX_FLUSHES`` such round trips are in flight:
         ten thousand waiters starting at once cost a handful of round trips and connections.
         """
         fut: asyncio.Future[TaskStatus] = asyncio.get_running_loop().create_future()
-        self._pending.append((task_id, fut))
+        self._pending.append((task_id, owner, fut))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._start_flush)
@@ -463,12 +467,12 @@ class ResultReader:
         if self._flushing >= _MAX_FLUSHES:
             return  # the next flush to finish takes what has piled up, as one batch
         batch, self._pending = self._pending, []
-        batch = [(task_id, fut) for task_id, fut in batch if not fut.done()]
+        batch = [entry for entry in batch if not entry[2].done()]
         if batch:
             self._flushing += 1
             asyncio.get_running_loop().create_task(self._flush(batch))
 
-    async def _flush(self, batch: list[tuple[str, asyncio.Future[TaskStatus]]]) -> None:
+    async def _flush(self, batch: list[tuple[str, str | None, asyncio.Future[TaskStatus]]]) -> None:
         try:
             await self._flush_batch(batch)
         finally:
@@ -477,54 +481,80 @@ class ResultReader:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._start_flush)
 
-    async def _flush_batch(self, batch: list[tuple[str, asyncio.Future[TaskStatus]]]) -> None:
+    async def _flush_batch(
+        self, batch: list[tuple[str, str | None, asyncio.Future[TaskStatus]]]
+    ) -> None:
         try:
-            statuses = await self.fetch_many([task_id for task_id, _ in batch])
+            statuses = await self.fetch_many(
+                [task_id for task_id, _, _ in batch], owners=[owner for _, owner, _ in batch]
+            )
         except BaseException as exc:
-            for _, fut in batch:
+            for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, fut), status in zip(batch, statuses, strict=True):
+        for (_, _, fut), status in zip(batch, statuses, strict=True):
             if not fut.done():
                 fut.set_result(status)
 
-    async def fetch_many(self, task_ids: list[str]) -> list[TaskStatus]:
+    async def fetch_many(
+        self, task_ids: list[str], *, owners: Sequence[str | None] | None = None
+    ) -> list[TaskStatus]:
         """Statuses of many tasks in one pipelined round trip.
 
         The server epoch and clock ride along (the epoch is written if missing, as a submit
         would): they tell an id the server forgot (LOST) from one it never had (NOT_FOUND).
+
+        Args:
+            owners: per task id, the owner digest the caller is scoped to (None: unscoped).
+                A task whose marker records another owner (or none) is reported as if
+                neither its meta nor its marker existed, and a scoped read reports every id
+                without a visible record as ``NOT_FOUND`` (never LOST or EXPIRED by the id's
+                age: a made-up id in the real format would otherwise read LOST while a
+                hidden one read NOT_FOUND, confirming that it exists). The price: an owner
+                whose task the server forgot sees NOT_FOUND, not LOST (its record, owner
+                included, is gone).
         """
         read = await self._record.read(self._keys, task_ids)
         epoch, now = read.epoch
+        scopes = owners if owners is not None else [None] * len(task_ids)
         statuses = []
-        for task_id, (meta, marker) in zip(task_ids, read.entries, strict=True):
-            missing = TaskState(
-                missing_state(task_id, epoch, record_ttl_s=self._record_ttl_s, now=now)
-            )
+        for task_id, owner, (meta, marker) in zip(task_ids, scopes, read.entries, strict=True):
+            if owner is not None:
+                missing = TaskState.NOT_FOUND
+                if marker.get("owner") != owner:
+                    meta, marker = None, {}
+            else:
+                missing = TaskState(
+                    missing_state(task_id, epoch, record_ttl_s=self._record_ttl_s, now=now)
+                )
             statuses.append(status_from_meta(task_id, meta, marker, missing=missing))
         return statuses
 
-    async def watch(self, task_id: str) -> AsyncGenerator[TaskStatus, None]:
+    async def watch(
+        self, task_id: str, owner: str | None = None
+    ) -> AsyncGenerator[TaskStatus, None]:
         """Yield the task's status now and at every change, ending at a final state.
+
+        ``owner`` scopes it as :meth:`fetch` does: another owner's task is unknown.
 
         Raises:
             TaskNotFoundError: the id is unknown (or its result expired) at the start.
             TaskLostError: the server forgot the task while we were waiting.
         """
-        async for status in self._follow(task_id, final_only=False):
+        async for status in self._follow(task_id, final_only=False, owner=owner):
             yield status
 
-    async def wait(self, task_id: str) -> TaskStatus:
+    async def wait(self, task_id: str, owner: str | None = None) -> TaskStatus:
         """Wait for a final state and return it (no timeout: the caller sets one).
 
         Like :meth:`watch`, but a message for a state that is not final is only peeked at:
         no status is built for the STARTED and PROGRESS steps nobody is shown.
         """
         last: TaskStatus | None = None
-        async for status in self._follow(task_id, final_only=True):
+        async for status in self._follow(task_id, final_only=True, owner=owner):
             last = status
         assert last is not None
         if last.state is TaskState.LOST:
@@ -535,15 +565,19 @@ class ResultReader:
             )
         return last
 
-    async def _follow(self, task_id: str, *, final_only: bool) -> AsyncGenerator[TaskStatus, None]:
+    async def _follow(
+        self, task_id: str, *, final_only: bool, owner: str | None = None
+    ) -> AsyncGenerator[TaskStatus, None]:
         """Subscribe, read the key, then yield each change until a final state.
 
         With ``final_only``, messages for states that are not final are skipped undecoded.
+        With ``owner``, every read is scoped (the first one decides whether the task is
+        known; the channel's messages are only followed after it).
         """
         channel = META_PREFIX + task_id
         queue = await self._hub.subscribe(channel)
         try:
-            status = await self.fetch(task_id)
+            status = await self.fetch(task_id, owner)
             if status.state is TaskState.NOT_FOUND:
                 raise TaskNotFoundError(
                     f"task {task_id} is unknown or has expired", task_id=task_id
@@ -554,7 +588,7 @@ class ResultReader:
             while not status.is_final:
                 item = await queue.get()
                 if isinstance(item, _Recheck):
-                    status = _lost_if_gone(await self.fetch(task_id))
+                    status = _lost_if_gone(await self.fetch(task_id, owner))
                     if status.task_name is None:
                         status = status.model_copy(update={"task_name": last.task_name})
                 else:

@@ -161,25 +161,39 @@ async def test_service_accepts_and_returns_a_result(
     base_settings: TaskSettings, examples_worker: WorkerProcess, tmp_path: Path
 ) -> None:
     """The whole route set is tested in test_fastapi.py; here: the example as written works."""
+    (tmp_path / "references").mkdir()
+    (tmp_path / "references" / "sentence-9.flac").write_bytes(
+        sample_path("en_reference").read_bytes()
+    )
     settings = base_settings.model_copy(
-        update={"recording_roots": [tmp_path], "upload_dir": tmp_path / "uploads"}
+        update={
+            "recording_roots": [tmp_path],
+            "upload_dir": tmp_path / "uploads",
+            "reference_dir": tmp_path / "references",
+        }
     )
     app = load_service().create_app(settings)
     rid = f"api-{uuid.uuid4().hex[:12]}"
     files = {
         "recording": ("attempt.flac", sample_path("en_other_voice").read_bytes(), "audio/flac"),
-        "reference": ("reference.flac", sample_path("en_reference").read_bytes(), "audio/flac"),
     }
+    data = {"practice_record_id": rid, "language": "en", "reference_id": "sentence-9"}
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://test",
+            headers={"X-User": "patient-1"},
+        ) as c,
     ):
-        response = await c.post(
-            "/analyses", data={"practice_record_id": rid, "language": "en"}, files=files
-        )
+        anonymous = await c.post("/analyses", data=data, files=files, headers={"X-User": ""})
+        assert anonymous.status_code == 401  # the host's own authentication, as problem+json
+        assert anonymous.headers["content-type"] == "application/problem+json"
+        assert anonymous.headers["www-authenticate"] == "Bearer"
+        response = await c.post("/analyses", data=data, files=files)
         assert response.status_code == 202, response.text
         task_id = response.json()["task_id"]
-        assert response.headers["location"] == f"http://test/analyses/{task_id}"
+        assert response.headers["location"] == f"/analyses/{task_id}"  # relative
         result = await c.get(f"/analyses/{task_id}/result", params={"wait": POLL_TIMEOUT_S})
         assert result.status_code == 200, result.text
         assert result.json()["practice_record_id"] == rid

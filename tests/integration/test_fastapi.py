@@ -27,7 +27,7 @@ import redis
 
 from support import AUDIO, ROOT, WorkerProcess, flush, settings_env, wait_until
 from vocalborn_tasks import TaskManager, TaskSettings
-from vocalborn_tasks.embedded import die_with_parent, free_port
+from vocalborn_tasks.embedded import LocalServer, die_with_parent, free_port
 from vocalborn_tasks.errors import ConfigurationError
 from vocalborn_tasks.models import parse_cursor
 from vocalborn_tasks.record import RecordKeys, new_task_id
@@ -40,10 +40,18 @@ MAX_UPLOAD = 2_000_000
 FINAL = {"SUCCESS", "FAILURE", "REVOKED", "LOST"}
 
 
+#: The therapist's reference recording the tests name (``REFERENCE_DIR/sentence-1.flac``).
+REFERENCE_ID = "sentence-1"
+
+
 @pytest.fixture(scope="module")
 def rec_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("recordings")
     (root / "uploads").mkdir()
+    (root / "references").mkdir()
+    (root / "references" / f"{REFERENCE_ID}.flac").write_bytes(
+        sample_path("en_reference").read_bytes()
+    )
     return root
 
 
@@ -53,6 +61,7 @@ def web_settings(base_settings: TaskSettings, rec_root: Path) -> TaskSettings:
         update={
             "recording_roots": [rec_root],
             "upload_dir": rec_root / "uploads",
+            "reference_dir": rec_root / "references",
             "upload_retention_s": 3600.0,
         }
     )
@@ -116,7 +125,7 @@ class WebServer:
         def ready() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()
             try:
-                return httpx.get(f"{self.url}/ready", timeout=1).status_code == 200
+                return httpx.get(f"{self.url}/live", timeout=1).status_code == 200
             except httpx.TransportError:
                 return False
 
@@ -127,6 +136,21 @@ class WebServer:
             self.proc.kill()
             self.proc.wait(timeout=10)
             self.proc = None
+
+    def terminate(self, timeout: float = 30.0) -> float:
+        """SIGTERM (a deploy) and the seconds until the process exited."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            return float("inf")
+        finally:
+            self.proc = None
+        return time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +169,7 @@ def web(
 
 @pytest.fixture
 async def client(web: WebServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=web.url, timeout=90) as c:
+    async with httpx.AsyncClient(base_url=web.url, timeout=90, headers={"X-User": "alice"}) as c:
         yield c
 
 
@@ -164,10 +188,13 @@ def frozen(worker: WorkerProcess) -> Iterator[None]:
 
 def files(recording: bytes | None = None, name: str = "attempt.flac") -> dict[str, Any]:
     rec = recording if recording is not None else sample_path("en_other_voice").read_bytes()
-    return {
-        "recording": (name, rec, "audio/flac"),
-        "reference": ("reference.flac", sample_path("en_reference").read_bytes(), "audio/flac"),
-    }
+    return {"recording": (name, rec, "audio/flac")}
+
+
+def form(practice_record_id: str | None = None, **more: str) -> dict[str, str]:
+    """The upload's fields: the reference is named, never uploaded."""
+    rid = practice_record_id if practice_record_id is not None else record_id()
+    return {"practice_record_id": rid, "language": "en", "reference_id": REFERENCE_ID, **more}
 
 
 def record_id() -> str:
@@ -185,6 +212,11 @@ def assert_problem(response: httpx.Response, status: int, code: str, cause: str)
     assert body["status"] == status and body["code"] == code and body["cause"] == cause, body
     assert body["type"] == f"urn:vocalborn-tasks:error:{code}"
     return body
+
+
+def cursor_of(event_id: str) -> tuple[int, int, int] | None:
+    """The status cursor of an SSE id (``<cursor>-<sequence number>``)."""
+    return parse_cursor(event_id.partition("-")[0])
 
 
 async def read_events(
@@ -210,9 +242,7 @@ async def read_events(
 
 
 async def submit(client: httpx.AsyncClient, **kw: Any) -> str:
-    response = await client.post(
-        "/analyses", data={"practice_record_id": record_id(), "language": "en"}, files=files(**kw)
-    )
+    response = await client.post("/analyses", data=form(), files=files(**kw))
     assert response.status_code == 202, response.text
     task_id: str = response.json()["task_id"]
     return task_id
@@ -250,16 +280,17 @@ async def test_upload_then_status_result_and_events(
 ) -> None:
     before = uploads(rec_root)
     rid = record_id()
-    response = await client.post(
-        "/analyses", data={"practice_record_id": rid, "language": "en"}, files=files()
-    )
+    response = await client.post("/analyses", data=form(rid), files=files())
     assert response.status_code == 202, response.text
     body = response.json()
     task_id = body["task_id"]
     assert response.headers["location"] == body["status_url"]
-    assert body["status_url"].endswith(f"/analyses/{task_id}")
+    assert body["status_url"] == f"/analyses/{task_id}"  # relative
+    assert body["result_url"] == f"/analyses/{task_id}/result"
+    assert body["events_url"] == f"/analyses/{task_id}/events"
+    assert (body["duplicate"], body["practice_record_id"]) == (False, rid)
     new = uploads(rec_root) - before
-    assert len(new) == 2 and not any(n.endswith(".part") for n in new), new  # renamed, whole
+    assert len(new) == 1 and not any(n.endswith(".part") for n in new), new  # renamed, whole
 
     result = await client.get(f"/analyses/{task_id}/result", params={"wait": 60})
     assert result.status_code == 200, result.text
@@ -286,7 +317,7 @@ async def test_upload_then_status_result_and_events(
         "GET", f"/analyses/{task_id}/events", headers={"Last-Event-ID": "0.1.0"}
     ) as stream:
         events, _ = await read_events(stream)
-    assert [e["id"] for e in events] == [final_id]
+    assert [cursor_of(e["id"]) for e in events] == [cursor_of(final_id)]
 
 
 async def test_events_follow_a_task_to_the_end(client: httpx.AsyncClient) -> None:
@@ -296,9 +327,10 @@ async def test_events_follow_a_task_to_the_end(client: httpx.AsyncClient) -> Non
     states = [e["data"]["state"] for e in events]
     assert states[-1] == "SUCCESS", states
     assert all(e["data"]["task_name"] == "vocalborn.analyze_audio" for e in events), events
-    cursors = [parse_cursor(e["id"]) for e in events]
+    cursors = [cursor_of(e["id"]) for e in events]
     assert all(c is not None for c in cursors)
     assert cursors == sorted(cursors), cursors  # type: ignore[type-var]
+    assert len({e["id"] for e in events}) == len(events)  # unique ids
 
 
 # --- a task held in PENDING: long poll, keep-alive, resume, 504, cancel -----------------------
@@ -348,8 +380,10 @@ async def test_unknown_and_lost_tasks(
     saved = r.get(epoch_key)
     try:
         r.set(epoch_key, str(int((time.time() + 1) * 1_000_000)))
-        body = assert_problem(await client.get(f"/analyses/{lost}"), 410, "lost", "system")
+        body = assert_problem(await client.get(f"/admin/analyses/{lost}"), 410, "lost", "system")
         assert body["task_id"] == lost
+        # Scoped to an owner, a task without a record is unknown, whoever it was: 404.
+        assert_problem(await client.get(f"/analyses/{lost}"), 404, "not_found", "system")
     finally:
         if saved is not None:
             r.set(epoch_key, saved)
@@ -360,37 +394,29 @@ async def test_bad_requests_are_422_and_leave_no_file(
     client: httpx.AsyncClient, rec_root: Path
 ) -> None:
     before = uploads(rec_root)
-    bad_id = await client.post(
-        "/analyses", data={"practice_record_id": "no spaces/allowed"}, files=files()
-    )
+    bad_id = await client.post("/analyses", data=form("no spaces/allowed"), files=files())
     body = assert_problem(bad_id, 422, "invalid_request", "input")
     assert body["errors"][0]["loc"] == ["practice_record_id"]
 
-    only_one = files()
-    del only_one["reference"]
     missing = await client.post(
-        "/analyses", data={"practice_record_id": record_id()}, files=only_one
+        "/analyses", data={"practice_record_id": record_id()}, files=files()
     )
     body = assert_problem(missing, 422, "invalid_request", "input")
-    assert body["errors"] == [{"loc": ["body", "reference"], "msg": "Field required"}]
+    assert body["errors"] == [{"loc": ["body", "reference_id"], "msg": "Field required"}]
 
-    empty = await client.post(
-        "/analyses", data={"practice_record_id": record_id()}, files=files(recording=b"")
-    )
+    empty = await client.post("/analyses", data=form(), files=files(recording=b""))
     assert_problem(empty, 422, "empty_audio", "input")
 
     text = await client.post(
         "/analyses",
-        data={"practice_record_id": record_id()},
+        data=form(),
         files=files(recording=b"not a recording\n" * 100, name="attempt.wav"),
     )
     body = assert_problem(text, 422, "unreadable_audio", "input")
     assert str(rec_root) not in text.text and "/" not in body["detail"]
 
     big = await client.post(
-        "/analyses",
-        data={"practice_record_id": record_id()},
-        files=files(recording=b"\0" * (MAX_UPLOAD + 1)),
+        "/analyses", data=form(), files=files(recording=b"\0" * (MAX_UPLOAD + 1))
     )
     assert_problem(big, 413, "upload_too_large", "input")
 
@@ -442,17 +468,24 @@ async def test_broker_unavailable_is_503_with_retry_after(
     create_app = module.create_app
 
     port = free_port()
+    (tmp_path / "references").mkdir()
+    (tmp_path / "references" / "s.flac").write_bytes(sample_path("en_reference").read_bytes())
     settings = web_settings.model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{port}", "redis_connect_timeout_s": 2.0}
+        update={
+            "redis_url": f"redis://127.0.0.1:{port}",
+            "redis_connect_timeout_s": 2.0,
+            "recording_roots": [*web_settings.recording_roots, tmp_path],
+            "reference_dir": tmp_path / "references",
+        }
     )
     app = create_app(settings)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t", headers={"X-User": "u"}
+        ) as c,
     ):
-        response = await c.post(
-            "/analyses", data={"practice_record_id": record_id()}, files=files()
-        )
+        response = await c.post("/analyses", data=form(reference_id="s"), files=files())
         body = assert_problem(response, 503, "broker_unavailable", "system")
         assert response.headers["retry-after"] == "5"
         assert str(port) not in body["detail"]
@@ -515,7 +548,7 @@ async def test_browser_event_source_resumes_across_a_server_restart(
                 "--disable-gpu",
                 "--no-first-run",
                 f"--user-data-dir={tmp_path / 'chromium'}",
-                f"{web.url}/page/{task_id}",
+                f"{web.url}/page/{task_id}?user=alice",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -543,5 +576,342 @@ async def test_browser_event_source_resumes_across_a_server_restart(
     assert states[-1] == "SUCCESS", got
     assert "PENDING" not in states, got  # resumed after PENDING: not sent twice
     assert all(x["task_name"] == "vocalborn.analyze_audio" for x in got if "state" in x), got
-    cursors = [parse_cursor(x["id"]) for x in got if "state" in x]
+    cursors = [cursor_of(x["id"]) for x in got if "state" in x]
     assert cursors == sorted(cursors), got  # type: ignore[type-var]
+
+
+# --- issue 18: the patient cannot set the reference ----------------------------------------------
+async def test_a_patient_supplied_reference_is_refused(
+    client: httpx.AsyncClient, rec_root: Path
+) -> None:
+    """The router takes a ``reference_id`` resolved on the server; an uploaded reference (a
+    patient's own attempt would score 100) is refused before a byte of it is stored."""
+    before = uploads(rec_root)
+    own = {**files(), "reference": ("ref.flac", sample_path("en_other_voice").read_bytes())}
+    refused = await client.post("/analyses", data=form(), files=own)
+    body = assert_problem(refused, 422, "reference_upload_not_allowed", "input")
+    assert "reference_id" in body["detail"]
+    for bad in ("no-such-sentence", "../references/sentence-1", "/etc/passwd", ".hidden"):
+        response = await client.post("/analyses", data=form(reference_id=bad), files=files())
+        code = "unknown_reference" if bad == "no-such-sentence" else "invalid_request"
+        assert_problem(response, 422, code, "input")
+        assert str(rec_root) not in response.text
+    assert uploads(rec_root) == before
+
+
+# --- issue 18: one user cannot reach another's results ----------------------------------------
+async def test_another_user_gets_404_on_every_route_and_a_task_of_their_own(
+    client: httpx.AsyncClient, web: WebServer, web_worker: WorkerProcess, rec_root: Path
+) -> None:
+    rid = record_id()
+    bob = {"X-User": "bob"}
+    with frozen(web_worker):
+        first = await client.post("/analyses", data=form(rid), files=files())
+        assert first.status_code == 202, first.text
+        alice_task = first.json()["task_id"]
+        # Bob sends the same practice record id: a task of his own, not Alice's.
+        theirs = await client.post("/analyses", data=form(rid), files=files(), headers=bob)
+        assert theirs.status_code == 202, theirs.text
+        bob_task = theirs.json()["task_id"]
+        assert bob_task != alice_task and theirs.json()["duplicate"] is False
+        # Alice again while it waits: a duplicate, said so; its upload is deleted at once.
+        before = uploads(rec_root)
+        again = await client.post("/analyses", data=form(rid), files=files())
+        assert again.status_code == 202, again.text
+        assert again.json()["task_id"] == alice_task
+        assert again.json()["duplicate"] is True
+        assert again.json()["practice_record_id"] == rid
+        assert uploads(rec_root) == before
+
+        # Every route of Bob's on Alice's task: 404, exactly as for a made-up id.
+        made_up = new_task_id()
+        for url in ("/analyses/{}", "/analyses/{}/result?wait=0", "/analyses/{}/events"):
+            for task_id in (alice_task, made_up):
+                response = await client.get(url.format(task_id), headers=bob)
+                body = assert_problem(response, 404, "not_found", "system")
+                assert body["detail"] == "no such task"
+        cancel = await client.post(f"/analyses/{alice_task}/cancel", headers=bob)
+        assert_problem(cancel, 404, "not_found", "system")
+        mine = (await client.get(f"/analyses/{alice_task}")).json()
+        assert mine["state"] == "PENDING"  # not cancelled by Bob
+        # While it waits: its place in the queue (the CLI's figures).
+        assert isinstance(mine["position"], int) and mine["position"] >= 1, mine
+        unauthenticated = await client.get(f"/analyses/{alice_task}", headers={"X-User": ""})
+        assert_problem(unauthenticated, 401, "http_error", "input")
+    for task_id, who in ((alice_task, "alice"), (bob_task, "bob")):
+        result = await client.get(
+            f"/analyses/{task_id}/result", params={"wait": 60}, headers={"X-User": who}
+        )
+        assert result.status_code == 200, result.text
+        assert result.json()["practice_record_id"] == rid
+    # The owner is never logged (it is a patient identifier).
+    assert "bob" not in web.log_path.read_text()
+
+
+async def test_uploads_are_deleted_when_the_task_ends(
+    client: httpx.AsyncClient, rec_root: Path
+) -> None:
+    before = uploads(rec_root)
+    task_id = await submit(client)
+    (new,) = uploads(rec_root) - before
+    result = await client.get(f"/analyses/{task_id}/result", params={"wait": 60})
+    assert result.status_code == 200, result.text
+    await asyncio.to_thread(
+        wait_until, lambda: new not in uploads(rec_root), 30, 0.05, "the upload deleted"
+    )
+
+
+# --- issue 18: deploys do not hang ---------------------------------------------------------------
+async def test_sigterm_with_open_streams_exits_within_2_s(
+    web_settings: TaskSettings, web_worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """uvicorn waits for open responses before the lifespan shutdown: the streams end on the
+    signal itself, so a deploy does not wait for SIGKILL."""
+    server = WebServer(web_settings, tmp_path)
+    await asyncio.to_thread(server.start)
+    try:
+        async with httpx.AsyncClient(
+            base_url=server.url, timeout=30, headers={"X-User": "alice"}
+        ) as c:
+            with frozen(web_worker):
+                task_ids = [await submit(c) for _ in range(2)]
+                streams = [
+                    await c.send(c.build_request("GET", f"/analyses/{t}/events"), stream=True)
+                    for t in task_ids
+                ]
+                poll = asyncio.ensure_future(c.get(f"/analyses/{task_ids[0]}/result?wait=60"))
+                for stream in streams:
+                    events, _ = await read_events(stream, until_comment=True)
+                    assert [e["data"]["state"] for e in events] == ["PENDING"]
+                elapsed = await asyncio.to_thread(server.terminate)
+                assert elapsed < 2.0, (elapsed, server.log_path.read_text()[-2000:])
+                for stream in streams:
+                    await stream.aclose()
+                response = await poll  # the long poll answered before the exit: 202
+                assert response.status_code == 202, response.text
+            for task_id in task_ids:
+                async with TaskManager(web_settings) as manager:
+                    await manager.cancel(task_id)
+    finally:
+        server.kill()
+
+
+# --- issue 18: streams survive an outage and an app restart ----------------------------------
+async def test_browser_sees_the_result_across_an_app_restart_while_redis_is_down(
+    web_settings: TaskSettings,
+    server_binary: str | None,
+    tmp_path: Path,
+) -> None:
+    """Redis stops, the app restarts while it is down: the browser's EventSource reconnects
+    to a stream that opens (200, not 503: a 503 closes an EventSource for good) and waits;
+    a long poll started during the outage rides it out. Redis comes back with its AOF, a
+    worker starts (none ran before: the task waited in PENDING as a state, not a race) and
+    runs the task, and the browser and the long poll both see the result."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser is not None, "apt-get install -y chromium"
+    srv = LocalServer(binary=server_binary, data_dir=tmp_path / "redis", die_with_parent=True)
+    srv.start()
+    settings = web_settings.model_copy(
+        update={"redis_url": srv.url, "redis_connect_timeout_s": 1.0}
+    )
+    worker = WorkerProcess(settings, name="outage", concurrency=1, log_dir=tmp_path)
+    server = WebServer(settings, tmp_path)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        await asyncio.to_thread(server.start)
+        async with httpx.AsyncClient(
+            base_url=server.url, timeout=90, headers={"X-User": "alice"}
+        ) as c:
+
+            async def reports() -> list[dict[str, Any]]:
+                got: list[dict[str, Any]] = (await c.get("/reports")).json()
+                return got
+
+            async def wait_reports(predicate: Any, what: str) -> list[dict[str, Any]]:
+                deadline = time.monotonic() + 90
+                while not predicate(got := await reports()):
+                    assert time.monotonic() < deadline, f"{what}: {got}"
+                    await asyncio.sleep(0.1)
+                return got
+
+            events_ok = '/analyses/{}/events?user=alice HTTP/1.1" 200'
+            # No worker yet: the task stays PENDING.
+            task_id = await submit(c)
+            proc = await asyncio.to_thread(
+                subprocess.Popen,
+                [
+                    browser,
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'chromium'}",
+                    f"{server.url}/page/{task_id}?user=alice",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
+            await wait_reports(lambda r: any(x.get("state") == "PENDING" for x in r), "PENDING")
+            srv.stop()  # Redis is down (a graceful stop: the AOF keeps the task)
+            server.kill()
+            await asyncio.to_thread(server.start)  # the new app starts without Redis
+            # The browser reconnects, and the stream opens although Redis is down.
+            await asyncio.to_thread(
+                wait_until,
+                lambda: server.log_path.read_text().count(events_ok.format(task_id)) >= 2,
+                60,
+                0.05,
+                "the browser's stream reopened during the outage",
+            )
+            poll = asyncio.ensure_future(c.get(f"/analyses/{task_id}/result", params={"wait": 60}))
+            await asyncio.to_thread(
+                wait_until,
+                lambda: (
+                    f"result of task {task_id}: broker unavailable" in server.log_path.read_text()
+                ),
+                60,
+                0.05,
+                "the long poll waiting out the outage",
+            )
+            assert not poll.done()
+            srv.start()  # Redis is back
+            await asyncio.to_thread(worker.start)
+            got = await wait_reports(lambda r: any(x.get("state") in FINAL for x in r), "final")
+            response = await poll
+            assert response.status_code == 200, response.text
+            assert response.json()["practice_record_id"].startswith("web-")
+        states = [x["state"] for x in got if "state" in x]
+        assert states[-1] == "SUCCESS", got
+        assert not any(x.get("error") == 2 for x in got), got  # never CLOSED for good
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait(timeout=10)
+        server.kill()
+        worker.stop()
+        srv.close()
+
+
+# --- issue 18: OpenAPI that tools can use ----------------------------------------------------
+def _validate(spec: dict[str, Any], schema: dict[str, Any], instance: Any) -> None:
+    """Validate ``instance`` against a response schema of ``spec`` (its refs resolved)."""
+    import jsonschema
+
+    jsonschema.Draft202012Validator({**schema, "components": spec["components"]}).validate(instance)
+
+
+def _body_schema(spec: dict[str, Any], op: dict[str, Any], status: int, kind: str) -> Any:
+    return op["responses"][str(status)]["content"][kind]["schema"]
+
+
+async def test_openapi_is_valid_and_a_generated_request_works(client: httpx.AsyncClient) -> None:
+    import re
+
+    from openapi_spec_validator import validate
+
+    spec = (await client.get("/openapi.json")).json()
+    validate(spec)
+    paths = spec["paths"]
+    upload = paths["/analyses"]["post"]
+    schema = upload["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(schema["properties"]) == {
+        "recording",
+        "practice_record_id",
+        "reference_id",
+        "language",
+    }
+    assert set(schema["required"]) == {"recording", "practice_record_id", "reference_id"}
+    problems = {
+        ("/analyses", "post"): {"202", "413", "415", "422", "503"},
+        ("/analyses/{task_id}", "get"): {"200", "404", "410", "503"},
+        ("/analyses/{task_id}/result", "get"): {"200", "202", "404", "409", "410", "503", "504"},
+        ("/analyses/{task_id}/cancel", "post"): {"200", "404", "410", "503"},
+        ("/analyses/{task_id}/events", "get"): {"200", "204", "404", "410"},
+    }
+    for (path, method), statuses in problems.items():
+        op = paths[path][method]
+        assert op["summary"] and op["description"], path
+        assert statuses <= set(op["responses"]), (path, set(op["responses"]))
+        for status in statuses - {"200", "202", "204"}:
+            problem = _body_schema(spec, op, int(status), "application/problem+json")
+            assert {"type", "title", "status", "detail", "code", "cause"} <= set(
+                problem["properties"]
+            )
+    result_op = paths["/analyses/{task_id}/result"]["get"]
+    (wait,) = [p for p in result_op["parameters"] if p["name"] == "wait"]
+    assert wait["schema"]["maximum"] == 60
+    assert "AnalysisResult" in json.dumps(result_op["responses"]["200"])
+    assert "StatusView" in json.dumps(result_op["responses"]["202"])
+    events = paths["/analyses/{task_id}/events"]["get"]["responses"]["200"]["content"]
+    assert set(events) == {"text/event-stream"}
+
+    # A request built from the schema alone, sent to the running app.
+    values = {"practice_record_id": record_id(), "reference_id": REFERENCE_ID, "language": "en"}
+    data: dict[str, str] = {}
+    sent: dict[str, Any] = {}
+    for name, prop in schema["properties"].items():
+        if prop.get("format") == "binary":
+            sent[name] = (f"{name}.flac", sample_path("en_other_voice").read_bytes())
+            continue
+        data[name] = values[name]
+        assert re.fullmatch(prop["pattern"], data[name]), (name, prop)
+        assert len(data[name]) <= prop.get("maxLength", 10**6)
+    response = await client.post("/analyses", data=data, files=sent)
+    assert str(response.status_code) in upload["responses"]
+    _validate(spec, _body_schema(spec, upload, 202, "application/json"), response.json())
+    status_op = paths["/analyses/{task_id}"]["get"]
+    status = await client.get(response.json()["status_url"])
+    _validate(spec, _body_schema(spec, status_op, 200, "application/json"), status.json())
+    result = await client.get(response.json()["result_url"], params={"wait": 60})
+    assert result.status_code == 200, result.text
+    _validate(spec, _body_schema(spec, result_op, 200, "application/json"), result.json())
+    too_long = await client.get(response.json()["result_url"], params={"wait": 61})
+    body = assert_problem(too_long, 422, "invalid_request", "input")  # the router's own: problem
+    _validate(spec, _body_schema(spec, result_op, 422, "application/problem+json"), body)
+    missing = await client.get(f"/analyses/{new_task_id()}")
+    _validate(spec, _body_schema(spec, status_op, 404, "application/problem+json"), missing.json())
+
+
+# --- issue 18: error handlers, probes, the import without the extra ----------------------------
+async def test_error_handlers_answer_routes_methods_and_host_errors(
+    client: httpx.AsyncClient,
+) -> None:
+    assert_problem(await client.get("/no/such/route"), 404, "no_route", "input")
+    assert_problem(await client.delete("/analyses"), 405, "method_not_allowed", "input")
+    # (uvicorn drops the connection after an unhandled error: use one of its own)
+    crash = await client.get("/host/13", headers={"Connection": "close"})
+    body = assert_problem(crash, 500, "internal", "system")
+    assert "host bug" not in body["detail"]
+    # The host's own validation errors keep FastAPI's format (scope="library").
+    host = await client.get("/host/abc")
+    assert host.status_code == 422 and host.headers["content-type"] == "application/json"
+    assert isinstance(host.json()["detail"], list)
+    assert (await client.get("/host/7")).json() == 7
+
+
+async def test_ready_and_live_probes(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/live")).json() == {"status": "live"}
+    ready = await client.get("/ready")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["workers"] >= 1
+
+
+def test_import_without_the_extra_says_what_to_install() -> None:
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'fastapi':\n"
+        "            raise ImportError('blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import vocalborn_tasks.fastapi\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "ImportError: vocalborn_tasks.fastapi needs FastAPI: pip install 'vocalborn-tasks[fastapi]'"
+    )

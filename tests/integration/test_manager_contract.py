@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from vocalborn_tasks import (
 )
 from vocalborn_tasks.embedded import free_port
 from vocalborn_tasks.facade import TaskManagerProtocol
+from vocalborn_tasks.record import new_task_id
 from vocalborn_tasks.samples import sample_path
 from vocalborn_tasks.tasks import TaskHandle
 from vocalborn_tasks.testing import FakeTaskManager, WorkerProcess, isolated_settings
@@ -70,6 +72,29 @@ class Subject:
     kind: str
     manager: TaskManagerProtocol
     settings: TaskSettings
+    worker: WorkerProcess | None = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Everything submitted meanwhile stays PENDING (the real worker is SIGSTOPped)."""
+        if isinstance(self.manager, FakeTaskManager):
+            self.manager.hold()
+            try:
+                yield
+            finally:
+                self.manager.release(run_held=False)
+            return
+        assert self.worker is not None and self.worker.pid is not None
+        pid = self.worker.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids = [pid, *map(int, children)]
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for p in pids:
+                os.kill(p, signal.SIGCONT)
 
     async def pending(self) -> TaskHandle[str]:
         """A submitted task that stays PENDING until the test is done with it."""
@@ -103,13 +128,14 @@ async def subject(
     request: pytest.FixtureRequest, vocalborn_settings: TaskSettings
 ) -> AsyncIterator[Subject]:
     manager: TaskManagerProtocol
+    worker = None
     if request.param == "real":
-        request.getfixturevalue("vocalborn_worker")
+        worker = request.getfixturevalue("vocalborn_worker")
         manager = TaskManager(vocalborn_settings)
     else:
         manager = FakeTaskManager(vocalborn_settings)
     async with manager:
-        yield Subject(request.param, manager, vocalborn_settings)
+        yield Subject(request.param, manager, vocalborn_settings, worker)
 
 
 def record_id(subject: Subject, name: str, tmp_path: Path) -> str:
@@ -176,6 +202,61 @@ async def test_a_silent_recording_fails_with_the_engines_code(
     assert status.state is TaskState.FAILURE
     assert status.error is not None
     assert status.error.type == "AudioError"
+
+
+async def test_owners_never_share_a_task_and_see_only_their_own(
+    subject: Subject, tmp_path: Path
+) -> None:
+    """Two users, one practice record id: two tasks; each user's id is unknown to the other
+    on every path (status, batch status, watch, wait, cancel), exactly like a made-up id."""
+    m = subject.manager
+    rid = record_id(subject, "owners", tmp_path)
+    with subject.held():
+        await _owners_scene(m, rid)
+
+
+async def _owners_scene(m: TaskManagerProtocol, rid: str) -> None:
+    alice = bob = ""
+    unowned = None
+    try:
+        alice = await m.submit_audio_analysis(analysis(rid), owner="alice@example.org")
+        bob = await m.submit_audio_analysis(analysis(rid), owner="bob@example.org")
+        assert alice != bob
+        # The same owner again while in flight: a duplicate, told as one.
+        (again,) = await m.submit_analyses([analysis(rid)], owner="alice@example.org")
+        assert again.task_id == alice and again.duplicate
+        (unowned,) = await m.submit_analyses([analysis(rid)])
+        assert not unowned.duplicate and unowned.task_id not in (alice, bob)
+
+        # A made-up id in the real format (the fake issues that format too).
+        unknown = await m.get_task_status(new_task_id(), owner="bob")
+        assert unknown.state is TaskState.NOT_FOUND
+        for task_id, who in ((alice, "bob@example.org"), (bob, "alice@example.org")):
+            seen = await m.get_task_status(task_id, owner=who)
+            assert seen.state is TaskState.NOT_FOUND
+            assert seen.model_dump(exclude={"task_id"}) == unknown.model_dump(exclude={"task_id"})
+            (batch,) = await m.get_statuses([task_id], owner=who)
+            assert batch.state is TaskState.NOT_FOUND
+            with pytest.raises(TaskNotFoundError):
+                [s async for s in m.watch(task_id, owner=who)]
+            with pytest.raises(TaskNotFoundError):
+                await m.wait_for_result(task_id, timeout=WAIT_S, owner=who)
+            assert (await m.cancel(task_id, owner=who)).state is TaskState.NOT_FOUND
+            assert (await m.get_task_status(task_id)).state is TaskState.PENDING  # not cancelled
+        # An unowned task is unknown to every owner; the unscoped view sees them all.
+        assert (await m.get_task_status(unowned.task_id, owner="bob")).state is (
+            TaskState.NOT_FOUND
+        )
+        mine = await m.get_task_status(alice, owner="alice@example.org")
+        assert (mine.state, mine.task_name) == (TaskState.PENDING, "vocalborn.analyze_audio")
+        first = await anext(m.watch(bob, owner="bob@example.org"))
+        assert first.state is TaskState.PENDING
+        with pytest.raises(InvalidRequestError):
+            await m.get_task_status(alice, owner="")
+    finally:
+        for task_id in (alice, bob, unowned.task_id if unowned else ""):
+            if task_id:
+                await m.cancel(task_id)
 
 
 # --- validation: nothing is queued ------------------------------------------------------------

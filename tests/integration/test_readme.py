@@ -99,6 +99,7 @@ def test_readme_block_runs(
     # The web block's settings comment asks for these; the others do not mind them.
     env["RECORDING_ROOTS"] = json.dumps([str(tmp_path), str(sample_path("en_reference").parent)])
     env["UPLOAD_DIR"] = str(tmp_path / "uploads")
+    env["REFERENCE_DIR"] = str(sample_path("en_reference").parent)
     proc = subprocess.run(
         [sys.executable, name],
         cwd=blocks_dir,
@@ -122,7 +123,8 @@ def test_readme_block_runs(
     if name.startswith("test_"):
         # A test block runs as the README says: pytest, with the testing plugin's own server and
         # worker (pytest-asyncio off: anyio's plugin runs it, as with only [testing] installed).
-        env = {k: v for k, v in env.items() if k not in ("RECORDING_ROOTS", "UPLOAD_DIR")}
+        web = ("RECORDING_ROOTS", "UPLOAD_DIR", "REFERENCE_DIR")
+        env = {k: v for k, v in env.items() if k not in web}
         tested = subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:asyncio", name],
             cwd=blocks_dir,

@@ -31,6 +31,7 @@ from vocalborn_tasks.record import (
     epoch_seconds,
     id_time,
     new_task_id,
+    owner_tag,
     revoked_meta,
     script_source,
 )
@@ -97,12 +98,19 @@ class Rec:
             args=["t.name", q, "1700000000.5", TTL, db, message],
         )
 
-    def claim(self, task_id: str, record: str, force: str = "0", message: bytes = b"m") -> Any:
+    def claim(
+        self,
+        task_id: str,
+        record: str,
+        force: str = "0",
+        message: bytes = b"m",
+        owner: str = "",
+    ) -> Any:
         k, q, db = self.keys, self.queue, self.settings.redis_db_broker
         return self.rs["claim"](
-            keys=[k.inflight(record), k.marker(task_id), k.epoch, q, k.wake(q)],
+            keys=[k.inflight(record, owner), k.marker(task_id), k.epoch, q, k.wake(q)],
             args=[task_id, TTL, "t.analyse", q, "1700000000.5", force, "celery-task-meta-",
-                  k.marker_prefix, record, db, message],
+                  k.marker_prefix, record, db, owner, message],
         )  # fmt: skip
 
     def reserve(self, lists: list[str], token: str = "", acks: tuple[str, ...] = ()) -> Any:
@@ -395,6 +403,30 @@ def test_claim_force_always_queues(rec: Rec) -> None:
     assert rec.claim(second, "rec-1", "1", b"m2") == second.encode()
     assert rec.result.get(rec.keys.inflight("rec-1")) == second.encode()
     assert rec.queued() == [b"m2", b"m"] and rec.tokens() == 2
+
+
+def test_claim_slots_are_per_owner_and_the_marker_records_the_digest(rec: Rec) -> None:
+    alice, bob = owner_tag("alice@example.org"), owner_tag("bob@example.org")
+    first, second, third = rec.new_id(), rec.new_id(), rec.new_id()
+    assert rec.claim(first, "rec-1", owner=alice) == first.encode()
+    # Another owner, the same practice record: a task of its own, not the first one's id.
+    assert rec.claim(second, "rec-1", message=b"m2", owner=bob) == second.encode()
+    # The same owner again while in flight: the first task's id, nothing queued.
+    assert rec.claim(third, "rec-1", message=b"m3", owner=alice) == first.encode()
+    assert rec.queued() == [b"m2", b"m"] and rec.tokens() == 2
+    assert rec.result.get(rec.keys.inflight("rec-1", alice)) == first.encode()
+    assert rec.result.get(rec.keys.inflight("rec-1", bob)) == second.encode()
+    assert not rec.result.exists(rec.keys.inflight("rec-1"))  # the unowned slot is untouched
+    marker = rec.result.hgetall(rec.keys.marker(first))
+    assert marker[b"owner"] == alice.encode()
+    assert b"alice" not in b"".join([*marker.values(), *rec.result.keys(rec.keys.prefix + "*")])
+    assert b"owner" not in rec.result.hgetall(rec.keys.marker(rec.new_id()))
+
+
+def test_owner_tag_is_a_stable_digest() -> None:
+    tag = owner_tag("user-42")
+    assert tag == owner_tag("user-42") != owner_tag("user-43")
+    assert len(tag) == 32 and "user" not in tag
 
 
 # --- reserve ------------------------------------------------------------------------------------
@@ -830,10 +862,10 @@ def _purge(rec: Rec, batch_size: int = 500) -> int:
     return asyncio.run(go())
 
 
-def _claim_queued(rec: Rec, record: str, force: str = "0") -> str:
+def _claim_queued(rec: Rec, record: str, force: str = "0", owner: str = "") -> str:
     task_id = rec.new_id()
     assert (
-        rec.claim(task_id, record, force, envelope(f"tag-{task_id}", id=task_id))
+        rec.claim(task_id, record, force, envelope(f"tag-{task_id}", id=task_id), owner)
         == task_id.encode()
     )
     return task_id
@@ -872,6 +904,18 @@ def test_purge_frees_the_practice_record_for_a_new_submit(rec: Rec) -> None:
     assert rec.get_meta(old)["status"] == "REVOKED"
     new = rec.new_id()
     assert rec.claim(new, "rec-1", message=envelope("tag-new", id=new)) == new.encode()
+
+
+def test_purge_releases_an_owned_slot(rec: Rec) -> None:
+    alice = owner_tag("alice")
+    _claim_queued(rec, "rec-1", owner=alice)
+    unowned = _claim_queued(rec, "rec-2")
+    assert _purge(rec) == 2
+    assert not rec.result.exists(rec.keys.inflight("rec-1", alice))
+    assert not rec.result.exists(rec.keys.inflight("rec-2"))
+    assert rec.get_meta(unowned)["status"] == "REVOKED"
+    new = rec.new_id()
+    assert rec.claim(new, "rec-1", message=envelope("n", id=new), owner=alice) == new.encode()
 
 
 def test_purge_releases_no_slot_another_task_holds(rec: Rec) -> None:

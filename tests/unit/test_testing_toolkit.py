@@ -125,17 +125,25 @@ def create_app(settings: TaskSettings) -> FastAPI:
     return app
 
 
+def add_reference(directory: Path) -> None:
+    """The therapist's reference recording, where the router looks ``sentence-1`` up."""
+    (directory / "references").mkdir(exist_ok=True)
+    (directory / "references" / "sentence-1.flac").write_bytes(
+        sample_path("en_reference").read_bytes()
+    )
+
+
 def upload(record: str) -> dict[str, object]:
     return {
-        "data": {"practice_record_id": record, "language": "en"},
+        "data": {"practice_record_id": record, "language": "en", "reference_id": "sentence-1"},
         "files": {
             "recording": ("attempt.flac", sample_path("en_other_voice").read_bytes()),
-            "reference": ("reference.flac", sample_path("en_reference").read_bytes()),
         },
     }
 
 
 async def test_service_client_puts_the_fake_behind_the_routes(tmp_path: Path) -> None:
+    add_reference(tmp_path)
     async with service_client(create_app, tmp_path, hold=True) as service:
         response = await service.http.post("/analyses", **upload("web-1"))  # type: ignore[arg-type]
         assert response.status_code == 202, response.text
@@ -157,6 +165,7 @@ async def test_service_client_puts_the_fake_behind_the_routes(tmp_path: Path) ->
 
 
 async def test_service_client_runs_the_real_engine(tmp_path: Path) -> None:
+    add_reference(tmp_path)
     async with service_client(create_app, tmp_path) as service:
         response = await service.http.post("/analyses", **upload("web-2"))  # type: ignore[arg-type]
         assert response.status_code == 202, response.text

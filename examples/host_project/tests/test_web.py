@@ -22,17 +22,25 @@ from vocalborn_tasks.testing.web import service_client
 pytestmark = pytest.mark.anyio
 
 
+def add_reference(directory: Path) -> None:
+    """The therapist's reference recording, where the router looks ``sentence-1`` up."""
+    (directory / "references").mkdir(exist_ok=True)
+    (directory / "references" / "sentence-1.flac").write_bytes(
+        sample_path("en_reference").read_bytes()
+    )
+
+
 def upload(record_id: str) -> dict[str, object]:
     return {
-        "data": {"practice_record_id": record_id, "language": "en"},
+        "data": {"practice_record_id": record_id, "language": "en", "reference_id": "sentence-1"},
         "files": {
             "recording": ("attempt.flac", sample_path("en_other_voice").read_bytes()),
-            "reference": ("reference.flac", sample_path("en_reference").read_bytes()),
         },
     }
 
 
 async def test_upload_then_result(tmp_path: Path) -> None:
+    add_reference(tmp_path)
     async with service_client(create_app, tmp_path, hold=True) as service:
         response = await service.http.post("/analyses", **upload("web-1"))
         assert response.status_code == 202, response.text
@@ -45,6 +53,7 @@ async def test_upload_then_result(tmp_path: Path) -> None:
 
 
 async def test_a_failed_analysis_is_a_problem_response(tmp_path: Path) -> None:
+    add_reference(tmp_path)
     async with service_client(create_app, tmp_path, hold=True) as service:
         task_id = (await service.http.post("/analyses", **upload("web-2"))).json()["task_id"]
         service.manager.fail(task_id, "no_speech")

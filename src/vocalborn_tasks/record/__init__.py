@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from . import calls
 from .calls import AsyncRecord, Record
-from .keys import PRIORITY_SEP, PRIORITY_STEPS, RecordKeys, queue_lists
+from .keys import PRIORITY_SEP, PRIORITY_STEPS, RecordKeys, owner_tag, queue_lists
 from .meta import (
     FINAL_STATES,
     META_PREFIX,
@@ -71,6 +71,7 @@ __all__ = [
     "meta_status",
     "missing_state",
     "new_task_id",
+    "owner_tag",
     "queue_lists",
     "read_meta",
     "revoked_meta",

@@ -209,12 +209,17 @@ def claim(
     broker_db: int,
     force: bool = False,
     submitted_at: float | None = None,
+    owner: str | None = None,
 ) -> ScriptCall[str]:
-    """Like :func:`submit`, holding the practice record's in-flight slot (returns its holder)."""
+    """Like :func:`submit`, holding the practice record's in-flight slot (returns its holder).
+
+    ``owner`` is an :func:`~vocalborn_tasks.record.keys.owner_tag` (never the identity): the
+    slot is then per (owner, practice record) and the marker records the owner.
+    """
     return _call(
         "claim",
         {
-            "inflight": keys.inflight(practice_record_id),
+            "inflight": keys.inflight(practice_record_id, owner),
             "marker": keys.marker(task_id),
             "epoch": keys.epoch,
             "queue": queue,
@@ -231,6 +236,7 @@ def claim(
             "marker_prefix": keys.marker_prefix,
             "practice_record_id": practice_record_id,
             "broker_db": int(broker_db),
+            "owner": owner or "",
             "message": message,
         },
         _text,
@@ -425,6 +431,7 @@ def purge(
             "revoked_head": head,
             "revoked_tail": tail,
             "meta_ttl": int(meta_ttl_s),
+            "owned_inflight_prefix": keys.owned_inflight_prefix,
         },
         _purge_reply,
         more_keys=("lists", queue_lists(queue)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -10,13 +11,24 @@ from .meta import META_PREFIX
 if TYPE_CHECKING:
     from ..config import TaskSettings
 
-__all__ = ["PRIORITY_SEP", "PRIORITY_STEPS", "RecordKeys", "queue_lists"]
+__all__ = ["PRIORITY_SEP", "PRIORITY_STEPS", "RecordKeys", "owner_tag", "queue_lists"]
 
 #: kombu's Redis transport keeps a queue's priorities 3, 6 and 9 in lists named
 #: ``<queue><PRIORITY_SEP><step>`` (``Channel.sep`` and ``Channel.priority_steps``; the
 #: worker's table of borrowed names checks both against the installed kombu).
 PRIORITY_SEP: Final = "\x06\x16"
 PRIORITY_STEPS: Final = (3, 6, 9)
+
+
+def owner_tag(owner: str) -> str:
+    """What the record stores for a task's owner: a digest, never the identity itself.
+
+    An owner is the host's identity of a user (an account id, an e-mail): a patient
+    identifier. The record keeps only this 32-character digest, in the submit marker and in
+    the in-flight slot's key name, so a ``KEYS``/``MONITOR`` listing, a slow log or a dump
+    names no patient; scoping compares digests.
+    """
+    return hashlib.blake2b(owner.encode(), digest_size=16, person=b"vocalborn-owner").hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +64,22 @@ class RecordKeys:
     def marker_prefix(self) -> str:
         return self._key("task", "")
 
-    def inflight(self, practice_record_id: str) -> str:
-        """The task id analysing a practice record right now (de-duplication slot)."""
+    def inflight(self, practice_record_id: str, owner: str | None = None) -> str:
+        """The task id analysing a practice record right now (de-duplication slot).
+
+        With an ``owner`` (an :func:`owner_tag`), the slot is that owner's: two owners who
+        send the same practice record id never share a task. Owned slots live under their
+        own name (``inflight-owned``), so no record id (which may hold ``:``) can collide
+        with an owned slot's name.
+        """
+        if owner:
+            return f"{self.owned_inflight_prefix}{owner}:{practice_record_id}"
         return self._key("inflight", practice_record_id)
+
+    @property
+    def owned_inflight_prefix(self) -> str:
+        """What an owned slot's name starts with (``<owner>:<record>`` follows)."""
+        return self._key("inflight-owned", "")
 
     def deliveries(self, task_id: str, retry: int) -> str:
         """How many times this (task, retry) message was delivered (the poison cap)."""

@@ -53,13 +53,14 @@ from ..errors import (
 from ..models import (
     AnalysisRequest,
     AnalysisResult,
+    Submission,
     TaskErrorInfo,
     TaskState,
     TaskStatus,
     invalid_request_from,
     parse_cursor,
 )
-from ..record import new_task_id
+from ..record import new_task_id, owner_tag
 from ..recordings import (
     RecordingResolver,
     check_recording_location,
@@ -106,6 +107,8 @@ class _Task:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: list[asyncio.Queue[TaskStatus]] = field(default_factory=list)
     runner: asyncio.Task[None] | None = None
+    #: The owner's digest (as the real record keeps it), None for an unowned task.
+    owner: str | None = None
 
 
 class FakeTaskManager:
@@ -138,7 +141,7 @@ class FakeTaskManager:
         self._broker_up = True
         self._closed = False
         self._tasks: dict[str, _Task] = {}
-        self._inflight: dict[str, str] = {}
+        self._inflight: dict[tuple[str | None, str], str] = {}
         #: Every task queued, in order (a test asserts what the code under test sent).
         self.submitted: list[SubmittedTask] = []
 
@@ -305,6 +308,7 @@ class FakeTaskManager:
         language: str | None = None,
         analysis_params: dict[str, JsonValue] | None = None,
         force: bool = False,
+        owner: str | None = None,
     ) -> str:
         """Validate and queue one analysis, as :meth:`TaskManager.submit_audio_analysis`."""
         req = _build_request(
@@ -317,32 +321,46 @@ class FakeTaskManager:
                 "analysis_params": analysis_params,
             },
         )
-        ids = await self._submit_analyses([req], force=force)
-        return ids[0]
+        (submitted,) = await self.submit_analyses([req], force=force, owner=owner)
+        return submitted.task_id
 
     async def submit_batch(
-        self, requests: Iterable[AnalysisRequest], *, force: bool = False
+        self,
+        requests: Iterable[AnalysisRequest],
+        *,
+        force: bool = False,
+        owner: str | None = None,
     ) -> list[str]:
         """Validate all, then queue each, as :meth:`TaskManager.submit_batch`."""
-        return await self._submit_analyses(list(requests), force=force)
+        submitted = await self.submit_analyses(requests, force=force, owner=owner)
+        return [s.task_id for s in submitted]
 
-    async def _submit_analyses(self, requests: list[AnalysisRequest], *, force: bool) -> list[str]:
+    async def submit_analyses(
+        self,
+        requests: Iterable[AnalysisRequest],
+        *,
+        force: bool = False,
+        owner: str | None = None,
+    ) -> list[Submission]:
+        """Validate all, then queue each, as :meth:`TaskManager.submit_analyses`."""
+        tag = _owner_tag(owner)
         self._ensure_open()
         located = [await self._locate(r) for r in requests]
         if not located:
             return []
         prepared = await anyio.to_thread.run_sync(self._check_files, located)
         self._reach_broker("submit")
-        ids = []
+        out = []
         for req in prepared:
-            owner = self._inflight.get(req.practice_record_id)
-            if not force and owner is not None and not self._tasks[owner].status.is_final:
-                ids.append(owner)
+            slot = (tag, req.practice_record_id)
+            holder = self._inflight.get(slot)
+            if not force and holder is not None and not self._tasks[holder].status.is_final:
+                out.append(Submission(holder, duplicate=True))
                 continue
-            task = self._add(analyze_audio, analyze_audio.encode_arguments(req), req)
-            self._inflight[req.practice_record_id] = task.submitted.task_id
-            ids.append(task.submitted.task_id)
-        return ids
+            task = self._add(analyze_audio, analyze_audio.encode_arguments(req), req, owner=tag)
+            self._inflight[slot] = task.submitted.task_id
+            out.append(Submission(task.submitted.task_id, duplicate=False))
+        return out
 
     async def _locate(self, request: AnalysisRequest) -> AnalysisRequest:
         if request.recording is None or request.reference is None:
@@ -386,6 +404,8 @@ class FakeTaskManager:
         definition: TaskDefinition[..., Any],
         arguments: dict[str, Any],
         request: AnalysisRequest | None,
+        *,
+        owner: str | None = None,
     ) -> _Task:
         task_id = new_task_id()  # the real format (UUID7), for hosts that parse or route on it
         submitted = SubmittedTask(task_id, definition.name, definition.queue, arguments, request)
@@ -396,7 +416,7 @@ class FakeTaskManager:
             queue=definition.queue,
             submitted_at=datetime.now(UTC),
         )
-        task = _Task(submitted=submitted, definition=definition, status=status)
+        task = _Task(submitted=submitted, definition=definition, status=status, owner=owner)
         self._tasks[task_id] = task
         self.submitted.append(submitted)
         if not self._holding:
@@ -531,35 +551,52 @@ class FakeTaskManager:
             task.done.set()
 
     # --- reading ------------------------------------------------------------------------------
-    def _status(self, task_id: str) -> TaskStatus:
+    def _visible(self, task_id: str, owner: str | None) -> _Task | None:
+        """The task, unless scoped to an owner it does not belong to (then: unknown)."""
         entry = self._tasks.get(task_id)
+        tag = _owner_tag(owner)
+        if entry is None or (tag is not None and entry.owner != tag):
+            return None
+        return entry
+
+    def _status(self, task_id: str, owner: str | None = None) -> TaskStatus:
+        entry = self._visible(task_id, owner)
         if entry is None:
             return TaskStatus(task_id=task_id, state=TaskState.NOT_FOUND)
         return entry.status
 
-    async def get_task_status(self, task: str | TaskHandle[Any]) -> TaskStatus:
-        """The task's current status; ``NOT_FOUND`` for an id this manager never issued."""
+    async def get_task_status(
+        self, task: str | TaskHandle[Any], *, owner: str | None = None
+    ) -> TaskStatus:
+        """The task's current status; ``NOT_FOUND`` for an id this manager never issued
+        (or, with ``owner``, issued for another owner)."""
         task_id = str(task)
         self._reach_broker(f"status of task {task_id}")
-        return self._status(task_id)
+        return self._status(task_id, owner)
 
-    async def get_statuses(self, tasks: Iterable[str | TaskHandle[Any]]) -> list[TaskStatus]:
+    async def get_statuses(
+        self, tasks: Iterable[str | TaskHandle[Any]], *, owner: str | None = None
+    ) -> list[TaskStatus]:
         """Statuses of many tasks."""
         self._reach_broker("status of tasks")
-        return [self._status(str(t)) for t in tasks]
+        return [self._status(str(t), owner) for t in tasks]
 
     async def watch(
-        self, task: str | TaskHandle[Any], *, after: str | None = None
+        self,
+        task: str | TaskHandle[Any],
+        *,
+        after: str | None = None,
+        owner: str | None = None,
     ) -> AsyncIterator[TaskStatus]:
         """The status now (if later than ``after``) and at each change; ends when final.
 
         Raises:
-            TaskNotFoundError: the id is unknown.
+            TaskNotFoundError: the id is unknown (or another owner's).
             BrokerUnavailableError: during :meth:`broker_outage`, at the start.
         """
         task_id = str(task)
         self._reach_broker(f"watch task {task_id}")
-        entry = self._tasks.get(task_id)
+        entry = self._visible(task_id, owner)
         if entry is None:
             raise TaskNotFoundError(f"task {task_id} is unknown or has expired", task_id=task_id)
         queue: asyncio.Queue[TaskStatus] = asyncio.Queue()
@@ -581,20 +618,26 @@ class FakeTaskManager:
             entry.listeners.remove(queue)
 
     @overload
-    async def wait_for_result(self, task: TaskHandle[R], *, timeout: float | None = None) -> R: ...
+    async def wait_for_result(
+        self, task: TaskHandle[R], *, timeout: float | None = None, owner: str | None = None
+    ) -> R: ...
 
     @overload
     async def wait_for_result(
-        self, task: str, *, timeout: float | None = None
+        self, task: str, *, timeout: float | None = None, owner: str | None = None
     ) -> AnalysisResult: ...
 
     async def wait_for_result(
-        self, task: str | TaskHandle[Any], *, timeout: float | None = None
+        self,
+        task: str | TaskHandle[Any],
+        *,
+        timeout: float | None = None,
+        owner: str | None = None,
     ) -> Any:
         """Wait for the task's typed result, as :meth:`TaskManager.wait_for_result`."""
         task_id = str(task)
         self._reach_broker(f"wait for task {task_id}")
-        entry = self._tasks.get(task_id)
+        entry = self._visible(task_id, owner)
         if entry is not None:
             try:
                 async with asyncio.timeout(timeout):
@@ -603,22 +646,33 @@ class FakeTaskManager:
                 raise TaskTimeoutError(
                     f"task {task_id} did not finish within {timeout:g} s", task_id=task_id
                 ) from None
-        return _result_of(task, self._status(task_id))
+        return _result_of(task, self._status(task_id, owner))
 
     # --- cancelling ---------------------------------------------------------------------------
-    async def cancel(self, task: str | TaskHandle[Any], *, terminate: bool = True) -> TaskStatus:
+    async def cancel(
+        self, task: str | TaskHandle[Any], *, terminate: bool = True, owner: str | None = None
+    ) -> TaskStatus:
         """Cancel: REVOKED at once; a running body stops at its next progress report.
 
         A finished (or unknown) task is left as it is, as with the real manager.
         """
         task_id = str(task)
         self._reach_broker(f"cancel task {task_id}")
-        entry = self._tasks.get(task_id)
+        entry = self._visible(task_id, owner)
         if entry is None or entry.status.is_final:
-            return self._status(task_id)
+            return self._status(task_id, owner)
         revoked = TaskErrorInfo(type="TaskRevokedError", message="revoked", code="revoked")
         self._update(entry, state=TaskState.REVOKED, error=revoked)
         return entry.status
+
+
+def _owner_tag(owner: str | None) -> str | None:
+    """The owner's digest, refusing an empty owner (as the real manager does)."""
+    if owner is None:
+        return None
+    if not isinstance(owner, str) or not owner:
+        raise InvalidRequestError("owner must be a non-empty string (or None: unscoped)")
+    return owner_tag(owner)
 
 
 def _build_request(request: AnalysisRequest | None, fields: Mapping[str, Any]) -> AnalysisRequest:

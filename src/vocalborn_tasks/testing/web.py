@@ -61,16 +61,20 @@ class ServiceClient:
 
 
 def service_settings(directory: Path, base: TaskSettings | None = None) -> TaskSettings:
-    """``base`` (isolated defaults if omitted) with uploads in ``directory/uploads``.
+    """``base`` (isolated defaults if omitted) with uploads in ``directory/uploads`` and
+    references in ``directory/references`` (created; a test puts ``<reference_id>.flac``
+    files there, which the router's ``reference_id`` then names).
 
     ``directory`` is added to ``RECORDING_ROOTS``, as the router requires of its upload
-    directory, so the manager accepts the uploaded files.
+    and reference directories, so the manager accepts the files.
     """
     settings = base if base is not None else isolated_settings()
+    (directory / "references").mkdir(parents=True, exist_ok=True)
     return settings.model_copy(
         update={
             "recording_roots": [*settings.recording_roots, directory],
             "upload_dir": directory / "uploads",
+            "reference_dir": directory / "references",
         }
     )
 
@@ -89,7 +93,8 @@ async def service_client(
     Args:
         create_app: the host's app factory, taking the settings (as
             ``examples/fastapi_service.py``'s ``create_app`` does).
-        directory: a temporary directory (``tmp_path``): uploads go to ``directory/uploads``.
+        directory: a temporary directory (``tmp_path``): uploads go to ``directory/uploads``,
+            references are looked up in ``directory/references``.
         settings: the app's settings before the upload directory is set (isolated defaults if
             omitted).
         hold: start the fake with :meth:`FakeTaskManager.hold` on (tasks stay PENDING).

@@ -6,8 +6,9 @@
 -- server for long.
 -- KEYS: wake, lists... (broker db; the queue's lists in consumption order, base first)
 -- ARGV: limit, broker_db, result_db, meta_prefix, marker_prefix, inflight_prefix,
---       revoked_head, revoked_tail, meta_ttl
--- (limit: the batch size; revoked_head/revoked_tail: the REVOKED meta around the task id.)
+--       revoked_head, revoked_tail, meta_ttl, owned_inflight_prefix
+-- (limit: the batch size; revoked_head/revoked_tail: the REVOKED meta around the task id;
+-- owned_inflight_prefix: where an owned task's slot is, followed by '<owner>:<record>'.)
 -- Returns {messages removed, messages still in the lists}.
 local limit = tonumber(ARGV[1])
 local ids = {}
@@ -42,8 +43,11 @@ for _, id in ipairs(ids) do
     mark_done(marker, 'REVOKED')
   end
   local record = redis.call('HGET', marker, 'record')
-  if record and redis.call('GET', ARGV[6] .. record) == id then
-    redis.call('DEL', ARGV[6] .. record)
+  if record then
+    local owner = redis.call('HGET', marker, 'owner')
+    local slot = ARGV[6] .. record
+    if owner then slot = ARGV[10] .. owner .. ':' .. record end
+    if redis.call('GET', slot) == id then redis.call('DEL', slot) end
   end
 end
 redis.call('SELECT', ARGV[2])
