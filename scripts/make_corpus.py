@@ -1215,7 +1215,13 @@ def joined(parts: Sequence[str], voice: Voice, gap_s: float) -> tuple[FloatArray
         if chunks:
             chunks.append(gap)
             pos += gap.size
-        audio = tighten(speak(text, voice))
+        # Trimmed to its active speech (plus 20 ms), not only to non-zero samples: some
+        # voices end every utterance with ~0.25 s of near-silent tail, which joined up
+        # would make real pauses the reference does not have.
+        spoken = speak(text, voice)
+        start, end = speech_span(spoken)
+        margin = int(0.02 * SAMPLE_RATE)
+        audio = tighten(spoken[max(0, start - margin) : end + margin])
         edges += [pos / SAMPLE_RATE, (pos + audio.size) / SAMPLE_RATE]
         chunks.append(audio)
         pos += audio.size

@@ -72,7 +72,7 @@ MIN_TONE_FRAMES = 5
 #: Robust z-score a unit's relative distance must reach over the median unit to be flagged.
 PRON_Z = 4.0
 #: ... and the absolute rise (relative-distance units) it must reach as well.
-PRON_MIN_EXCESS = 0.15
+PRON_MIN_EXCESS = 0.25
 #: The spread used for the z-score is at least this (a pair whose units all agree closely
 #: must not turn a small wobble into a finding).
 PRON_SPREAD_FLOOR = 0.05
@@ -410,7 +410,7 @@ def analyse_units(
     }
     if units.expected is not None and units.labels is None:
         metrics["units_label_issue"] = (
-            f"the text has {units.expected} {'words' if kind == 'word' else 'syllables'} but "
+            f"the text has {units.expected} {'words' if units.kind == 'word' else 'syllables'} but "
             f"the reference was cut into {len(units.bounds)} units at every depth tried: "
             "units are left unlabelled"
         )
