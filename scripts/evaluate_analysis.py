@@ -866,8 +866,13 @@ def evaluate_units(args: argparse.Namespace) -> int:
         print(f"{doc_path} not found: run scripts/make_corpus.py --units {args.units}")
         return 2
     entries = json.loads(doc_path.read_text(encoding="utf-8"))["entries"]
+    if args.held_out_only and args.fit_only:
+        print("--held-out-only and --fit-only exclude each other")
+        return 2
     if args.held_out_only:
         entries = [e for e in entries if e["held_out"]]
+    if args.fit_only:
+        entries = [e for e in entries if not e["held_out"]]
     load_analyzer(args.analyzer)
     started = time.perf_counter()
     jobs = [(e, str(args.units), args.with_text) for e in entries]
@@ -923,6 +928,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--held-out-only",
         action="store_true",
         help="with --units: analyse the held-out half only",
+    )
+    parser.add_argument(
+        "--fit-only",
+        action="store_true",
+        help="with --units: analyse the fitting half only (sentences 1-8; for choosing "
+        "thresholds without looking at the held-out half)",
     )
     parser.add_argument("--json", type=Path, help="write bars, per-variant stats and results")
     parser.add_argument(
