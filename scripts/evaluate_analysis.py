@@ -5,6 +5,8 @@ Commands (run from the repository root, with the dev venv)::
 
     python scripts/make_corpus.py --out corpus/          # once: the corpus (about 20 s)
     python scripts/evaluate_analysis.py --corpus corpus/ [--json out.json]
+    python scripts/make_corpus.py --units corpus-units/  # issue 20: known wrong spans
+    python scripts/evaluate_analysis.py --units corpus-units/ [--with-text]
     python scripts/evaluate_analysis.py --corpus corpus/ \\
         --analyzer scripts/evaluate_analysis.py:stand_in_analyzer     # test the harness itself
 
@@ -745,6 +747,163 @@ def markdown_report(bar_sets: dict[str, list[Bar]], stats: Sequence[dict[str, An
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- units (issue 20)
+
+#: Issue 20's table: (name, language, variant, measure, target, at most (True) or at least).
+UNIT_CHECKS: tuple[tuple[str, str, str, str, float, bool], ...] = (
+    ("one word replaced: a timed finding overlaps it", "en", "wrong", "hit", 0.90, False),
+    ("one word replaced: the top finding overlaps it", "en", "wrong", "top_hit", 0.80, False),
+    ("one tone changed: a timed finding overlaps it", "zh-TW", "wrong", "hit", 0.90, False),
+    ("right sentence, other voice: any timed finding", "en", "right", "timed", 0.10, True),
+    ("right sentence, other voice: any timed finding", "zh-TW", "right", "timed", 0.10, True),
+    ("different sentence: level 5 (raw framing)", "zh-TW", "different", "level5", 0.95, False),
+)
+#: Subsets of the units corpus the table is reported on; only the held-out ones are checks.
+UNIT_SUBSETS: tuple[tuple[str, str, bool], ...] = (
+    ("tight held-out", "tight", True),
+    ("padded held-out", "padded", True),
+    ("noisy held-out", "noisy", True),
+    ("tight fit", "tight", False),
+    ("padded fit", "padded", False),
+    ("noisy fit", "noisy", False),
+)
+
+
+def timed_findings(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Findings that point at a time span of the recording."""
+    return [
+        f
+        for f in result.get("findings", [])
+        if f.get("start_s") is not None and f.get("end_s") is not None
+    ]
+
+
+def overlaps(finding: dict[str, Any], span: Sequence[float]) -> bool:
+    """True when the finding's span and ``span`` (seconds) share any time."""
+    return bool(finding["start_s"] < span[1] and finding["end_s"] > span[0])
+
+
+def unit_measures(entry: dict[str, Any], result: dict[str, Any] | None) -> dict[str, bool]:
+    """Per pair: any/top timed finding over the wrong span, any timed finding, level 5."""
+    if result is None:
+        return {"hit": False, "top_hit": False, "timed": True, "level5": False}
+    timed = timed_findings(result)
+    span = entry.get("span_s")
+    hit = bool(span) and any(overlaps(f, span) for f in timed)
+    top = max(timed, key=lambda f: float(f.get("severity", 0.0)), default=None)
+    top_hit = bool(span) and top is not None and overlaps(top, span)
+    return {"hit": hit, "top_hit": top_hit, "timed": bool(timed), "level5": result["level"] == 5}
+
+
+def _analyze_unit(job: tuple[dict[str, Any], str, bool]) -> Outcome:
+    entry, root, with_text = job
+    if _worker_analyzer is None:  # pragma: no cover - initializer always runs
+        raise RuntimeError("worker not initialised")
+    extra = {"reference_text": entry["reference_text"]} if with_text else {}
+    started = time.perf_counter()
+    try:
+        result = _worker_analyzer(
+            str(Path(root) / entry["path"]),
+            str(Path(root) / entry["reference_path"]),
+            language=entry["language"],
+            **extra,
+        )
+        return Outcome(entry, as_dict(result), None, time.perf_counter() - started)
+    except Exception as exc:  # every failure is data for the report
+        return Outcome(entry, None, f"{type(exc).__name__}: {exc}"[:300], 0.0)
+
+
+def unit_table(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """Issue 20's table on every subset; rows with ``check`` true decide the exit status."""
+    rows: list[dict[str, Any]] = []
+    for name, lang, variant, measure, target, at_most in UNIT_CHECKS:
+        subsets = UNIT_SUBSETS
+        if variant == "different":
+            subsets = (("raw held-out", "raw", True), ("raw fit", "raw", False))
+        for label, framing, held_out in subsets:
+            cases = [
+                o
+                for o in outcomes
+                if o.entry["language"] == lang
+                and o.entry["variant"] == variant
+                and o.entry["framing"] == framing
+                and bool(o.entry["held_out"]) == held_out
+            ]
+            if not cases:
+                continue
+            value = float(np.mean([unit_measures(o.entry, o.result)[measure] for o in cases]))
+            ok = value <= target if at_most else value >= target
+            rows.append(
+                {
+                    "name": f"{name} [{lang}]",
+                    "subset": label,
+                    "n": len(cases),
+                    "value": value,
+                    "target": f"{'<=' if at_most else '>='} {target:.2f}",
+                    "passed": bool(ok),
+                    "check": held_out and framing in ("tight", "padded", "raw"),
+                }
+            )
+    return rows
+
+
+def units_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The units table as Markdown (checks first)."""
+    lines = ["| measure | subset | n | value | target | verdict |", "|---|---|---:|---:|---|---|"]
+    for row in sorted(rows, key=lambda r: not r["check"]):
+        verdict = ("PASS" if row["passed"] else "FAIL") if row["check"] else "info"
+        lines.append(
+            f"| {row['name']} | {row['subset']} | {row['n']} | {row['value']:.2f} | "
+            f"{row['target']} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_units(args: argparse.Namespace) -> int:
+    """``--units DIR``: issue 20's table on ``DIR/units.json`` (make_corpus.py --units)."""
+    doc_path = args.units / "units.json"
+    if not doc_path.is_file():
+        print(f"{doc_path} not found: run scripts/make_corpus.py --units {args.units}")
+        return 2
+    entries = json.loads(doc_path.read_text(encoding="utf-8"))["entries"]
+    if args.held_out_only and args.fit_only:
+        print("--held-out-only and --fit-only exclude each other")
+        return 2
+    if args.held_out_only:
+        entries = [e for e in entries if e["held_out"]]
+    if args.fit_only:
+        entries = [e for e in entries if not e["held_out"]]
+    load_analyzer(args.analyzer)
+    started = time.perf_counter()
+    jobs = [(e, str(args.units), args.with_text) for e in entries]
+    with ProcessPoolExecutor(
+        max_workers=args.workers, initializer=_init_worker, initargs=(args.analyzer,)
+    ) as pool:
+        outcomes = list(pool.map(_analyze_unit, jobs, chunksize=8))
+    rows = unit_table(outcomes)
+    text = units_markdown(rows)
+    print(text)
+    failed = [o for o in outcomes if o.result is None]
+    print(f"{len(outcomes)} pairs in {time.perf_counter() - started:.0f} s, {len(failed)} failed")
+    if args.markdown is not None:
+        args.markdown.write_text(text, encoding="utf-8")
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "with_text": args.with_text,
+                    "results": [{"entry": o.entry, "result": o.result} for o in outcomes],
+                },
+                ensure_ascii=False,
+                default=str,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
+    return 0 if all(r["passed"] for r in rows if r["check"]) and not failed else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 1 when any bar fails, 2 on usage errors."""
     parser = argparse.ArgumentParser(
@@ -753,8 +912,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--corpus",
         type=Path,
-        required=True,
         help="folder with manifest.json (scripts/make_corpus.py --out)",
+    )
+    parser.add_argument(
+        "--units",
+        type=Path,
+        help="instead: issue 20's table on units.json (scripts/make_corpus.py --units)",
+    )
+    parser.add_argument(
+        "--with-text",
+        action="store_true",
+        help="with --units: pass each reference's text as reference_text",
+    )
+    parser.add_argument(
+        "--held-out-only",
+        action="store_true",
+        help="with --units: analyse the held-out half only",
+    )
+    parser.add_argument(
+        "--fit-only",
+        action="store_true",
+        help="with --units: analyse the fitting half only (sentences 1-8; for choosing "
+        "thresholds without looking at the held-out half)",
     )
     parser.add_argument("--json", type=Path, help="write bars, per-variant stats and results")
     parser.add_argument(
@@ -786,6 +965,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="analyse only the first N references' groups (quick runs)",
     )
     args = parser.parse_args(argv)
+    if args.units is not None:
+        return evaluate_units(args)
+    if args.corpus is None:
+        parser.error("--corpus or --units is required")
 
     manifest_path = args.corpus / "manifest.json"
     if not manifest_path.is_file():

@@ -6,6 +6,7 @@ Commands (run from the repository root, with the dev venv)::
     python scripts/make_corpus.py --out corpus/                # evaluation corpus (gitignored)
     python scripts/make_corpus.py --fixtures tests/data/audio  # small committed test fixtures
     python scripts/make_corpus.py --samples src/vocalborn_tasks/samples  # shipped demo files
+    python scripts/make_corpus.py --units corpus-units/       # issue 20: known wrong spans
 
 Why synthetic speech: the analysis must be validated on recordings whose truth we know
 (same sentence or not, which word or tone was changed, how much noise was added), spoken by
@@ -1094,6 +1095,262 @@ def make_corpus(out: Path, workers: int) -> list[Entry]:
     return entries
 
 
+# --------------------------------------------------------------------------- units (issue 20)
+
+#: Sentences of the units corpus, none of them in the committed corpus: (id, before, target,
+#: wrong, after). English: the target word and the word read instead; Mandarin (tone-numbered
+#: pinyin): the target syllable and the same syllable with another tone. ``before``/``after``
+#: may be empty (target at an edge). The first half of each list is the fitting half, the
+#: second the held-out half (:data:`UNITS_FIT`).
+UNITS_EN: tuple[tuple[str, str, str, str, str], ...] = (
+    ("en-u01", "The old man sold his", "boat", "coat", "last week."),
+    ("en-u02", "Please give the", "dog", "log", "some water."),
+    ("en-u03", "I saw a", "bird", "word", "on the roof this morning."),
+    ("en-u04", "Put the green", "box", "fox", "under the table."),
+    ("en-u05", "We will", "meet", "eat", "at the station at noon."),
+    ("en-u06", "The children played in the", "sand", "band", "all afternoon."),
+    ("en-u07", "Her", "coffee", "toffee", "was still too hot to drink."),
+    ("en-u08", "Turn left at the corner and walk to the", "gate", "lake", ""),
+    ("en-u09", "My sister bought a", "dress", "chest", "for the party."),
+    ("en-u10", "The teacher wrote a", "number", "letter", "on the board."),
+    ("en-u11", "Could you open the", "window", "cabinet", "for me please?"),
+    ("en-u12", "He lost his", "keys", "shoes", "on the train yesterday."),
+    ("en-u13", "The", "rain", "wind", "stopped just before dinner."),
+    ("en-u14", "They planted a small", "tree", "rose", "in the yard."),
+    ("en-u15", "I would like a cup of", "tea", "soup", "with lemon."),
+    ("en-u16", "The baby fell asleep on the", "sofa", "floor", ""),
+)
+UNITS_ZH: tuple[tuple[str, str, str, str, str], ...] = (
+    ("zh-u01", "wo3 de5", "peng2", "peng4", "you3 zhu4 zai4 tai2 bei3"),
+    ("zh-u02", "qing3 ba3 shu1", "fang4", "fang1", "zai4 zhuo1 shang4"),
+    ("zh-u03", "ta1 jin1 tian1", "mai3", "mai4", "le5 san1 ge4 bao1 zi5"),
+    ("zh-u04", "wo3 men5 yi4 qi3", "chi1", "chi2", "wan3 fan4 hao3 ma5"),
+    ("zh-u05", "zhe4 tiao2", "lu4", "lu2", "bu4 tai4 hao3 zou3"),
+    ("zh-u06", "", "ma1", "ma3", "ma5 qu4 shang1 dian4 le5"),
+    ("zh-u07", "ni3 ke3 yi3", "bang1", "bang4", "wo3 na2 yi1 xia4 ma5"),
+    ("zh-u08", "ming2 tian1 hui4 xia4", "yu3", "yu2", ""),
+    ("zh-u09", "wo3 xi3 huan1", "he1", "he2", "lv4 cha2"),
+    ("zh-u10", "ba4 ba5 zai4", "kan4", "kan3", "bao4 zhi3"),
+    ("zh-u11", "xiao3 mao1", "shui4", "shui3", "zai4 sha1 fa1 shang4"),
+    ("zh-u12", "qing3 ni3", "deng3", "deng1", "wo3 wu3 fen1 zhong1"),
+    ("zh-u13", "ta1 de5", "tou2", "tou4", "fa5 hen3 chang2"),
+    ("zh-u14", "wo3 men5 zuo4", "che1", "che3", "qu4 xue2 xiao4"),
+    ("zh-u15", "mei4 mei5 hen3 xi3 huan1", "hua4", "hua1", "hua4"),
+    ("zh-u16", "jin1 tian1 de5 tang1 hen3", "xian2", "xian1", ""),
+)
+#: Sentences before this index (in each list) are the fitting half.
+UNITS_FIT = 8
+UNITS_REFERENCE_VOICES: dict[Language, tuple[Voice, ...]] = {
+    "en": (Voice("en-us", 130, 50), Voice("en-us+f2", 135, 60)),
+    "zh-TW": (Voice(ZH_VOICE, 120, 50), Voice(f"{ZH_VOICE}+f2", 120, 65)),
+}
+#: Practice voices: other espeak-ng voices, and for English Festival's ``kal_diphone``
+#: (``festival:kal``) when Festival is installed (``apt-get install festival``).
+UNITS_PATIENT_VOICES: dict[Language, tuple[Voice, ...]] = {
+    "en": (
+        Voice("en-gb+m3", 125, 45),
+        Voice("en-us+f5", 120, 72),
+        Voice("en-gb-scotland", 140, 40),
+        Voice("festival:kal", 0, 0),
+    ),
+    "zh-TW": (
+        Voice(f"{ZH_VOICE}+m1", 110, 35),
+        Voice(f"{ZH_VOICE}+f3", 130, 60),
+        Voice(f"{ZH_VOICE}+m7", 120, 45),
+    ),
+}
+#: Silence joining the before/target/after segments, per voice (short: under a pause).
+UNITS_GAPS_S = (0.04, 0.07, 0.1)
+#: Framings of the units corpus: ``noisy`` is ``padded`` with white noise at 20 dB SNR.
+UNITS_FRAMINGS = ("tight", "padded", "noisy")
+
+
+def synthesize_festival(text: str) -> FloatArray:
+    """Speak ``text`` with Festival's default voice (``text2wave``), 16 kHz mono, padded."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.wav"
+        subprocess.run(
+            ["text2wave", "-o", str(out), "-F", str(SAMPLE_RATE)],
+            input=text.encode("utf-8"),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        data, rate = sf.read(str(out), dtype="float64", always_2d=False)
+    if rate != SAMPLE_RATE:
+        data = resample_poly(data, SAMPLE_RATE, rate)
+    pad = np.zeros(int(PAD_S * SAMPLE_RATE))
+    return np.concatenate([pad, np.asarray(data, dtype=np.float64), pad])
+
+
+def speak(text: str, voice: Voice) -> FloatArray:
+    """:func:`synthesize` or :func:`synthesize_festival`, by the voice's name."""
+    if voice.name.startswith("festival:"):
+        return synthesize_festival(text)
+    return synthesize(text, voice)
+
+
+def units_voices(language: Language) -> tuple[Voice, ...]:
+    """The practice voices of the units corpus that this machine can speak."""
+    voices = UNITS_PATIENT_VOICES[language]
+    if shutil.which("text2wave") is None:
+        voices = tuple(v for v in voices if not v.name.startswith("festival:"))
+    return voices
+
+
+def joined(parts: Sequence[str], voice: Voice, gap_s: float) -> tuple[FloatArray, list[float]]:
+    """Each non-empty part spoken on its own, trimmed, joined by ``gap_s`` of silence.
+
+    Returns the tight audio and the sample-exact start/end (seconds) of every part, so the
+    span of the target word is known exactly.
+    """
+    gap = np.zeros(int(gap_s * SAMPLE_RATE))
+    chunks: list[FloatArray] = []
+    edges: list[float] = []
+    pos = 0
+    for text in parts:
+        if not text:
+            edges += [pos / SAMPLE_RATE, pos / SAMPLE_RATE]
+            continue
+        if chunks:
+            chunks.append(gap)
+            pos += gap.size
+        # Trimmed to its active speech (plus 20 ms), not only to non-zero samples: some
+        # voices end every utterance with ~0.25 s of near-silent tail, which joined up
+        # would make real pauses the reference does not have.
+        spoken = speak(text, voice)
+        start, end = speech_span(spoken)
+        margin = int(0.02 * SAMPLE_RATE)
+        audio = tighten(spoken[max(0, start - margin) : end + margin])
+        edges += [pos / SAMPLE_RATE, (pos + audio.size) / SAMPLE_RATE]
+        chunks.append(audio)
+        pos += audio.size
+    return np.concatenate(chunks), edges
+
+
+def units_frame(audio: FloatArray, framing: str, key: str) -> tuple[FloatArray, float]:
+    """Frame a tight joined clip; returns the audio and the offset added before the speech."""
+    if framing == "tight":
+        return audio, 0.0
+    pad = np.zeros(int(PAD_S * SAMPLE_RATE))
+    padded = np.concatenate([pad, audio, pad])
+    if framing == "noisy":
+        padded = add_noise(padded, 20.0, key)
+    return padded, PAD_S
+
+
+def _units_job(args: tuple[Language, int, Path]) -> list[dict[str, Any]]:
+    """All pairs of one units sentence: every framing, reference voice and practice voice."""
+    language, index, out = args
+    table = UNITS_EN if language == "en" else UNITS_ZH
+    sid, before, target, wrong, after = table[index]
+    held_out = index >= UNITS_FIT
+    text = " ".join(p for p in (before, target, after) if p)
+    other = table[(index + 3) % len(table)]
+    other_text = " ".join(p for p in (other[1], other[2], other[4]) if p)
+    rows: list[dict[str, Any]] = []
+    lang_dir = "en" if language == "en" else "zh"
+    voices = units_voices(language)
+    for r, ref_voice in enumerate(UNITS_REFERENCE_VOICES[language]):
+        ref_audio, ref_edges = joined((before, target, after), ref_voice, UNITS_GAPS_S[r])
+        # Each practice reading is synthesized once and framed three ways.
+        readings: list[tuple[Voice, str, tuple[str, str, str], FloatArray, list[float]]] = []
+        for k, voice in enumerate(voices):
+            gap = UNITS_GAPS_S[(k + r) % len(UNITS_GAPS_S)]
+            for variant, parts in (
+                ("right", (before, target, after)),
+                ("wrong", (before, wrong, after)),
+            ):
+                readings.append((voice, variant, parts, *joined(parts, voice, gap)))
+        for framing in UNITS_FRAMINGS:
+            folder = f"{framing}/{lang_dir}/{sid}/{ref_voice.label}"
+            ref_rel = f"{folder}/reference.wav"
+            audio, off = units_frame(ref_audio, framing, ref_rel)
+            write_audio(out / ref_rel, audio)
+            ref_span = [ref_edges[2] + off, ref_edges[3] + off]
+            for voice, variant, parts, prac, edges in readings:
+                rel = f"{folder}/{variant}.{voice.label.replace(':', '_')}.wav"
+                p_audio, p_off = units_frame(prac, framing, rel)
+                write_audio(out / rel, p_audio)
+                rows.append(
+                    {
+                        "id": rel.removesuffix(".wav"),
+                        "path": rel,
+                        "reference_path": ref_rel,
+                        "language": language,
+                        "sentence_id": sid,
+                        "text": " ".join(p for p in parts if p),
+                        "reference_text": text,
+                        "target": target,
+                        "said": parts[1],
+                        "target_index": len(before.split()),
+                        "variant": variant,
+                        "framing": framing,
+                        "voice": voice.label,
+                        "reference_voice": ref_voice.label,
+                        "held_out": held_out,
+                        "span_s": [edges[2] + p_off, edges[3] + p_off],
+                        "reference_span_s": ref_span,
+                    }
+                )
+        if language == "zh-TW":
+            # Raw framing: whole sentences spoken in one go, as the main corpus does.
+            folder = f"raw/{lang_dir}/{sid}/{ref_voice.label}"
+            raw_rel = f"{folder}/reference.wav"
+            write_audio(out / raw_rel, synthesize(text, ref_voice))
+            for voice in voices:
+                rel = f"{folder}/different.{voice.label}.wav"
+                write_audio(out / rel, synthesize(other_text, voice))
+                rows.append(
+                    {
+                        "id": rel.removesuffix(".wav"),
+                        "path": rel,
+                        "reference_path": raw_rel,
+                        "language": language,
+                        "sentence_id": other[0],
+                        "text": other_text,
+                        "reference_text": text,
+                        "variant": "different",
+                        "framing": "raw",
+                        "voice": voice.label,
+                        "reference_voice": ref_voice.label,
+                        "held_out": held_out,
+                    }
+                )
+    return rows
+
+
+def make_units_corpus(out: Path, workers: int) -> list[dict[str, Any]]:
+    """The issue-20 corpus: pairs whose wrong span is known exactly (``units.json``).
+
+    The reference reads before/target/after as separate segments joined by short silences in
+    a therapist voice; the practice reads the same or the wrong target in another voice (and
+    Festival for English when installed). Written to ``out/units.json``; regenerate with
+    ``python scripts/make_corpus.py --units corpus-units``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    jobs: list[tuple[Language, int, Path]] = [
+        (lang, i, out)
+        for lang in ("en", "zh-TW")
+        for i in range(len(UNITS_EN if lang == "en" else UNITS_ZH))
+    ]
+    rows: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for chunk in pool.map(_units_job, jobs):
+            rows.extend(chunk)
+    doc = {
+        "kind": "units",
+        "generator": "scripts/make_corpus.py --units",
+        "espeak_ng": espeak_version(),
+        "fit_sentences": UNITS_FIT,
+        "entries": rows,
+    }
+    tmp = out / "units.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "units.json")
+    return rows
+
+
 # --------------------------------------------------------------------------- fixtures, samples
 
 
@@ -1254,12 +1511,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--out", type=Path, help="write the full evaluation corpus here")
     mode.add_argument("--fixtures", type=Path, help="write the committed test fixtures here")
     mode.add_argument("--samples", type=Path, help="write the shipped demo samples here")
+    mode.add_argument("--units", type=Path, help="write the issue-20 units corpus here")
     parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     args = parser.parse_args(argv)
     if shutil.which("espeak-ng") is None:
         print("espeak-ng not found: apt-get install espeak-ng", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    if args.units is not None:
+        rows = make_units_corpus(args.units, args.workers)
+        print(f"{len(rows)} pairs in {args.units} ({time.perf_counter() - started:.1f} s)")
+        return 0
     if args.out is not None:
         entries = make_corpus(args.out, args.workers)
         target = args.out

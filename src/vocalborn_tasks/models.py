@@ -32,6 +32,7 @@ __all__ = [
     "AnalysisResult",
     "AnalyzerInfo",
     "Finding",
+    "Segment",
     "Submission",
     "TaskErrorInfo",
     "TaskState",
@@ -127,6 +128,9 @@ class AnalysisRequest(_Model):
         default=None, max_length=35, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$"
     )
     analysis_params: dict[str, JsonValue] = Field(default_factory=dict)
+    #: The sentence the reference speaks (words; Chinese characters or tone-numbered pinyin):
+    #: labels the result's segments. Optional: without it the segments are unlabelled.
+    reference_text: str | None = Field(default=None, min_length=1, max_length=2000)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -178,6 +182,28 @@ class Finding(_Model):
 Score = Annotated[float, Field(ge=0.0, le=100.0)]
 
 
+class Segment(_Model):
+    """One unit of the reference sentence (a syllable, or a word when the text is known).
+
+    ``index`` is the 1-based position in the sentence. ``start_s``/``end_s`` are the span in
+    the practice recording aligned to it (``None`` when nothing was), ``reference_start_s``/
+    ``reference_end_s`` the span in the reference. ``label`` is the word or syllable when the
+    host gave ``reference_text`` and its unit count matched. ``tone_score`` is set for tonal
+    languages only. ``finding`` is the finding code when this unit is judged wrong.
+    """
+
+    index: int = Field(ge=1)
+    kind: str
+    label: str | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    reference_start_s: float
+    reference_end_s: float
+    pronunciation_score: float | None = Field(default=None, ge=0.0, le=100.0)
+    tone_score: float | None = Field(default=None, ge=0.0, le=100.0)
+    finding: str | None = None
+
+
 class AnalysisResult(_Model):
     """The scores, level and advice for one practice recording.
 
@@ -200,6 +226,11 @@ class AnalysisResult(_Model):
     suggestions: list[str] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
     language: str | None = None
+    #: The language the messages are written in (``en`` or ``zh-TW``), which may differ from
+    #: ``language`` when that one has no advice of its own (``metrics.language_supported``).
+    advice_language: str | None = None
+    #: The reference cut into units, each aligned and scored (see :class:`Segment`).
+    segments: list[Segment] = Field(default_factory=list)
     metrics: dict[str, JsonValue] = Field(default_factory=dict)
     analyzer: AnalyzerInfo
     processing_time_s: float = Field(ge=0.0)

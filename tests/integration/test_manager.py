@@ -140,6 +140,21 @@ async def test_same_sentence_scores_above_a_different_sentence(
     assert "overall_score" not in log
 
 
+async def test_reference_text_reaches_the_worker_engine(
+    base_settings: TaskSettings, worker: WorkerProcess
+) -> None:
+    """The request's ``reference_text`` travels through the queue and labels the units."""
+    text = "The big ship is waiting in the harbor tonight."
+    labelled = _request("rec-text").model_copy(update={"reference_text": text})
+    async with TaskManager(base_settings) as manager:
+        ids = await manager.submit_batch([labelled, _request("rec-no-text")])
+        with_text, without = await asyncio.gather(
+            *(manager.wait_for_result(i, timeout=60) for i in ids)
+        )
+    assert with_text.metrics["units_expected"] == len(text.split())
+    assert without.metrics["units_expected"] is None
+
+
 async def test_inflight_resubmission_returns_the_same_id(base_settings: TaskSettings) -> None:
     # No worker consumes ai_analysis here... but the module worker does: use a record whose
     # first task cannot finish before the second submit (same event-loop turn, pipelined).

@@ -38,6 +38,7 @@ EXPECTED = {
     "RecordingResolver",
     "ResultSink",
     "RetryableTaskError",
+    "Segment",
     "Submission",
     "TaskContext",
     "TaskDefinition",

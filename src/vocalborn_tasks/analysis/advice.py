@@ -13,9 +13,14 @@ from vocalborn_tasks.models import Finding
 
 from .compare import Comparison
 from .profile import Profile
-from .scoring import PRON_PEAK_KNEE, TEMPO_FAST, TEMPO_SLOW, Scores
+from .scoring import PRON_PEAK_KNEE, TEMPO_FAST, TEMPO_SLOW, Scores, is_tonal
 
-__all__ = ["Advice", "advise", "locale_for"]
+__all__ = ["SUPPORTED_LANGUAGES", "Advice", "UnitFlag", "advise", "locale_for", "ordinal"]
+
+#: Languages the engine was evaluated on and writes advice in (primary subtags). Any other
+#: valid tag is analysed the same way (the comparison is acoustic, not linguistic) but gets
+#: English advice, and the result says so (``advice_language``, ``metrics.language_supported``).
+SUPPORTED_LANGUAGES: tuple[str, ...] = ("en", "zh", "cmn")
 
 _AREA_THRESHOLD = 70.0
 #: Below this tone score the place where the pitch differs most is reported. Other voices
@@ -30,6 +35,36 @@ def locale_for(language: str | None) -> str:
     if language and language.lower().replace("_", "-").split("-")[0] in {"zh", "cmn", "yue"}:
         return "zh-TW"
     return "en"
+
+
+def is_supported(language: str | None) -> bool:
+    """True when ``language`` (or no language at all: English) has its own advice."""
+    if not language:
+        return True
+    return language.lower().replace("_", "-").split("-")[0] in SUPPORTED_LANGUAGES
+
+
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``11th``, ``22nd`` ..."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnitFlag:
+    """A unit judged wrong: what the advice needs to name it.
+
+    ``code`` is ``mispronounced`` or ``pitch_contour``; ``index`` is 1-based; ``span`` is
+    in the practice recording; ``question`` marks a missed final rise of a question.
+    """
+
+    code: str
+    index: int
+    kind: str
+    label: str | None
+    span: tuple[float, float]
+    strength: float
+    question: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +136,27 @@ _T: dict[str, tuple[str, str]] = {
         "pitch contour differs at {start:.1f}-{end:.1f} s",
         "在 {start:.1f}-{end:.1f} 秒處的音調走向與參考錄音不同",
     ),
+    "mispronounced_unit": (
+        "the {nth} {kind}{label} sounds different from the reference ({start:.1f}-{end:.1f} s)",
+        "第 {n} 個{kind_zh}{label}的發音與參考錄音不同（{start:.1f}-{end:.1f} 秒）",
+    ),
+    "pitch_contour_unit": (
+        "the tone of the {nth} {kind}{label} differs from the reference ({start:.1f}-{end:.1f} s)",
+        "第 {n} 個{kind_zh}{label}的聲調與參考錄音不同（{start:.1f}-{end:.1f} 秒）",
+    ),
+    "question": (
+        "the voice does not rise at the end as in the reference's question "
+        "({start:.1f}-{end:.1f} s)",
+        "句尾的語調沒有像參考錄音的問句一樣上揚（{start:.1f}-{end:.1f} 秒）",
+    ),
+    "mispronounced_general": (
+        "pronunciation differs from the reference in places",
+        "部分發音與參考錄音不同",
+    ),
+    "pitch_contour_general": (
+        "the tones differ from the reference in places",
+        "部分聲調與參考錄音不同",
+    ),
     "noise": (
         "background noise (signal-to-noise ratio about {snr:.0f} dB)",
         "背景噪音（訊噪比約 {snr:.0f} dB）",
@@ -152,6 +208,26 @@ _SUGGEST: dict[str, tuple[str, str]] = {
         "Imitate the rise and fall of the voice in the reference at {start:.1f}-{end:.1f} s.",
         "模仿參考錄音在 {start:.1f}-{end:.1f} 秒處聲音的高低起伏。",
     ),
+    "mispronounced_unit": (
+        "Listen to the {nth} {kind} of the reference{label} and repeat it slowly.",
+        "請重聽參考錄音的第 {n} 個{kind_zh}{label}，並慢慢重複。",
+    ),
+    "pitch_contour_unit": (
+        "Listen to the tone of the {nth} {kind}{label} in the reference and imitate it.",
+        "請仔細聽參考錄音第 {n} 個{kind_zh}{label}的聲調，並模仿它。",
+    ),
+    "question": (
+        "It is a question: let the voice rise at the end, as in the reference.",
+        "這是問句：句尾的聲音要像參考錄音一樣上揚。",
+    ),
+    "mispronounced_general": (
+        "Listen to the reference again and repeat it slowly, word by word.",
+        "請再聽一次參考錄音，並一個字一個字慢慢重複。",
+    ),
+    "pitch_contour_general": (
+        "Listen to the tones of the reference and imitate them syllable by syllable.",
+        "請仔細聽參考錄音的聲調，一個字一個字模仿。",
+    ),
     "noise": (
         "Record again in a quieter room, closer to the microphone.",
         "請在較安靜的地方、靠近麥克風重新錄音。",
@@ -183,19 +259,29 @@ def advise(
     *,
     language: str | None,
     max_duration_s: float,
+    units: tuple[UnitFlag, ...] = (),
 ) -> Advice:
-    """Turn measurements and scores into findings, areas and suggestions."""
+    """Turn measurements and scores into findings, areas and suggestions.
+
+    Timed findings about what was said come only from ``units`` (units whose own evidence
+    stood out, see :mod:`.units`): the sentence-level evidence (the worst window, the tone
+    score) says *that* something differs, never where, so without a flagged unit it gives an
+    untimed finding, and pitch only for tonal languages.
+    """
     zh = locale_for(language) == "zh-TW"
-    items: list[tuple[str, dict[str, float | str], float | None, float | None, float]] = []
+    tonal = is_tonal(language)
+    items: list[tuple[str, str, dict[str, float | str], float | None, float | None, float]] = []
 
     def add(
         code: str,
         severity: float,
         span: tuple[float, float] | None = None,
+        template: str | None = None,
         **values: float | str,
     ) -> None:
         start, end = span if span is not None else (None, None)
-        items.append((code, values, start, end, max(0.0, min(1.0, severity))))
+        severity = max(0.0, min(1.0, severity))
+        items.append((code, template or code, values, start, end, severity))
 
     wrong = scores.pronunciation < 30.0
     if wrong:
@@ -210,13 +296,34 @@ def advise(
             )
         if cmp.missing_start >= 0.15:
             add("missing_start", cmp.missing_start, pct=100 * cmp.missing_start)
-        if scores.pronunciation < 90.0 and cmp.peak > PRON_PEAK_KNEE:
+        for flag in units:
+            label = f' ("{flag.label}")' if flag.label and not zh else ""
+            if flag.label and zh:
+                label = f"「{flag.label}」"
+            template = f"{flag.code}_unit" if not flag.question else "question"
+            add(
+                flag.code,
+                min(1.0, 0.4 + 0.2 * flag.strength),
+                flag.span,
+                template,
+                nth=ordinal(flag.index),
+                n=flag.index,
+                kind=flag.kind,
+                kind_zh="字" if flag.kind == "syllable" else "詞",
+                label=label,
+                start=flag.span[0],
+                end=flag.span[1],
+            )
+        codes = {f.code for f in units}
+        if (
+            "mispronounced" not in codes
+            and scores.pronunciation < 90.0
+            and cmp.peak > PRON_PEAK_KNEE
+        ):
             add(
                 "mispronounced",
                 1 - scores.pronunciation / 100,
-                (cmp.worst.start_s, cmp.worst.end_s),
-                start=cmp.worst.start_s,
-                end=cmp.worst.end_s,
+                template="mispronounced_general",
             )
         if cmp.extra_pauses:
             n = len(cmp.extra_pauses)
@@ -235,14 +342,13 @@ def advise(
             add("fast", min(1.0, 1 / cmp.tempo - 1), ratio=1 / cmp.tempo)
         if scores.rhythm < _AREA_THRESHOLD and not cmp.extra_pauses:
             add("uneven_rhythm", 1 - scores.rhythm / 100)
-        if scores.tone < _TONE_FINDING and cmp.pitch_worst is not None:
-            add(
-                "pitch_contour",
-                1 - scores.tone / 100,
-                (cmp.pitch_worst.start_s, cmp.pitch_worst.end_s),
-                start=cmp.pitch_worst.start_s,
-                end=cmp.pitch_worst.end_s,
-            )
+        if (
+            tonal
+            and "pitch_contour" not in codes
+            and scores.tone < _TONE_FINDING
+            and cmp.pitch_worst is not None
+        ):
+            add("pitch_contour", 1 - scores.tone / 100, template="pitch_contour_general")
     if sample.snr_db < 25.0:
         add("noise", min(1.0, (25.0 - sample.snr_db) / 25.0), snr=sample.snr_db)
     if "clipped" in scores.reliability_issues:
@@ -252,8 +358,8 @@ def advise(
 
     findings: list[Finding] = []
     suggestions: list[str] = []
-    for code, values, start, end, severity in items:
-        text = _T[code][1 if zh else 0].format(**values)
+    for code, template, values, start, end, severity in items:
+        text = _T[template][1 if zh else 0].format(**values)
         if not zh:
             text = text[0].upper() + text[1:]
         findings.append(
@@ -265,7 +371,7 @@ def advise(
                 severity=round(severity, 2),
             )
         )
-        suggestion = _SUGGEST[code][1 if zh else 0].format(**values)
+        suggestion = _SUGGEST[template][1 if zh else 0].format(**values)
         if suggestion not in suggestions:
             suggestions.append(suggestion)
 

@@ -15,13 +15,14 @@ from pydantic import JsonValue
 from vocalborn_tasks.errors import AudioError, ConfigurationError
 from vocalborn_tasks.models import AnalysisResult, AnalyzerInfo
 
-from .advice import advise
+from .advice import SUPPORTED_LANGUAGES, advise, is_supported, locale_for
 from .cache import CacheInfo, LRUCache
 from .compare import compare
 from .io import AudioInput, content_hash, load_audio, probe_audio
 from .options import AnalysisOptions
 from .profile import FRAME_S, WARPS, Profile, build_profile
-from .scoring import score
+from .scoring import WRONG_SENTENCE_PRON, score
+from .units import analyse_units
 
 __all__ = [
     "Analyzer",
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 #: ``on_progress(step, percent)``: step name and 0-100 progress.
 ProgressCallback = Callable[[str, float], None]
 
-_VERSION = "1.2.0"
+_VERSION = "1.3.0"
 
 
 @runtime_checkable
@@ -117,6 +118,7 @@ class BuiltinAnalyzer:
         language: str | None = None,
         on_progress: ProgressCallback | None = None,
         options: AnalysisOptions | None = None,
+        reference_text: str | None = None,
     ) -> AnalysisResult:
         """Compare ``recording`` with ``reference``; see :func:`analyze_recording`."""
         opts = options or self.options
@@ -146,8 +148,24 @@ class BuiltinAnalyzer:
         cmp = compare(sample, ref)
         progress("scoring", 80.0)
         scores = score(cmp, sample, language=language)
+        progress("units", 85.0)
+        units = analyse_units(
+            cmp,
+            sample,
+            ref,
+            language=language,
+            reference_text=reference_text,
+            judge=scores.pronunciation >= WRONG_SENTENCE_PRON,
+        )
         progress("advice", 90.0)
-        advice = advise(cmp, sample, scores, language=language, max_duration_s=opts.max_duration_s)
+        advice = advise(
+            cmp,
+            sample,
+            scores,
+            language=language,
+            max_duration_s=opts.max_duration_s,
+            units=units.flags,
+        )
 
         metrics: dict[str, JsonValue] = {
             "alignment_cost": _clean(cmp.cost),
@@ -176,6 +194,9 @@ class BuiltinAnalyzer:
             "reference_duration_s": _clean(ref.duration_s),
             "truncated": sample.truncated,
             "reference_cached": hit,
+            "language_supported": is_supported(language),
+            "supported_languages": list(SUPPORTED_LANGUAGES),
+            **units.metrics,
         }
         result = AnalysisResult(
             overall_score=scores.overall,
@@ -192,6 +213,8 @@ class BuiltinAnalyzer:
             suggestions=advice.suggestions,
             findings=advice.findings,
             language=language,
+            advice_language=locale_for(language),
+            segments=units.segments,
             metrics=metrics,
             analyzer=AnalyzerInfo(name=self.name, version=self.version),
             processing_time_s=round(time.perf_counter() - started, 4),
@@ -219,6 +242,7 @@ def analyze_recording(
     language: str | None = None,
     on_progress: ProgressCallback | None = None,
     options: AnalysisOptions | None = None,
+    reference_text: str | None = None,
 ) -> AnalysisResult:
     """Compare a patient's recording with the therapist's reference of the same sentence.
 
@@ -230,6 +254,10 @@ def analyze_recording(
         on_progress: called as ``on_progress(step, percent)`` at each stage, ending at 100.
             Exceptions it raises propagate (a task may use that to abort).
         options: limits; the defaults suit one spoken sentence.
+        reference_text: the sentence the reference speaks (words; Chinese characters or
+            tone-numbered pinyin), when the host has it: labels ``segments`` and the findings
+            ("the 3rd word ("boat")"). When its unit count cannot be matched to the
+            recording the units stay unlabelled and ``metrics.units_label_issue`` says why.
 
     Returns:
         The scores (0-100), level (1 best .. 5 worst), advice and raw metrics.
@@ -238,7 +266,12 @@ def analyze_recording(
         AudioError: bad input, with a stable ``code`` (see the package docstring).
     """
     return default_analyzer().analyze(
-        recording, reference, language=language, on_progress=on_progress, options=options
+        recording,
+        reference,
+        language=language,
+        on_progress=on_progress,
+        options=options,
+        reference_text=reference_text,
     )
 
 

@@ -15,7 +15,7 @@ from .align import MAX_CELLS, Alignment, align, local_costs, path_costs, pool_fr
 from .features import bands_below, broad_band_energies, cepstra
 from .profile import FRAME_S, PAUSE_FRAMES, Profile, normalise
 
-__all__ = ["Comparison", "Span", "compare"]
+__all__ = ["Comparison", "FrameTrack", "Span", "compare"]
 
 #: Window over which the worst stretch of the alignment is found: about one short word.
 WINDOW_S = 0.25
@@ -38,6 +38,24 @@ class Span:
     start_s: float
     end_s: float
     value: float
+
+
+@dataclass(frozen=True, slots=True)
+class FrameTrack:
+    """The alignment frame by frame, for measurements over parts of the sentence (units).
+
+    Attributes:
+        s_frames: the sample's kept frames (indices on its 10 ms grid).
+        r_kept: for each of them, the matched reference frame as an index into ``ref.kept``.
+        rel: relative distance of each matched pair (:func:`relative_costs`).
+        pitch_diff: absolute semitone difference of the centred, range-scaled contours where
+            both frames are voiced, ``nan`` elsewhere.
+    """
+
+    s_frames: NDArray[np.intp]
+    r_kept: NDArray[np.intp]
+    rel: NDArray[np.float64]
+    pitch_diff: NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +82,7 @@ class Comparison:
             its speaker's median and the sample's scaled to the reference's range.
         pitch_worst: the window with the largest pitch difference.
         pitch_pairs: aligned frames voiced in both recordings.
+        track: the alignment frame by frame (``None`` only for hand-built comparisons).
     """
 
     warp: float
@@ -79,6 +98,7 @@ class Comparison:
     pitch_dev: float = float("nan")
     pitch_worst: Span | None = None
     pitch_pairs: int = 0
+    track: FrameTrack | None = None
 
 
 def shared_bands(sample: Profile, ref: Profile) -> int:
@@ -193,7 +213,7 @@ def compare(sample: Profile, ref: Profile) -> Comparison:
     spoken_s = sample.active_s - sum(p.value for p in extra)
     tempo = spoken_s / max(ref_span_s, 0.2)
     rhythm = _rhythm(s_frames, r_frames)
-    pitch_dev, pitch_worst, pairs = _pitch(sample, ref, s_frames, r_frames)
+    pitch_dev, pitch_worst, pairs, pitch_diff = _pitch(sample, ref, s_frames, r_frames)
     return Comparison(
         warp=warp,
         cost=float(frame_cost.mean()),
@@ -208,6 +228,12 @@ def compare(sample: Profile, ref: Profile) -> Comparison:
         pitch_dev=pitch_dev,
         pitch_worst=pitch_worst,
         pitch_pairs=pairs,
+        track=FrameTrack(
+            s_frames=np.asarray(s_frames, dtype=np.intp),
+            r_kept=np.asarray(r_kept_idx, dtype=np.intp),
+            rel=np.asarray(frame_rel, dtype=np.float64),
+            pitch_diff=pitch_diff,
+        ),
     )
 
 
@@ -257,13 +283,14 @@ def _rhythm(s_frames: NDArray[np.intp], r_frames: NDArray[np.intp]) -> float:
 
 def _pitch(
     sample: Profile, ref: Profile, s_frames: NDArray[np.intp], r_frames: NDArray[np.intp]
-) -> tuple[float, Span | None, int]:
+) -> tuple[float, Span | None, int, NDArray[np.float64]]:
     st_s = sample.st[s_frames]
     st_r = ref.st[r_frames]
     both = np.isfinite(st_s) & np.isfinite(st_r)
     pairs = int(both.sum())
+    per_frame = np.full(s_frames.size, np.nan)
     if pairs < 10:
-        return float("nan"), None, pairs
+        return float("nan"), None, pairs, per_frame
     a = st_s[both] - np.median(st_s[both])
     b = st_r[both] - np.median(st_r[both])
     # Voices differ in pitch range as well as in pitch: bring the sample's contour to the
@@ -272,6 +299,7 @@ def _pitch(
     spread_b = float(np.subtract(*np.percentile(b, [90, 10])))
     scale = float(np.clip(spread_b / max(spread_a, 0.5), 0.5, 2.0))
     diff = np.minimum(np.abs(scale * a - b), _MAX_PITCH_DIFF)
+    per_frame[both] = diff
     times = np.asarray(s_frames[both] * FRAME_S, dtype=np.float64)
     worst = _worst_window(diff, times, PITCH_WINDOW_S)
     # The window counts voiced frames, so it may stretch over pauses; report the stretch of at
@@ -281,4 +309,4 @@ def _pitch(
     half = PITCH_WINDOW_S / 2
     start = max(worst.start_s, peak_t - half)
     end = min(worst.end_s, start + PITCH_WINDOW_S)
-    return float(np.mean(diff)), Span(start, end, worst.value), pairs
+    return float(np.mean(diff)), Span(start, end, worst.value), pairs, per_frame

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .compare import Comparison
 from .profile import Profile
 
-__all__ = ["Scores", "is_tonal", "level_for", "ramp", "score"]
+__all__ = ["WRONG_SENTENCE_PRON", "Scores", "is_tonal", "level_for", "ramp", "score"]
 
 # Pronunciation: mean alignment distance (per-dimension RMS of normalised cepstra and
 # broad-band energy contours), which separates the right sentence from a wrong one, and the
@@ -56,6 +56,12 @@ CLIP_PENALTY = 2000.0  # per unit fraction of clipped samples (1 % costs 20 poin
 # Reliability.
 MIN_SNR_DB = 8.0
 MAX_CLIPPED = 0.005
+# "Reliable" means clean *and complete* enough to judge: below this completeness (about a
+# third of the sentence missing) the flag is false with ``incomplete`` (issue 20: a half
+# recording said "reliable: yes" under a legend that promised completeness).
+MIN_COMPLETENESS = 50.0
+# Below this pronunciation the sentence is taken as a different one: no unit is judged.
+WRONG_SENTENCE_PRON = 30.0
 # How far the overall score may rise above the weaker of pronunciation and completeness.
 # A different Mandarin sentence shares many syllables with the reference and can reach a
 # pronunciation of ~33; with a margin of 10 it then landed on level 4 (fitted on sentences
@@ -167,6 +173,8 @@ def score(cmp: Comparison, sample: Profile, *, language: str | None) -> Scores:
         issues.append("too_noisy")
     if sample.clipped_fraction > MAX_CLIPPED:
         issues.append("clipped")
+    if completeness < MIN_COMPLETENESS:
+        issues.append("incomplete")
     return Scores(
         pronunciation=round(pron, 1),
         completeness=round(completeness, 1),

@@ -5,10 +5,12 @@ Thin bodies in the spirit of web views: validate, delegate to pure functions, re
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -61,10 +63,16 @@ def analyze_audio(ctx: TaskContext, request: AnalysisRequest) -> AnalysisResult:
     ctx.report_progress("fetching", 1.0)
     recording = _open_recording(request.recording, runtime, "recording")
     reference = _open_recording(request.reference, runtime, "reference")
-    from ..analysis import AnalysisOptions
+    from ..analysis import AnalysisOptions, BuiltinAnalyzer
 
     options = AnalysisOptions(max_duration_s=runtime.settings.analysis_max_duration_s)
-    result = runtime.analyzer.analyze(
+    analyzer = runtime.analyzer
+    analyze: Callable[..., AnalysisResult] = analyzer.analyze
+    if isinstance(analyzer, BuiltinAnalyzer):
+        # The text labels the built-in engine's units; a host's analyzer keeps the protocol's
+        # signature (it may read the text from the request itself).
+        analyze = functools.partial(analyzer.analyze, reference_text=request.reference_text)
+    result = analyze(
         recording,
         reference,
         language=request.language,
