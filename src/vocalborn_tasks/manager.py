@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
 import anyio
-from pydantic import JsonValue, ValidationError
+from pydantic import JsonValue
 
 from ._protocol import build_task_message
 from ._redis import async_client, pubsub_connection_factory, redis_errors
@@ -25,9 +25,7 @@ from .errors import (
     BrokerUnavailableError,
     InvalidRequestError,
     ManagerClosedError,
-    TaskFailedError,
     TaskNotFoundError,
-    TaskRevokedError,
     TaskTimeoutError,
 )
 from .models import (
@@ -36,10 +34,10 @@ from .models import (
     Submission,
     TaskState,
     TaskStatus,
-    invalid_request_from,
     parse_cursor,
 )
-from .record import AsyncRecord, RecordKeys, calls, new_task_id, owner_tag
+from .outcomes import build_request, result_of, scope_owner
+from .record import AsyncRecord, RecordKeys, calls, new_task_id
 from .recordings import (
     RecordingResolver,
     check_recording_location,
@@ -204,23 +202,6 @@ class TaskManager:
             checked.append(req.model_copy(update=locations))
         return checked
 
-    @staticmethod
-    def _build_request(
-        request: AnalysisRequest | None,
-        fields: Mapping[str, Any],
-    ) -> AnalysisRequest:
-        given = {k: v for k, v in fields.items() if v is not None}
-        if request is not None:
-            if given:
-                raise InvalidRequestError(
-                    "pass either an AnalysisRequest or keyword fields, not both"
-                )
-            return request
-        try:
-            return AnalysisRequest.model_validate(given)
-        except ValidationError as exc:  # the other models raise pydantic's own
-            raise invalid_request_from(exc) from None
-
     async def submit_audio_analysis(
         self,
         request: AnalysisRequest | None = None,
@@ -248,7 +229,7 @@ class TaskManager:
                 missing file, oversized parameters...); nothing was queued.
             BrokerUnavailableError: Redis could not be reached within the connect timeout.
         """
-        req = self._build_request(
+        req = build_request(
             request,
             {
                 "practice_record_id": practice_record_id,
@@ -289,7 +270,7 @@ class TaskManager:
         nothing: its :class:`Submission` carries the existing task's id and
         ``duplicate=True``, so the caller can say so, and delete files it stored only for it.
         """
-        tag = _owner_tag(owner)
+        tag = scope_owner(owner)
         return await self._submit_analyses(list(requests), force=force, owner=tag)
 
     async def _submit_analyses(
@@ -383,7 +364,7 @@ class TaskManager:
         """
         reader = self._ensure_open()
         task_id = str(task)
-        tag = _owner_tag(owner)
+        tag = scope_owner(owner)
         async with redis_errors(self.settings, f"status of task {task_id}"):
             return await reader.fetch(task_id, tag)
 
@@ -403,7 +384,7 @@ class TaskManager:
         """The same as :meth:`get_task_statuses` (its first name, kept for existing hosts)."""
         reader = self._ensure_open()
         ids = [str(t) for t in tasks]
-        tag = _owner_tag(owner)
+        tag = scope_owner(owner)
         async with redis_errors(self.settings, "status of tasks"):
             return await reader.fetch_many(ids, owners=[tag] * len(ids))
 
@@ -435,7 +416,7 @@ class TaskManager:
         """
         reader = self._ensure_open()
         task_id = str(task)
-        tag = _owner_tag(owner)
+        tag = scope_owner(owner)
         seen = parse_cursor(after)
         last: TaskStatus | None = None
         tolerance = self.settings.broker_outage_tolerance_s
@@ -522,7 +503,7 @@ class TaskManager:
         """
         reader = self._ensure_open()
         task_id = str(task)
-        tag = _owner_tag(owner)
+        tag = scope_owner(owner)
         try:
             async with asyncio.timeout(timeout):
                 async with redis_errors(self.settings, f"wait for task {task_id}", bounded=False):
@@ -531,59 +512,7 @@ class TaskManager:
             raise TaskTimeoutError(
                 f"task {task_id} did not finish within {timeout:g} s", task_id=task_id
             ) from None
-        return self._result_of(task, status)
-
-    def _result_of(self, task: str | TaskHandle[Any], status: TaskStatus) -> Any:
-        """Turn a final status into the typed result or the matching error.
-
-        LOST never gets here: :meth:`ResultReader.wait` raises :class:`TaskLostError` itself.
-        """
-        task_id = status.task_id
-        if status.state is TaskState.SUCCESS:
-            try:
-                if isinstance(task, TaskHandle):
-                    return task.definition.decode_result(status.result)
-                return AnalysisResult.model_validate(status.result)
-            except ValidationError as exc:
-                hint = ""
-                if not isinstance(task, TaskHandle) and status.task_name not in (
-                    None,
-                    analyze_audio.name,
-                ):
-                    hint = (
-                        f" (it is a {status.task_name} task: a plain id means an analysis; pass "
-                        "TaskHandle.from_id(definition, task_id))"
-                    )
-                raise TaskFailedError(
-                    f"task {task_id} returned a result of the wrong shape{hint}: "
-                    + _validation_message(exc),
-                    task_id=task_id,
-                    remote_type="ValidationError",
-                    remote_message=str(exc.error_count()),
-                    code="bad_result",
-                ) from None
-        if status.state is TaskState.REVOKED:
-            purged = status.error is not None and status.error.code == "purged"
-            raise TaskRevokedError(
-                f"task {task_id} was " + ("purged from its queue" if purged else "cancelled"),
-                task_id=task_id,
-                code="purged" if purged else None,
-            )
-        if status.state in (TaskState.NOT_FOUND, TaskState.EXPIRED):
-            raise TaskNotFoundError(
-                f"task {task_id} is unknown or its result has expired",
-                task_id=task_id,
-                code="expired" if status.state is TaskState.EXPIRED else None,
-            )
-        error = status.error
-        raise TaskFailedError(
-            f"task {task_id} failed: "
-            + (f"{error.type}: {error.message}" if error else "unknown error"),
-            task_id=task_id,
-            remote_type=error.type if error else "Error",
-            remote_message=error.message if error else "",
-            code=error.code if error else None,
-        )
+        return result_of(task, status)
 
     # --- cancelling ---------------------------------------------------------------------------
     async def cancel(
@@ -607,7 +536,7 @@ class TaskManager:
         assert self._backend is not None
         task_id = str(task)
         settings = self.settings
-        tag = _owner_tag(owner)
+        tag = scope_owner(owner)
         async with redis_errors(settings, f"cancel task {task_id}"):
             status = await self._ensure_open().fetch(task_id, tag)
             if status.is_final and status.state is not TaskState.REVOKED:
@@ -624,25 +553,3 @@ class TaskManager:
                 )
             )
         return await self.get_task_status(task_id, owner=owner)
-
-
-def _owner_tag(owner: str | None) -> str | None:
-    """The digest the record keeps for ``owner`` (None: unscoped).
-
-    Raises:
-        InvalidRequestError: an empty owner (a host's bug that would scope nobody).
-    """
-    if owner is None:
-        return None
-    if not isinstance(owner, str) or not owner:
-        raise InvalidRequestError("owner must be a non-empty string (or None: unscoped)")
-    return owner_tag(owner)
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"]) or "request"
-        parts.append(f"{loc}: {err['msg']}")
-    more = exc.error_count() - len(parts)
-    return "invalid request: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -43,8 +43,6 @@ from ..errors import (
     BrokerUnavailableError,
     InvalidRequestError,
     ManagerClosedError,
-    TaskFailedError,
-    TaskLostError,
     TaskNotFoundError,
     TaskRevokedError,
     TaskTimeoutError,
@@ -57,10 +55,10 @@ from ..models import (
     TaskErrorInfo,
     TaskState,
     TaskStatus,
-    invalid_request_from,
     parse_cursor,
 )
-from ..record import new_task_id, owner_tag
+from ..outcomes import build_request, result_of, scope_owner
+from ..record import new_task_id
 from ..recordings import (
     RecordingResolver,
     check_recording_location,
@@ -311,7 +309,7 @@ class FakeTaskManager:
         owner: str | None = None,
     ) -> str:
         """Validate and queue one analysis, as :meth:`TaskManager.submit_audio_analysis`."""
-        req = _build_request(
+        req = build_request(
             request,
             {
                 "practice_record_id": practice_record_id,
@@ -343,7 +341,7 @@ class FakeTaskManager:
         owner: str | None = None,
     ) -> list[Submission]:
         """Validate all, then queue each, as :meth:`TaskManager.submit_analyses`."""
-        tag = _owner_tag(owner)
+        tag = scope_owner(owner)
         self._ensure_open()
         located = [await self._locate(r) for r in requests]
         if not located:
@@ -554,7 +552,7 @@ class FakeTaskManager:
     def _visible(self, task_id: str, owner: str | None) -> _Task | None:
         """The task, unless scoped to an owner it does not belong to (then: unknown)."""
         entry = self._tasks.get(task_id)
-        tag = _owner_tag(owner)
+        tag = scope_owner(owner)
         if entry is None or (tag is not None and entry.owner != tag):
             return None
         return entry
@@ -646,7 +644,7 @@ class FakeTaskManager:
                 raise TaskTimeoutError(
                     f"task {task_id} did not finish within {timeout:g} s", task_id=task_id
                 ) from None
-        return _result_of(task, self._status(task_id, owner))
+        return result_of(task, self._status(task_id, owner))
 
     # --- cancelling ---------------------------------------------------------------------------
     async def cancel(
@@ -666,70 +664,12 @@ class FakeTaskManager:
         return entry.status
 
 
-def _owner_tag(owner: str | None) -> str | None:
-    """The owner's digest, refusing an empty owner (as the real manager does)."""
-    if owner is None:
-        return None
-    if not isinstance(owner, str) or not owner:
-        raise InvalidRequestError("owner must be a non-empty string (or None: unscoped)")
-    return owner_tag(owner)
-
-
-def _build_request(request: AnalysisRequest | None, fields: Mapping[str, Any]) -> AnalysisRequest:
-    """The request from either form, refusing both at once (as the real manager does)."""
-    given = {k: v for k, v in fields.items() if v is not None}
-    if request is not None:
-        if given:
-            raise InvalidRequestError("pass either an AnalysisRequest or keyword fields, not both")
-        return request
-    try:
-        return AnalysisRequest.model_validate(given)
-    except ValidationError as exc:
-        raise invalid_request_from(exc) from None
-
-
 def _error_info(exc: BaseException) -> TaskErrorInfo:
     """What a worker stores for an exception: the code travels for the library's own errors."""
     code = None
     if isinstance(exc, VocalbornTasksError) and type(exc).__module__.startswith("vocalborn_tasks."):
         code = exc.code
     return TaskErrorInfo(type=type(exc).__name__, message=str(exc), code=code)
-
-
-def _result_of(task: str | TaskHandle[Any], status: TaskStatus) -> Any:
-    """The typed result of a final status, or the error the real manager raises for it."""
-    task_id = status.task_id
-    if status.state is TaskState.SUCCESS:
-        try:
-            if isinstance(task, TaskHandle):
-                return task.definition.decode_result(status.result)
-            return AnalysisResult.model_validate(status.result)
-        except ValidationError as exc:
-            raise TaskFailedError(
-                f"task {task_id} returned a result of the wrong shape",
-                task_id=task_id,
-                remote_type="ValidationError",
-                remote_message=str(exc.error_count()),
-                code="bad_result",
-            ) from None
-    if status.state is TaskState.REVOKED:
-        raise TaskRevokedError(f"task {task_id} was cancelled", task_id=task_id)
-    if status.state is TaskState.LOST:
-        raise TaskLostError(f"task {task_id} was lost by the server", task_id=task_id)
-    if status.state in (TaskState.NOT_FOUND, TaskState.EXPIRED):
-        raise TaskNotFoundError(
-            f"task {task_id} is unknown or its result has expired",
-            task_id=task_id,
-            code="expired" if status.state is TaskState.EXPIRED else None,
-        )
-    error = status.error
-    raise TaskFailedError(
-        f"task {task_id} failed: " + (f"{error.type}: {error.message}" if error else "unknown"),
-        task_id=task_id,
-        remote_type=error.type if error else "Error",
-        remote_message=error.message if error else "",
-        code=error.code if error else None,
-    )
 
 
 if TYPE_CHECKING:
