@@ -101,8 +101,8 @@ class StartupChecksStep(bootsteps.Step):  # type: ignore[misc]
         if not worker.app.settings.recording_roots:
             logger.warning(
                 "RECORDING_ROOTS is not set: this worker reads recordings from ANY local path "
-                "a request names. Set RECORDING_ROOTS (a JSON list of directories) in "
-                "production; an empty list is meant for development only."
+                "a request names. Set RECORDING_ROOTS (directories, comma-separated or a JSON "
+                "list) in production; an empty list is meant for development only."
             )
 
 
