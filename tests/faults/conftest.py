@@ -29,6 +29,9 @@ FAULT_DEFAULTS: dict[str, Any] = {
     "unknown_task_max_offers": 3,
     "retry_backoff_s": 0.2,
     "retry_backoff_max_s": 1.0,
+    # Teardown: a task still running when a test ends goes back to its queue after 1 s instead
+    # of waiting the production 10 s (tests of the shutdown itself set their own value).
+    "worker_soft_shutdown_s": 1.0,
 }
 
 

@@ -47,7 +47,12 @@ def sink_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def sink_settings(base_settings: TaskSettings) -> TaskSettings:
     return base_settings.model_copy(
-        update={"result_sink": "hostsink:sink", "retry_backoff_s": 0.2, "retry_backoff_max_s": 0.5}
+        update={
+            "result_sink": "hostsink:sink",
+            "retry_backoff_s": 0.2,
+            "retry_backoff_max_s": 0.5,
+            "worker_soft_shutdown_s": 1.0,  # teardown: a running task goes back after 1 s
+        }
     )
 
 
