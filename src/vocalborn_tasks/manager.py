@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
-import anyio
 from pydantic import JsonValue
 
 from ._protocol import build_task_message
@@ -36,14 +35,11 @@ from .models import (
     TaskStatus,
     parse_cursor,
 )
-from .outcomes import build_request, result_of, scope_owner
+from .outcomes import build_request, prepare_requests, result_of, scope_owner
 from .record import AsyncRecord, RecordKeys, calls, new_task_id
 from .recordings import (
     RecordingResolver,
-    check_recording_location,
     load_resolver,
-    local_path,
-    probe_audio_header,
 )
 from .results import PubSubHub, ResultReader
 from .tasks.builtin import analyze_audio
@@ -175,33 +171,6 @@ class TaskManager:
             self._resolver = load_resolver(self.settings)
         return self._resolver
 
-    async def _prepare(self, request: AnalysisRequest) -> AnalysisRequest:
-        """Fill in recordings from the resolver and check both locations."""
-        if request.recording is None or request.reference is None:
-            located = await self.resolver.locate(
-                request.practice_record_id, dict(request.analysis_params)
-            )
-            recording = request.recording or located[0]
-            reference = request.reference or located[1]
-        else:
-            recording, reference = request.recording, request.reference
-        return request.model_copy(update={"recording": recording, "reference": reference})
-
-    def _check_files(self, requests: list[AnalysisRequest]) -> list[AnalysisRequest]:
-        """Resolve, confine and probe every local file (blocking I/O: run in a thread)."""
-        checked = []
-        for req in requests:
-            assert req.recording is not None
-            assert req.reference is not None
-            locations = {}
-            for what, location in (("recording", req.recording), ("reference", req.reference)):
-                location = check_recording_location(location, self.settings, what=what)
-                if local_path(location) is not None:
-                    probe_audio_header(location, what=what)
-                locations[what] = location
-            checked.append(req.model_copy(update=locations))
-        return checked
-
     async def submit_audio_analysis(
         self,
         request: AnalysisRequest | None = None,
@@ -279,11 +248,9 @@ class TaskManager:
         self._ensure_open()
         backend = self._backend
         assert backend is not None
-        located = [await self._prepare(r) for r in requests]
-        if not located:
+        prepared = await prepare_requests(requests, lambda: self.resolver, self.settings)
+        if not prepared:
             return []
-        # Path resolution and header probes touch the filesystem: one thread hop for the batch.
-        prepared = await anyio.to_thread.run_sync(self._check_files, located)
         settings = self.settings
         definition = analyze_audio
         claims = []

@@ -2,15 +2,16 @@
 
 Shared by :class:`~vocalborn_tasks.TaskManager` and the in-memory
 :class:`~vocalborn_tasks.testing.FakeTaskManager`, so the two cannot drift apart on what a
-request may look like, how an owner is scoped, or which error a final state raises (a copy in
-the fake had already missed the ``purged`` code).
+request may look like, which files it may name, how an owner is scoped, or which error a final
+state raises (a copy in the fake had already missed the ``purged`` code).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
+import anyio
 from pydantic import ValidationError
 
 from .errors import (
@@ -22,10 +23,14 @@ from .errors import (
 )
 from .models import AnalysisRequest, AnalysisResult, TaskState, TaskStatus, invalid_request_from
 from .record import owner_tag
+from .recordings import RecordingResolver, check_recording_location, local_path, probe_audio_header
 from .tasks.builtin import analyze_audio
 from .tasks.definition import TaskHandle
 
-__all__ = ["build_request", "result_of", "scope_owner"]
+if TYPE_CHECKING:
+    from .config import TaskSettings
+
+__all__ = ["build_request", "prepare_requests", "result_of", "scope_owner"]
 
 
 def build_request(request: AnalysisRequest | None, fields: Mapping[str, Any]) -> AnalysisRequest:
@@ -43,6 +48,49 @@ def build_request(request: AnalysisRequest | None, fields: Mapping[str, Any]) ->
         return AnalysisRequest.model_validate(given)
     except ValidationError as exc:  # the other models raise pydantic's own
         raise invalid_request_from(exc) from None
+
+
+async def prepare_requests(
+    requests: Iterable[AnalysisRequest],
+    resolver: Callable[[], RecordingResolver],
+    settings: TaskSettings,
+) -> list[AnalysisRequest]:
+    """Fill in recordings from the resolver, then confine and probe every local file.
+
+    ``resolver`` is only called (and the host's resolver loaded) for a request that names no
+    files. Path resolution and header probes touch the filesystem: one thread hop for the batch.
+
+    Raises:
+        InvalidRequestError: a location is outside the roots, missing or not audio.
+    """
+    located = []
+    for request in requests:
+        if request.recording is None or request.reference is None:
+            found = await resolver().locate(
+                request.practice_record_id, dict(request.analysis_params)
+            )
+            recording = request.recording or found[0]
+            reference = request.reference or found[1]
+        else:
+            recording, reference = request.recording, request.reference
+        located.append(request.model_copy(update={"recording": recording, "reference": reference}))
+    if not located:
+        return []
+    return await anyio.to_thread.run_sync(_check_files, located, settings)
+
+
+def _check_files(requests: list[AnalysisRequest], settings: TaskSettings) -> list[AnalysisRequest]:
+    checked = []
+    for req in requests:
+        locations = {}
+        for what, location in (("recording", req.recording), ("reference", req.reference)):
+            assert location is not None
+            location = check_recording_location(location, settings, what=what)
+            if local_path(location) is not None:
+                probe_audio_header(location, what=what)
+            locations[what] = location
+        checked.append(req.model_copy(update=locations))
+    return checked
 
 
 def scope_owner(owner: str | None) -> str | None:

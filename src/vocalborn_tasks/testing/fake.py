@@ -57,14 +57,13 @@ from ..models import (
     TaskStatus,
     parse_cursor,
 )
-from ..outcomes import build_request, result_of, scope_owner
+from ..outcomes import build_request, prepare_requests, result_of, scope_owner
 from ..record import new_task_id
 from ..recordings import (
     RecordingResolver,
     check_recording_location,
     load_resolver,
     local_path,
-    probe_audio_header,
 )
 from ..tasks.builtin import analyze_audio
 from ..tasks.definition import TaskContext, TaskDefinition, TaskHandle
@@ -343,10 +342,9 @@ class FakeTaskManager:
         """Validate all, then queue each, as :meth:`TaskManager.submit_analyses`."""
         tag = scope_owner(owner)
         self._ensure_open()
-        located = [await self._locate(r) for r in requests]
-        if not located:
+        prepared = await prepare_requests(requests, lambda: self.resolver, self.settings)
+        if not prepared:
             return []
-        prepared = await anyio.to_thread.run_sync(self._check_files, located)
         self._reach_broker("submit")
         out = []
         for req in prepared:
@@ -359,30 +357,6 @@ class FakeTaskManager:
             self._inflight[slot] = task.submitted.task_id
             out.append(Submission(task.submitted.task_id, duplicate=False))
         return out
-
-    async def _locate(self, request: AnalysisRequest) -> AnalysisRequest:
-        if request.recording is None or request.reference is None:
-            located = await self.resolver.locate(
-                request.practice_record_id, dict(request.analysis_params)
-            )
-            recording = request.recording or located[0]
-            reference = request.reference or located[1]
-        else:
-            recording, reference = request.recording, request.reference
-        return request.model_copy(update={"recording": recording, "reference": reference})
-
-    def _check_files(self, requests: list[AnalysisRequest]) -> list[AnalysisRequest]:
-        checked = []
-        for req in requests:
-            locations = {}
-            for what, location in (("recording", req.recording), ("reference", req.reference)):
-                assert location is not None
-                location = check_recording_location(location, self.settings, what=what)
-                if local_path(location) is not None:
-                    probe_audio_header(location, what=what)
-                locations[what] = location
-            checked.append(req.model_copy(update=locations))
-        return checked
 
     async def submit(
         self, definition: TaskDefinition[P, R], /, *args: P.args, **kwargs: P.kwargs
