@@ -18,6 +18,7 @@ import redis
 
 from vocalborn_tasks.config import TaskSettings
 from vocalborn_tasks.embedded import die_with_parent
+from vocalborn_tasks.testing.worker import child_pids, stop_process_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO = ROOT / "tests" / "data" / "audio"
@@ -208,11 +209,7 @@ class WorkerProcess:
 
     def child_pids(self) -> list[int]:
         """PIDs of the pool processes (children of the main process)."""
-        try:
-            out = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
-        except OSError:
-            return []
-        return [int(p) for p in out.split()]
+        return child_pids(self.pid)
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -220,20 +217,8 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM, then SIGKILL (of the whole process tree) if it lingers."""
-        proc = self.proc
-        if proc is None:
-            return
-        children = self.child_pids()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        if self.proc is not None:
+            stop_process_tree(self.proc, timeout)
         self.proc = None
 
     def kill(self) -> None:

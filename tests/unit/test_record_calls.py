@@ -192,7 +192,8 @@ def _script_calls_outside_record() -> list[str]:
 
 def test_only_the_record_runs_scripts() -> None:
     # The transport names EVALSHA once to parse the reply it reads later: that is all.
-    found = [f for f in _script_calls_outside_record() if not f.startswith("worker/transport.py")]
+    calls_found = _script_calls_outside_record()
+    found = [f for f in calls_found if not f.startswith("worker/transport.py")]
     assert found == []
-    transport = [f for f in _script_calls_outside_record() if f.startswith("worker/transport.py")]
+    transport = [f for f in calls_found if f.startswith("worker/transport.py")]
     assert [f.rsplit(" ", 1)[1] for f in transport] == ["'EVALSHA'"]

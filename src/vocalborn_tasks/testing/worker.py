@@ -32,7 +32,34 @@ from ..embedded import die_with_parent
 from ..errors import ConfigurationError
 from ..record import RecordKeys
 
-__all__ = ["WorkerProcess", "settings_environment"]
+__all__ = ["WorkerProcess", "child_pids", "settings_environment", "stop_process_tree"]
+
+
+def child_pids(pid: int) -> list[int]:
+    """PIDs of a process's children (a worker's pool processes); [] when it is gone."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def stop_process_tree(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM ``proc``, SIGKILL it after ``timeout``, then SIGKILL its children by PID.
+
+    The children are listed first: once the main process is gone they are orphans that no
+    longer show up under it, and a pool child must not outlive a test.
+    """
+    children = child_pids(proc.pid)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _env_names() -> set[str]:
@@ -235,31 +262,12 @@ class WorkerProcess:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def _children(self) -> list[int]:
-        pid = self.pid
-        if pid is None:
-            return []
-        try:
-            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            return []
-
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (running tasks go back to the queue), then SIGKILL; pool children by PID."""
         proc = self._proc
         if proc is None:
             return
-        children = self._children()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_process_tree(proc, timeout)
         self._proc = None
         if self._own_dir is not None:
             import shutil
