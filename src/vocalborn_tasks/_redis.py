@@ -22,6 +22,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._connections import Database, async_pool, sync_pool
 from .config import TaskSettings
 from .errors import BrokerAuthError, BrokerUnavailableError
 
@@ -62,42 +63,39 @@ def _kwargs(settings: TaskSettings, *, pubsub: bool = False, sync: bool = False)
     return kwargs
 
 
-def async_client(settings: TaskSettings, url: str, *, max_connections: int = 64) -> aioredis.Redis:
-    """A pooled ``redis.asyncio`` client; connects lazily on first use.
+def async_client(
+    settings: TaskSettings, db: Database, *, max_connections: int = 64
+) -> aioredis.Redis:
+    """A pooled ``redis.asyncio`` client on ``db``; connects lazily on first use.
 
     The pool blocks when all its connections are busy (up to the connect timeout) instead of
     failing: a burst of a thousand concurrent submits queues for connections, it does not
-    raise "Too many connections".
+    raise "Too many connections". With sentinels it asks them for the master on connect.
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=settings.redis_connect_timeout_s,
-        **_kwargs(settings),
-    )
+    pool = async_pool(settings, db, max_connections=max_connections, **_kwargs(settings))
     client: aioredis.Redis = aioredis.Redis.from_pool(pool)
     return client
 
 
-def sync_client(settings: TaskSettings, url: str, *, max_connections: int = 8) -> redis.Redis:
+def sync_client(settings: TaskSettings, db: Database, *, max_connections: int = 8) -> redis.Redis:
     """A pooled synchronous client with the same options as :func:`async_client`.
 
     For readers that run in a worker's pool process (the periodic health check), where no
     event loop runs and none should be started.
     """
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=settings.redis_connect_timeout_s,
-        **_kwargs(settings, sync=True),
-    )
+    pool = sync_pool(settings, db, max_connections=max_connections, **_kwargs(settings, sync=True))
     client: redis.Redis = redis.Redis.from_pool(pool)
     return client
 
 
 def pubsub_connection_factory(settings: TaskSettings) -> Any:
-    """A factory of dedicated connections for the result pub/sub hub."""
-    pool = aioredis.ConnectionPool.from_url(settings.backend_url, **_kwargs(settings, pubsub=True))
+    """A factory of dedicated connections for the result pub/sub hub.
+
+    With sentinels each new connection asks them for the current master when it connects.
+    """
+    pool = async_pool(
+        settings, "backend", max_connections=2**31, blocking=False, **_kwargs(settings, pubsub=True)
+    )
 
     def make() -> aioredis.Connection:
         conn: aioredis.Connection = pool.make_connection()  # type: ignore[no-untyped-call]

@@ -174,6 +174,34 @@ class TaskSettings(BaseSettings):
     redis_connect_timeout_s: float = Field(
         default=5.0, gt=0, validation_alias=_env("REDIS_CONNECT_TIMEOUT", "redis_connect_timeout_s")
     )
+    # --- Sentinel (high availability) --------------------------------------------------------
+    #: ``host:port`` of each sentinel (comma-separated or JSON); set instead of REDIS_URL/HOST.
+    redis_sentinels: StrList = Field(
+        default_factory=list, validation_alias=_env("REDIS_SENTINELS", "redis_sentinels")
+    )
+    #: The name the sentinels monitor the master under (``sentinel monitor <name> ...``).
+    redis_sentinel_master: str | None = Field(
+        default=None, validation_alias=_env("REDIS_SENTINEL_MASTER", "redis_sentinel_master")
+    )
+    #: The sentinels' own credentials (the master's stay REDIS_USERNAME/REDIS_PASSWORD).
+    redis_sentinel_username: str | None = Field(
+        default=None, validation_alias=_env("REDIS_SENTINEL_USERNAME", "redis_sentinel_username")
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, validation_alias=_env("REDIS_SENTINEL_PASSWORD", "redis_sentinel_password")
+    )
+    #: Replicas that must confirm (``WAIT``) a write a caller or the result sink acts on:
+    #: submit, cancel, a final result, the sink's claim, beat's lock. None: 1 with sentinels,
+    #: 0 without (a single server has nothing to confirm with).
+    redis_replica_acks: int | None = Field(
+        default=None, ge=0, le=16, validation_alias=_env("REDIS_REPLICA_ACKS", "redis_replica_acks")
+    )
+    #: How long submit, cancel and a worker's confirmed writes ride out a failover (or missing
+    #: replica confirmations) before they fail with BrokerUnavailableError/broker_unavailable.
+    redis_failover_wait_s: float = Field(
+        default=15.0, gt=0, validation_alias=_env("REDIS_FAILOVER_WAIT_S", "redis_failover_wait_s")
+    )
+
     key_prefix: str = Field(
         default="vocalborn",
         min_length=1,
@@ -465,6 +493,20 @@ class TaskSettings(BaseSettings):
     def _split_lists(cls, value: object) -> object:
         return split_list(value)
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        return split_list(value)
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: list[str]) -> list[str]:
+        for item in value:
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"each sentinel must be host:port, not {item!r}")
+        return value
+
     @field_validator("recording_schemes")
     @classmethod
     def _lower_schemes(cls, value: list[str]) -> list[str]:
@@ -494,10 +536,24 @@ class TaskSettings(BaseSettings):
             )
         if self.worker_dead_after_s < 2 * self.worker_heartbeat_s:
             raise ValueError("worker_dead_after_s must be at least twice worker_heartbeat_s")
+        self._check_sentinel_settings()
         self._apply_url_database()
         if self.redis_db_broker == self.redis_db_backend:
             raise ValueError("redis_db_broker and redis_db_backend must differ")
         return self
+
+    def _check_sentinel_settings(self) -> None:
+        if not self.redis_sentinels:
+            if self.redis_sentinel_master is not None:
+                raise ValueError("REDIS_SENTINEL_MASTER is set but REDIS_SENTINELS is not")
+            return
+        if self.redis_url is not None or "redis_host" in self.model_fields_set:
+            raise ValueError(
+                "REDIS_SENTINELS and REDIS_URL/REDIS_HOST are both set: the sentinels name the "
+                "master, set only one of them"
+            )
+        if not self.redis_sentinel_master:
+            raise ValueError("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER (the monitored name)")
 
     def _apply_url_database(self) -> None:
         """Honour a database number in REDIS_URL: broker = that database, results = the next.
@@ -541,8 +597,29 @@ class TaskSettings(BaseSettings):
     # --- Derived values (properties, never stored copies) -----------------------------------
     @property
     def redis_configured(self) -> bool:
-        """True when the host named a server (URL or host); false means 'use embedded'."""
-        return self.redis_url is not None or "redis_host" in self.model_fields_set
+        """True when the host named a server (URL, host or sentinels); false: 'use embedded'."""
+        return (
+            self.redis_url is not None
+            or "redis_host" in self.model_fields_set
+            or bool(self.redis_sentinels)
+        )
+
+    @property
+    def uses_sentinel(self) -> bool:
+        """True when the sentinels name the master (``REDIS_SENTINELS``)."""
+        return bool(self.redis_sentinels)
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of each sentinel."""
+        return [(h, int(p)) for h, _, p in (s.rpartition(":") for s in self.redis_sentinels)]
+
+    @property
+    def replica_acks(self) -> int:
+        """Replicas that must confirm a write callers act on (see ``redis_replica_acks``)."""
+        if self.redis_replica_acks is not None:
+            return self.redis_replica_acks
+        return 1 if self.uses_sentinel else 0
 
     @property
     def uses_tls(self) -> bool:
@@ -552,6 +629,16 @@ class TaskSettings(BaseSettings):
         return self.redis_tls
 
     def _server_url(self, db: int) -> str:
+        if self.uses_sentinel:
+            # kombu's Sentinel transport form; the master comes from the transport options.
+            # The credentials are the master's (the sentinels' own go in sentinel_kwargs).
+            auth = ""
+            if self.redis_password is not None:
+                user = quote(self.redis_username or "", safe="")
+                auth = f"{user}:{quote(self.redis_password.get_secret_value(), safe='')}@"
+            elif self.redis_username:
+                auth = f"{quote(self.redis_username, safe='')}@"
+            return ";".join(f"sentinel://{auth}{s}/{db}" for s in self.redis_sentinels)
         if self.redis_url is not None:
             parts = urlsplit(self.redis_url)
             scheme = {"valkey": "redis", "valkeys": "rediss"}.get(parts.scheme, parts.scheme)
@@ -583,11 +670,16 @@ class TaskSettings(BaseSettings):
     @property
     def redacted_broker_url(self) -> str:
         """The broker URL with the password masked, for messages."""
-        return redact_url(self.broker_url)
+        return ";".join(redact_url(u) for u in self.broker_url.split(";"))
 
     @property
     def server_address(self) -> str:
-        """``host:port`` of the server, for error messages."""
+        """``host:port`` of the server (or the sentinels' master name), for error messages."""
+        if self.uses_sentinel:
+            return (
+                f"master {self.redis_sentinel_master!r} of sentinels "
+                f"{','.join(self.redis_sentinels)}"
+            )
         parts = urlsplit(self.broker_url)
         return f"{parts.hostname}:{parts.port or 6379}"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -22,9 +23,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import redis as redis_sync
+
 from .errors import ConfigurationError
 
-__all__ = ["LocalServer", "die_with_parent", "embedded_binary", "free_port", "port_in_use"]
+__all__ = [
+    "LocalServer",
+    "SentinelGroup",
+    "die_with_parent",
+    "embedded_binary",
+    "free_port",
+    "port_in_use",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +102,8 @@ class LocalServer:
         password: ``requirepass`` for the default user.
         config: further ``name value`` directives (e.g. ``{"maxmemory-policy": "allkeys-lru"}``).
         die_with_parent: have the kernel kill the server if this process dies (tests, demo).
+        sentinel: run the binary in sentinel mode (``config`` then holds ``sentinel ...``
+            directives; persistence directives are left out).
     """
 
     def __init__(
@@ -104,7 +116,9 @@ class LocalServer:
         password: str | None = None,
         config: dict[str, str] | None = None,
         die_with_parent: bool = False,
+        sentinel: bool = False,
     ) -> None:
+        self.sentinel = sentinel
         self.binary = Path(binary) if binary is not None else embedded_binary()
         self.port = port if port is not None else free_port()
         self._own_dir = data_dir is None
@@ -156,12 +170,17 @@ class LocalServer:
             "daemonize": "no",
             "dir": str(self.data_dir),
             "logfile": str(self.log_path),
-            "save": '""',
-            "appendonly": "yes" if self.appendonly else "no",
-            "appendfsync": "everysec",
-            "maxmemory-policy": "noeviction",
-            "databases": "16",
         }
+        if not self.sentinel:
+            directives.update(
+                {
+                    "save": '""',
+                    "appendonly": "yes" if self.appendonly else "no",
+                    "appendfsync": "everysec",
+                    "maxmemory-policy": "noeviction",
+                    "databases": "16",
+                }
+            )
         if self._password:
             directives["requirepass"] = self._password
         directives.update(self.config)
@@ -184,7 +203,7 @@ class LocalServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self._write_config()
         self._process = subprocess.Popen(
-            [str(self.binary), str(conf)],
+            [str(self.binary), str(conf), *(["--sentinel"] if self.sentinel else [])],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -281,6 +300,309 @@ class LocalServer:
 
     def __enter__(self) -> Self:
         self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _field(entry: object, name: str) -> object:
+    """A field of a sentinel's reply entry (a flat name/value list in RESP2, a dict in RESP3)."""
+    if isinstance(entry, dict):
+        return entry.get(name)
+    if isinstance(entry, list):
+        pairs = dict(zip(entry[::2], entry[1::2], strict=False))
+        return pairs.get(name)
+    return None
+
+
+class SentinelGroup:
+    """A master, its replicas and three sentinels on loopback: a failover in one process tree.
+
+    The production topology (see docs/operations.md) in miniature, for tests and for trying a
+    failover by hand. Sentinels decide quickly (``down_after_ms``, default 1 s) so a scenario
+    fits in seconds. Every process is ours, by PID, and stopped by :meth:`close`.
+
+    Args:
+        binary: server executable (sentinel mode runs the same binary); embedded Valkey if
+            omitted.
+        replicas: how many replicas follow the first master.
+        sentinels: how many sentinels watch it (quorum: a majority).
+        master_name: the name the sentinels monitor it under (``REDIS_SENTINEL_MASTER``).
+        password: ``requirepass`` of the master and replicas (and what they and the sentinels
+            use to authenticate to them).
+        sentinel_password: ``requirepass`` of the sentinels themselves.
+        min_replicas_to_write: ``min-replicas-to-write`` on every data server (``0``: off).
+        config: further directives for every data server.
+    """
+
+    def __init__(
+        self,
+        *,
+        binary: str | Path | None = None,
+        replicas: int = 2,
+        sentinels: int = 3,
+        master_name: str = "vbmaster",
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+        min_replicas_to_write: int = 0,
+        min_replicas_max_lag_s: int = 10,
+        config: dict[str, str] | None = None,
+        die_with_parent: bool = False,
+    ) -> None:
+        self.binary = Path(binary) if binary is not None else embedded_binary()
+        self._stopped: set[int] = set()  # PIDs we SIGSTOPped (thawed before close)
+        self.master_name = master_name
+        self.password = password
+        self.sentinel_password = sentinel_password
+        ports = [free_port() for _ in range(replicas + 1)]
+        data: dict[str, str] = {
+            "min-replicas-to-write": str(min_replicas_to_write),
+            "min-replicas-max-lag": str(min_replicas_max_lag_s),
+            "repl-ping-replica-period": "1",
+            "repl-timeout": "5",
+            # A replica (re)syncs at once, not after the default 5 s of waiting for company.
+            "repl-diskless-sync-delay": "0",
+            "replica-serve-stale-data": "yes",
+            **(config or {}),
+        }
+        if password:
+            data["masterauth"] = password
+        self.servers = [
+            LocalServer(
+                binary=self.binary,
+                port=port,
+                password=password,
+                config=data if i == 0 else {**data, "replicaof": f"127.0.0.1 {ports[0]}"},
+                die_with_parent=die_with_parent,
+            )
+            for i, port in enumerate(ports)
+        ]
+        quorum = sentinels // 2 + 1
+        watch: dict[str, str] = {
+            "sentinel monitor": f"{master_name} 127.0.0.1 {ports[0]} {quorum}",
+            "sentinel down-after-milliseconds": f"{master_name} {down_after_ms}",
+            "sentinel failover-timeout": f"{master_name} {failover_timeout_ms}",
+            "sentinel parallel-syncs": f"{master_name} 1",
+            "sentinel resolve-hostnames": "no",
+        }
+        if password:
+            watch["sentinel auth-pass"] = f"{master_name} {password}"
+        self.sentinels = [
+            LocalServer(
+                binary=self.binary,
+                password=sentinel_password,
+                config=watch,
+                die_with_parent=die_with_parent,
+                sentinel=True,
+            )
+            for _ in range(sentinels)
+        ]
+
+    def __repr__(self) -> str:
+        return f"<SentinelGroup {self.master_name} sentinels={self.sentinel_env()}>"
+
+    # --- addresses --------------------------------------------------------------------------
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``("127.0.0.1", port)`` of each sentinel."""
+        return [("127.0.0.1", s.port) for s in self.sentinels]
+
+    def sentinel_env(self) -> str:
+        """The ``REDIS_SENTINELS`` value for this group."""
+        return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+
+    def settings_values(self) -> dict[str, object]:
+        """Constructor arguments of ``TaskSettings`` that point at this group."""
+        values: dict[str, object] = {
+            "redis_sentinels": self.sentinel_env(),
+            "redis_sentinel_master": self.master_name,
+        }
+        if self.password:
+            values["redis_password"] = self.password
+        if self.sentinel_password:
+            values["redis_sentinel_password"] = self.sentinel_password
+        return values
+
+    def server_on(self, port: int) -> LocalServer:
+        """The data server listening on ``port``."""
+        for server in self.servers:
+            if server.port == port:
+                return server
+        raise KeyError(port)
+
+    def _sentinel_client(self, sentinel: LocalServer) -> redis_sync.Redis:
+        return redis_sync.Redis(
+            host="127.0.0.1",
+            port=sentinel.port,
+            password=self.sentinel_password,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            decode_responses=True,
+        )
+
+    def _server_client(self, server: LocalServer) -> redis_sync.Redis:
+        return redis_sync.Redis(
+            host="127.0.0.1",
+            port=server.port,
+            password=self.password,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            decode_responses=True,
+        )
+
+    def sentinel_master_ports(self) -> list[int | None]:
+        """The master's port as each running sentinel names it (None: no answer)."""
+        ports: list[int | None] = []
+        for sentinel in self.sentinels:
+            if sentinel.pid is None:
+                continue
+            try:
+                with self._sentinel_client(sentinel) as client:
+                    addr = client.execute_command(
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
+                    )
+                ports.append(int(addr[1]) if addr else None)
+            except redis_sync.RedisError:
+                ports.append(None)
+        return ports
+
+    def role(self, server: LocalServer) -> str | None:
+        """``master``/``slave`` as the server itself says (None: no answer)."""
+        try:
+            with self._server_client(server) as client:
+                return str(client.execute_command("ROLE")[0])
+        except redis_sync.RedisError:
+            return None
+
+    @property
+    def master(self) -> LocalServer:
+        """The data server every sentinel names master (waits up to 20 s for agreement)."""
+        return self.server_on(self.wait_for_master())
+
+    def wait_for_master(self, *, not_port: int | None = None, timeout: float = 20.0) -> int:
+        """Wait until every sentinel names one master (other than ``not_port``) that says
+        it is one, and every other running data server replicates from it; its port."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ports = set(self.sentinel_master_ports())
+            if len(ports) == 1:
+                (port,) = ports
+                if (
+                    port is not None
+                    and port != not_port
+                    and self._settled(port)
+                    and self._sentinels_know_replicas()
+                ):
+                    return port
+            if time.monotonic() > deadline:
+                raise ConfigurationError(
+                    f"sentinels of {self.master_name} did not agree on a master within "
+                    f"{timeout:g} s (they say {sorted(map(str, ports))})"
+                )
+            time.sleep(0.05)
+
+    def _settled(self, port: int) -> bool:
+        master = self.server_on(port)
+        if master.pid is None or self.role(master) != "master":
+            return False
+        for server in self.servers:
+            if server is master or server.pid is None or self._frozen(server):
+                continue
+            try:
+                with self._server_client(server) as client:
+                    info = client.info("replication")
+            except redis_sync.RedisError:
+                return False
+            if info.get("master_port") != port or info.get("master_link_status") != "up":
+                return False
+        return True
+
+    def _sentinels_know_replicas(self) -> bool:
+        """Every sentinel lists every running replica as up (else a failover finds none)."""
+        expected = len([s for s in self.servers if s.pid is not None]) - 1
+        for sentinel in self.sentinels:
+            if sentinel.pid is None:
+                continue
+            try:
+                with self._sentinel_client(sentinel) as client:
+                    replicas = client.execute_command("SENTINEL", "REPLICAS", self.master_name)
+            except redis_sync.RedisError:
+                return False
+            up = [
+                r
+                for r in replicas
+                if "down" not in str(_field(r, "flags")) and _field(r, "master-link-status") == "ok"
+            ]
+            if len(up) < expected:
+                return False
+        return True
+
+    def _frozen(self, server: LocalServer) -> bool:
+        return server.pid in self._stopped
+
+    # --- faults -------------------------------------------------------------------------------
+    def failover(self, timeout: float = 20.0) -> int:
+        """A manual ``SENTINEL FAILOVER``; waits for the new master to settle; its port."""
+        old = self.wait_for_master(timeout=timeout)
+        with self._sentinel_client(self.sentinels[0]) as client:
+            client.execute_command("SENTINEL", "FAILOVER", self.master_name)
+        return self.wait_for_master(not_port=old, timeout=timeout)
+
+    def freeze(self, server: LocalServer) -> None:
+        """SIGSTOP ``server``: it keeps its sockets but answers nothing."""
+        if server.pid is not None:
+            os.kill(server.pid, signal.SIGSTOP)
+            self._stopped = {*self._stopped, server.pid}
+
+    def thaw(self, server: LocalServer) -> None:
+        """SIGCONT a frozen server."""
+        if server.pid is not None:
+            os.kill(server.pid, signal.SIGCONT)
+            self._stopped = self._stopped - {server.pid}
+
+    def speed_up_discovery(self) -> None:
+        """``SENTINEL DEBUG info-period 250`` (and ping-period) on every sentinel, if supported."""
+        for sentinel in self.sentinels:
+            with contextlib.suppress(redis_sync.RedisError), self._sentinel_client(sentinel) as c:
+                c.execute_command("SENTINEL", "DEBUG", "info-period", "250", "ping-period", "250")
+
+    # --- life cycle ---------------------------------------------------------------------------
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the data servers, then the sentinels; wait until the group is settled."""
+        for server in self.servers:
+            server.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        self.speed_up_discovery()
+        self.wait_for_master(timeout=timeout)
+
+    def pids(self) -> list[int]:
+        """PIDs of every running process of the group."""
+        return [p.pid for p in (*self.servers, *self.sentinels) if p.pid is not None]
+
+    def close(self) -> None:
+        """Stop every process (thawing frozen ones first) and remove their directories."""
+        for server in (*self.servers, *self.sentinels):
+            if server.pid in self._stopped:
+                self.thaw(server)
+            server.kill() if server.sentinel else server.close()
+        for sentinel in self.sentinels:
+            sentinel.close()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(

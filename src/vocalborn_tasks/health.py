@@ -510,8 +510,8 @@ class SyncHealthReader:
 
     def __init__(self, settings: TaskSettings) -> None:
         self.settings = settings
-        self.broker = sync_client(settings, settings.broker_url)
-        self.backend = sync_client(settings, settings.backend_url)
+        self.broker = sync_client(settings, "broker")
+        self.backend = sync_client(settings, "backend")
         self._closed = False
 
     def __repr__(self) -> str:

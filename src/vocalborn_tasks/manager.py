@@ -127,7 +127,7 @@ class TaskManager:
         if self._closed:
             raise ManagerClosedError("this TaskManager is closed; create a new one")
         if self._reader is None:
-            self._backend = async_client(self.settings, self.settings.backend_url)
+            self._backend = async_client(self.settings, "backend")
             self._hub = PubSubHub(pubsub_connection_factory(self.settings))
             self._reader = ResultReader(
                 self._backend, self._hub, keys=self._keys, record_ttl_s=self._marker_ttl_s

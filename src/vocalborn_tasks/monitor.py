@@ -131,10 +131,8 @@ class Monitor:
         if self._closed:
             raise ManagerClosedError("this Monitor is closed; create a new one")
         if self._broker is None or self._backend is None:
-            self._broker = async_client(self.settings, self.settings.broker_url, max_connections=8)
-            self._backend = async_client(
-                self.settings, self.settings.backend_url, max_connections=8
-            )
+            self._broker = async_client(self.settings, "broker", max_connections=8)
+            self._backend = async_client(self.settings, "backend", max_connections=8)
         return self._broker, self._backend
 
     async def _run(self, steps: Steps[T]) -> T:

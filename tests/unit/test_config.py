@@ -209,3 +209,43 @@ def test_invalid_settings_are_one_line_naming_the_variable(
     # A host (uvicorn importing the app) sees this one error, not a chain of three.
     assert exc.__cause__ is None and exc.__suppress_context__
     assert isinstance(exc, ConfigurationError) and isinstance(exc, ValueError)
+
+
+def test_sentinel_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_SENTINELS", "10.0.0.1:26379, 10.0.0.2:26380")
+    monkeypatch.setenv("REDIS_SENTINEL_MASTER", "clinic")
+    monkeypatch.setenv("REDIS_SENTINEL_PASSWORD", "s3cret")
+    monkeypatch.setenv("REDIS_PASSWORD", "m4ster")
+    monkeypatch.setenv("REDIS_FAILOVER_WAIT_S", "7")
+    settings = TaskSettings(_env_file=None)
+    assert settings.redis_configured and settings.uses_sentinel
+    assert settings.sentinel_addresses == [("10.0.0.1", 26379), ("10.0.0.2", 26380)]
+    assert settings.replica_acks == 1
+    assert settings.redis_failover_wait_s == 7
+    assert "clinic" in settings.server_address and "s3cret" not in settings.server_address
+    assert "m4ster" not in settings.redacted_broker_url
+    assert TaskSettings(_env_file=None, redis_replica_acks=0).replica_acks == 0
+
+
+def test_replica_acks_default_to_zero_on_one_server() -> None:
+    assert TaskSettings(_env_file=None, redis_url="redis://h:6379/0").replica_acks == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"REDIS_SENTINELS": "h:26379", "REDIS_URL": "redis://h:6379/0"}, "both set"),
+        ({"REDIS_SENTINELS": "h:26379", "REDIS_HOST": "h"}, "both set"),
+        ({"REDIS_SENTINELS": "h:26379"}, "REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS is not"),
+        ({"REDIS_SENTINELS": "h", "REDIS_SENTINEL_MASTER": "m"}, "host:port"),
+    ],
+)
+def test_sentinel_conflicts_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], needle: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidSettingsError) as info:
+        TaskSettings(_env_file=None)
+    assert needle in str(info.value) and "\n" not in str(info.value)

@@ -1,0 +1,158 @@
+"""How every part of the library reaches the server: one address, or the sentinels' master.
+
+One function per client kind (asyncio, synchronous, dedicated pub/sub connections), each taking
+the settings and which database (``broker`` or ``backend``). With ``REDIS_SENTINELS`` set, a
+client asks the sentinels for the master's address whenever it (re)connects, so a failover
+costs its callers a reconnect, not a restart. Both kinds of pool *block* when all their
+connections are busy instead of raising "Too many connections"; redis-py has no blocking
+Sentinel pool, so the two are composed here (the Sentinel pool's address lookup, the blocking
+pool's queueing).
+"""
+
+# redis-py's sentinel module is unannotated.
+# mypy: disable-error-code="no-untyped-call"
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import redis
+import redis.asyncio as aioredis
+import redis.asyncio.sentinel as aiosentinel
+import redis.sentinel as syncsentinel
+
+from .config import TaskSettings
+
+__all__ = ["Database", "async_pool", "database", "sentinel_kwargs", "sync_pool"]
+
+#: Which of the deployment's two databases a client talks to.
+Database = Literal["broker", "backend"]
+
+
+def database(settings: TaskSettings, db: Database) -> int:
+    """The database number of ``db``."""
+    return settings.redis_db_broker if db == "broker" else settings.redis_db_backend
+
+
+class _AsyncBlockingSentinelPool(
+    aiosentinel.SentinelConnectionPool, aioredis.BlockingConnectionPool
+):
+    """redis-py's Sentinel pool (master lookup on connect) that queues instead of failing."""
+
+
+class _SyncBlockingSentinelPool(syncsentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The synchronous twin of :class:`_AsyncBlockingSentinelPool`."""
+
+
+def sentinel_kwargs(settings: TaskSettings) -> dict[str, Any]:
+    """Connection options for the sentinels themselves (their own credentials, TLS, timeouts)."""
+    kwargs: dict[str, Any] = {
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        "socket_timeout": max(settings.redis_connect_timeout_s, 1.0),
+    }
+    if settings.redis_sentinel_username:
+        kwargs["username"] = settings.redis_sentinel_username
+    if settings.redis_sentinel_password is not None:
+        kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
+    kwargs.update(_tls_kwargs(settings))
+    return kwargs
+
+
+def _tls_kwargs(settings: TaskSettings) -> dict[str, Any]:
+    if not settings.uses_tls:
+        return {}
+    tls: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": settings.redis_ssl_cert_reqs}
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(settings, f"redis_{name}")
+        if value is not None:
+            tls[name] = str(value)
+    return tls
+
+
+def _master_kwargs(settings: TaskSettings, db: Database) -> dict[str, Any]:
+    """Options of a connection to the master in sentinel mode (what a URL carries otherwise)."""
+    kwargs: dict[str, Any] = {"db": database(settings, db)}
+    if settings.redis_username:
+        kwargs["username"] = settings.redis_username
+    if settings.redis_password is not None:
+        kwargs["password"] = settings.redis_password.get_secret_value()
+    return kwargs
+
+
+def async_pool(
+    settings: TaskSettings,
+    db: Database,
+    *,
+    max_connections: int,
+    blocking: bool = True,
+    **options: Any,
+) -> aioredis.ConnectionPool:
+    """A ``redis.asyncio`` pool for ``db``; ``options`` are connection options (timeouts...).
+
+    ``blocking`` pools wait up to the connect timeout for a free connection.
+    """
+    if not settings.uses_sentinel:
+        url = settings.broker_url if db == "broker" else settings.backend_url
+        if blocking:
+            return aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=settings.redis_connect_timeout_s,
+                **options,
+            )
+        return aioredis.ConnectionPool.from_url(url, max_connections=max_connections, **options)
+    options = {k: v for k, v in options.items() if not k.startswith("ssl")}
+    manager = aiosentinel.Sentinel(
+        settings.sentinel_addresses, sentinel_kwargs=sentinel_kwargs(settings)
+    )
+    kwargs = {**options, **_master_kwargs(settings, db), **_tls_kwargs(settings)}
+    if blocking:
+        kwargs["timeout"] = settings.redis_connect_timeout_s
+    cls = _AsyncBlockingSentinelPool if blocking else aiosentinel.SentinelConnectionPool
+    pool: aioredis.ConnectionPool = cls(
+        settings.redis_sentinel_master,
+        manager,
+        max_connections=max_connections,
+        is_master=True,
+        **kwargs,
+    )
+    return pool
+
+
+def sync_pool(
+    settings: TaskSettings, db: Database, *, max_connections: int, **options: Any
+) -> redis.ConnectionPool:
+    """A blocking synchronous pool for ``db`` (see :func:`async_pool`)."""
+    if not settings.uses_sentinel:
+        url = settings.broker_url if db == "broker" else settings.backend_url
+        return redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=settings.redis_connect_timeout_s,
+            **options,
+        )
+    options = {k: v for k, v in options.items() if not k.startswith("ssl")}
+    manager = syncsentinel.Sentinel(
+        settings.sentinel_addresses, sentinel_kwargs=sentinel_kwargs(settings)
+    )
+    pool: redis.ConnectionPool = _SyncBlockingSentinelPool(
+        settings.redis_sentinel_master,
+        manager,
+        max_connections=max_connections,
+        timeout=settings.redis_connect_timeout_s,
+        is_master=True,
+        **{**options, **_master_kwargs(settings, db), **_tls_kwargs(settings)},
+    )
+    return pool
+
+
+def sync_redis(settings: TaskSettings, db: Database, *, max_connections: int = 4) -> redis.Redis:
+    """A plain synchronous client for ``db`` with the settings' TLS and timeouts.
+
+    For the worker's own bookkeeping threads (heartbeat, names, beat's lock), which used to
+    build a client from the URL and so could not follow a failover.
+    """
+    pool = sync_pool(
+        settings, db, max_connections=max_connections, **settings.redis_client_kwargs()
+    )
+    client: redis.Redis = redis.Redis.from_pool(pool)
+    return client
