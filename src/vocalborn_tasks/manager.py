@@ -37,6 +37,7 @@ from .models import (
 )
 from .outcomes import build_request, prepare_requests, result_of, scope_owner
 from .record import AsyncRecord, RecordKeys, calls, new_task_id
+from .record.confirm import Confirmation
 from .recordings import (
     RecordingResolver,
     load_resolver,
@@ -132,7 +133,7 @@ class TaskManager:
             self._reader = ResultReader(
                 self._backend, self._hub, keys=self._keys, record_ttl_s=self._marker_ttl_s
             )
-            self._record = AsyncRecord(self._backend)
+            self._record = AsyncRecord(self._backend, Confirmation.of(self.settings))
         return self._reader
 
     @property
@@ -143,6 +144,15 @@ class TaskManager:
 
             self._app = create_celery_app(self.settings)
         return self._app
+
+    @property
+    def _write_timeout_s(self) -> float:
+        """How long a write callers act on may take: it rides out a failover when replicas
+        must confirm it (``REDIS_FAILOVER_WAIT_S``), else the connect timeout."""
+        s = self.settings
+        if s.replica_acks > 0:
+            return s.redis_failover_wait_s + s.redis_connect_timeout_s
+        return s.redis_connect_timeout_s
 
     @property
     def _marker_ttl_s(self) -> int:
@@ -276,8 +286,8 @@ class TaskManager:
                 )
             )
         assert self._record is not None
-        async with redis_errors(settings, "submit"):
-            holders = await self._record.run_many(claims)
+        async with redis_errors(settings, "submit", timeout=self._write_timeout_s):
+            holders = await self._record.run_many_confirmed(claims)
         return [
             Submission(holder, duplicate=holder != new)
             for holder, new in zip(holders, new_ids, strict=True)
@@ -304,8 +314,8 @@ class TaskManager:
         settings = self.settings
         message = build_task_message(task_id, definition.name, encoded, definition.queue)
         assert self._record is not None
-        async with redis_errors(settings, "submit"):
-            await self._record.run(
+        async with redis_errors(settings, "submit", timeout=self._write_timeout_s):
+            await self._record.run_confirmed(
                 calls.submit(
                     self._keys,
                     task_id=task_id,
@@ -504,19 +514,20 @@ class TaskManager:
         task_id = str(task)
         settings = self.settings
         tag = scope_owner(owner)
-        async with redis_errors(settings, f"cancel task {task_id}"):
+        async with redis_errors(settings, f"cancel task {task_id}", timeout=self._write_timeout_s):
             status = await self._ensure_open().fetch(task_id, tag)
             if status.is_final and status.state is not TaskState.REVOKED:
                 return status
             assert self._record is not None
             # With terminate, the script also tells the worker running it (the record's
             # terminate channel, which worker heartbeats listen to): no Celery app here.
-            await self._record.run(
+            await self._record.run_confirmed(
                 calls.revoke(
                     self._keys,
                     task_id=task_id,
                     meta_ttl_s=int(settings.result_expires_s),
                     terminate=terminate,
+                    publish=not self._record.confirms,
                 )
             )
         return await self.get_task_status(task_id, owner=owner)

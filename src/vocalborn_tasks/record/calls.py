@@ -14,6 +14,7 @@ on its own connection and reads the reply later, so :func:`reserve` only builds 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -23,6 +24,14 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from redis.exceptions import NoScriptError
 
+from .confirm import (
+    Confirmation,
+    backoff,
+    is_failover_error,
+    relocate,
+    relocate_sync,
+    split_tail,
+)
 from .keys import RecordKeys, queue_lists
 from .meta import celery_meta, read_meta, revoked_meta, revoked_meta_template
 from .scripts import ScriptSet, script_sha, script_source
@@ -76,6 +85,9 @@ class ScriptCall(Generic[R]):
     arg_names: tuple[str, ...]
     args: tuple[Arg, ...]
     parse: Callable[[Any], R]
+    #: ``(channel, message)`` the runner publishes once the write is confirmed (the script
+    #: itself then does not: waiters must not hear an outcome a failover can take back).
+    publish_after: tuple[str, Arg] | None = None
 
     def command(self, *, by_source: bool = False) -> tuple[Arg, ...]:
         """The raw command (EVALSHA, or EVAL with the source after a NOSCRIPT)."""
@@ -325,9 +337,13 @@ def store(
     broker_db: int,
     result_db: int,
     stats_if_revoked: str | None = None,
+    publish: bool = True,
 ) -> ScriptCall[bool]:
-    """-> RETRY/SUCCESS/FAILURE/REVOKED and, with a ``delivery_tag``, its ack: one step."""
-    return _call(
+    """-> RETRY/SUCCESS/FAILURE/REVOKED and, with a ``delivery_tag``, its ack: one step.
+
+    ``publish=False`` leaves the publish to the runner, after the write is confirmed.
+    """
+    call = _call(
         "store",
         {
             "meta": keys.meta(task_id),
@@ -344,8 +360,22 @@ def store(
             "broker_db": int(broker_db),
             "result_db": int(result_db),
             "stats_if_revoked": stats_if_revoked or "",
+            "publish": "1" if publish else "0",
         },
         bool,
+    )
+    return call if publish else _publishing_after(call, keys.meta(task_id), meta)
+
+
+def _publishing_after(call: ScriptCall[R], channel: str, message: Arg) -> ScriptCall[R]:
+    return ScriptCall(
+        call.script,
+        call.key_names,
+        call.keys,
+        call.arg_names,
+        call.args,
+        call.parse,
+        publish_after=(channel, message),
     )
 
 
@@ -356,10 +386,13 @@ def revoke(
     meta_ttl_s: int,
     terminate: bool = False,
     revoked_at: float | None = None,
+    publish: bool = True,
 ) -> ScriptCall[bool]:
     """Any unfinished state -> REVOKED, persisted in the revoke set and published; with
-    ``terminate``, the worker running it is told to stop it now (False: already finished)."""
-    return _call(
+    ``terminate``, the worker running it is told to stop it now (False: already finished).
+    ``publish=False``: the runner publishes REVOKED once the write is confirmed."""
+    meta = revoked_meta(task_id)
+    call = _call(
         "revoke",
         {
             "revoked": keys.revoked,
@@ -371,12 +404,14 @@ def revoke(
         {
             "task_id": task_id,
             "revoked_at": repr(time.time() if revoked_at is None else revoked_at),
-            "revoked_meta": revoked_meta(task_id),
+            "revoked_meta": meta,
             "meta_ttl": int(meta_ttl_s),
             "terminate": "1" if terminate else "0",
+            "publish": "1" if publish else "0",
         },
         bool,
     )
+    return call if publish else _publishing_after(call, keys.meta(task_id), meta)
 
 
 def take_name(
@@ -484,15 +519,68 @@ class RecordRead(NamedTuple):
 
 
 class Record:
-    """Runs the record's calls on a synchronous client (the worker, beat and their threads)."""
+    """Runs the record's calls on a synchronous client (the worker, beat and their threads).
 
-    def __init__(self, client: redis.Redis) -> None:
+    ``confirm`` (see :mod:`.confirm`): replicas that must hold a write run with
+    :meth:`run_confirmed`; None confirms nothing (a single server).
+    """
+
+    def __init__(self, client: redis.Redis, confirm: Confirmation | None = None) -> None:
         self.client = client
+        self.confirm = confirm
         self._scripts = ScriptSet(client)
+
+    @property
+    def confirms(self) -> bool:
+        """Whether confirmed runs wait for replicas (then scripts leave publishing to us)."""
+        return self.confirm is not None
 
     def run(self, call: ScriptCall[R]) -> R:
         """Run one transition and return its typed reply."""
         return call.parse(self._scripts[call.script](keys=list(call.keys), args=list(call.args)))
+
+    def run_confirmed(self, call: ScriptCall[R]) -> R:
+        """Run a transition a caller or an external system acts on; return once replicas
+        hold it (see :mod:`.confirm`), publishing its outcome only then.
+
+        Raises:
+            ReplicaShortfallError: too few replicas confirmed within ``REDIS_FAILOVER_WAIT_S``.
+            redis.RedisError: not a failover error, or one that outlasted the wait.
+        """
+        confirm = self.confirm
+        if confirm is None:
+            value = self.run(call)
+        else:
+            deadline = time.monotonic() + confirm.wait_s
+            attempt = 0
+            while True:
+                needed = confirm.needed()
+                try:
+                    pipe = self.client.pipeline(transaction=False)
+                    self._scripts[call.script](
+                        keys=list(call.keys), args=list(call.args), client=pipe
+                    )
+                    for command in confirm.tail(needed, deadline - time.monotonic()):
+                        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                    replies, acks, info = split_tail(pipe.execute())
+                except Exception as exc:
+                    if not is_failover_error(exc) or time.monotonic() > deadline:
+                        raise
+                    relocate_sync(self.client)
+                    time.sleep(backoff(attempt))
+                    attempt += 1
+                    continue
+                confirm.observe(info)
+                if confirm.accepted(acks, needed):
+                    break
+                if time.monotonic() > deadline:
+                    raise confirm.shortfall(int(acks), max(needed, confirm.needed()))
+                relocate_sync(self.client)
+                attempt += 1
+            value = call.parse(replies[0])
+        if call.publish_after is not None:
+            self.client.publish(*call.publish_after)
+        return value
 
     def meta_status(self, keys: RecordKeys, task_id: str) -> str | None:
         """The stored meta's status (e.g. after a refused store: who got there first)."""
@@ -502,11 +590,63 @@ class Record:
 
 
 class AsyncRecord:
-    """Runs the record's calls on ``redis.asyncio`` (TaskManager, Monitor, alerts)."""
+    """Runs the record's calls on ``redis.asyncio`` (TaskManager, Monitor, alerts).
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    ``confirm``: as for :class:`Record`.
+    """
+
+    def __init__(self, client: aioredis.Redis, confirm: Confirmation | None = None) -> None:
         self.client = client
+        self.confirm = confirm
         self._scripts = ScriptSet(client)
+
+    @property
+    def confirms(self) -> bool:
+        """Whether confirmed runs wait for replicas (then scripts leave publishing to us)."""
+        return self.confirm is not None
+
+    async def run_confirmed(self, call: ScriptCall[R]) -> R:
+        """:meth:`Record.run_confirmed` on ``redis.asyncio``."""
+        (value,) = await self.run_many_confirmed([call])
+        return value
+
+    async def run_many_confirmed(self, calls: Sequence[ScriptCall[R]]) -> list[R]:
+        """Run transitions in one round trip and return once replicas hold them (see
+        :meth:`Record.run_confirmed`); each must be harmless to run twice."""
+        confirm = self.confirm
+        if confirm is None:
+            values = await self.run_many(calls)
+        else:
+            deadline = time.monotonic() + confirm.wait_s
+            attempt = 0
+            while True:
+                needed = confirm.needed()
+                try:
+                    pipe = self.client.pipeline(transaction=False)
+                    for call in calls:
+                        await self._queue(pipe, call)
+                    for command in confirm.tail(needed, deadline - time.monotonic()):
+                        pipe.execute_command(*command)
+                    replies, acks, info = split_tail(await pipe.execute())
+                except Exception as exc:
+                    if not is_failover_error(exc) or time.monotonic() > deadline:
+                        raise
+                    await relocate(self.client)
+                    await asyncio.sleep(backoff(attempt))
+                    attempt += 1
+                    continue
+                confirm.observe(info)
+                if confirm.accepted(acks, needed):
+                    break
+                if time.monotonic() > deadline:
+                    raise confirm.shortfall(int(acks), max(needed, confirm.needed()))
+                await relocate(self.client)
+                attempt += 1
+            values = [call.parse(r) for call, r in zip(calls, replies, strict=True)]
+        for call in calls:
+            if call.publish_after is not None:
+                await self.client.publish(*call.publish_after)
+        return values
 
     async def run(self, call: ScriptCall[R]) -> R:
         """Run one transition and return its typed reply."""

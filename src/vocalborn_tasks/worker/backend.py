@@ -5,7 +5,8 @@ SETEX and PUBLISH, and the worker acknowledges the message in a third round trip
 script does the check, the write, the publish, the submit marker's ``done`` and the run's
 statistics, and removes the message's ``unacked`` entry when the state ends the delivery: the
 outcome and the acknowledgement are one step, so a worker killed between them can neither
-lose the result nor have the task run again.
+lose the result nor have the task run again. With replicas to confirm (``REDIS_REPLICA_ACKS``)
+an outcome is published only once they hold it (:mod:`vocalborn_tasks.record.confirm`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from celery import states
 from celery.backends.redis import RedisBackend
 
 from ..record import Record, RecordKeys, calls
+from ..record.confirm import Confirmation
 from . import faults
 from .celery_private import delivery_tag_of, result_expiry
 from .result_logging import note_cancelled_while_finishing
@@ -54,10 +56,10 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
         self, task_id: str, value: Any, expires: Any, state: str, tag: str, result: Any
     ) -> None:
         client = self.client  # after a fork the backend has a new one
-        if self._record is None or self._record.client is not client:
-            self._record = Record(client)
-        record = self._record
         settings = self.app.settings
+        if self._record is None or self._record.client is not client:
+            self._record = Record(client, Confirmation.of(settings))
+        record = self._record
         keys = RecordKeys.of(settings)
         seconds = (
             int(expires.total_seconds()) if hasattr(expires, "total_seconds") else int(expires or 0)
@@ -67,7 +69,11 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
             recorder.finish_ops(task_id, state, result) if recorder is not None else (None, None)
         )
         ends_delivery = state in states.READY_STATES or state == states.RETRY
-        stored = record.run(
+        # An outcome (and a retry's requeue before it) is confirmed by replicas before anyone
+        # hears it: a failover must not take back a result waiters or the sink acted on.
+        confirmed = ends_delivery and record.confirms
+        run = record.run_confirmed if confirmed else record.run
+        stored = run(
             calls.store(
                 keys,
                 task_id=task_id,
@@ -79,6 +85,7 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
                 broker_db=settings.redis_db_broker,
                 result_db=settings.redis_db_backend,
                 stats_if_revoked=if_revoked,
+                publish=not confirmed,
             )
         )
         refused = not stored and state in states.READY_STATES

@@ -31,6 +31,7 @@ from celery.beat import ScheduleEntry, Scheduler
 
 from ..config import TaskSettings
 from ..record import Record, calls
+from ..record.confirm import Confirmation
 
 if TYPE_CHECKING:
     import redis
@@ -62,6 +63,7 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]
         self._settings: TaskSettings = getattr(app, "settings", None) or TaskSettings()
         self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._client: redis.Redis | None = None
+        self._record_cache: Record | None = None
         self._leader = False
         kwargs.pop("schedule_filename", None)  # state lives in Redis, not in a shelve file
         super().__init__(app, *args, **kwargs)
@@ -77,15 +79,23 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]
             )
         return self._client
 
+    @property
+    def _record(self) -> Record:
+        client = self.redis
+        if self._record_cache is None or self._record_cache.client is not client:
+            self._record_cache = Record(client, Confirmation.of(self._settings))
+        return self._record_cache
+
     def _key(self, *parts: str) -> str:
         return self._settings.key("beat", *parts)
 
     def _hold_lock(self) -> bool:
         ttl_ms = int(self._settings.beat_lock_ttl_s * 1000)
         try:
-            held = Record(self.redis).run(
-                calls.lock(key=self._key("leader"), token=self._token, ttl_ms=ttl_ms)
-            )
+            call = calls.lock(key=self._key("leader"), token=self._token, ttl_ms=ttl_ms)
+            # Taking the lock is confirmed by replicas (a failover must not let a second beat
+            # take a lock the first already acted on); renewing it is not.
+            held = self._record.run(call) if self._leader else self._record.run_confirmed(call)
         except Exception as exc:
             logger.warning("beat: cannot reach Redis for the leader lock (%s); not sending", exc)
             held = False

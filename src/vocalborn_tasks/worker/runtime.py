@@ -32,6 +32,7 @@ from ..errors import (
     is_retryable,
 )
 from ..record import Record, RecordKeys, calls
+from ..record.confirm import Confirmation
 from ..recordings import RecordingResolver, load_resolver
 from ..sinks import ResultSink, as_result_sink
 from ..tasks.definition import TaskContext, TaskDefinition
@@ -122,7 +123,7 @@ class WorkerRuntime:
     @cached_property
     def record(self) -> Record:
         """The task record's transitions on this process's client."""
-        return Record(self.redis)
+        return Record(self.redis, Confirmation.of(self.settings))
 
     def patiently(self, what: str, call: Callable[[], T]) -> T:
         """Run a Redis step, waiting out an outage up to ``BROKER_OUTAGE_TOLERANCE``.
@@ -205,9 +206,11 @@ class WorkerRuntime:
         deadline = time.monotonic() + _SINK_CLAIM_TTL_S + 5.0
         redis = self.redis
         what = f"task {task_id}: result sink"
-        while not self.patiently(
-            what, lambda: redis.set(key, token, nx=True, ex=_SINK_CLAIM_TTL_S)
-        ):
+        # Confirmed by replicas before the sink runs: a claim a failover takes back would let
+        # a second run call the sink too. (The ``acked`` mark below is covered by the
+        # confirmed store of the task's outcome that follows it.)
+        claim = calls.lock(key=key, token=token, ttl_ms=_SINK_CLAIM_TTL_S * 1000)
+        while not self.patiently(what, lambda: self.record.run_confirmed(claim)):
             current = self.patiently(what, lambda: redis.get(key))
             if current in (b"1", b"acked", "1", "acked"):
                 logger.info("task %s: the sink already stored its result; skipping", task_id)

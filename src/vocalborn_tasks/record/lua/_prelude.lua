@@ -20,15 +20,16 @@ local function is_final(key)
   return status ~= nil and FINAL[status] == true
 end
 
--- Store a meta and publish it on the channel of the same name (where every waiter listens).
-local function put_meta(key, value, ttl)
+-- Store a meta and publish it on the channel of the same name (where every waiter listens),
+-- unless publish is '0' (the caller publishes once replicas confirmed the write).
+local function put_meta(key, value, ttl, publish)
   ttl = tonumber(ttl)
   if ttl and ttl > 0 then
     redis.call('SET', key, value, 'EX', ttl)
   else
     redis.call('SET', key, value)
   end
-  redis.call('PUBLISH', key, value)
+  if publish ~= '0' then redis.call('PUBLISH', key, value) end
 end
 
 -- Record the final state on the submit marker, so an expired result reads EXPIRED, not unknown.

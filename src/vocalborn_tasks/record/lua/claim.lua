@@ -7,6 +7,8 @@
 -- (force: '1' replaces a live slot. owner: the owner's digest, '' for none; the inflight key
 -- is that owner's slot, and the marker records it so reads can be scoped to it.)
 local cur = redis.call('GET', KEYS[1])
+-- This very claim sent again (a confirmed write whose replicas were slow): already queued.
+if cur == ARGV[1] then return cur end
 if cur and ARGV[6] ~= '1' then
   local status = meta_status(ARGV[7] .. cur)
   local live

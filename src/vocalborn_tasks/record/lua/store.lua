@@ -3,20 +3,25 @@
 -- the message (remove its 'unacked' entry): the outcome and the acknowledgement are one step,
 -- so a worker killed in between can neither lose the result nor have the task run again.
 -- KEYS: meta, marker (result db); unacked, unacked_index (broker db)
--- ARGV: meta, meta_ttl, state, stats, delivery_tag, broker_db, result_db, stats_if_revoked
+-- ARGV: meta, meta_ttl, state, stats, delivery_tag, broker_db, result_db, stats_if_revoked,
+--       publish
 -- (meta_ttl 0: none; stats: JSON list of commands or ''; delivery_tag '' for none;
 -- stats_if_revoked: the statistics to apply instead when a cancel got there first, REVOKED
--- stored: the run then counts as revoked, the outcome every caller sees; '' for none.)
+-- stored: the run then counts as revoked, the outcome every caller sees; '' for none.
+-- publish: '0' leaves publishing to the caller, after replicas confirmed the write. The same
+-- store sent again, which a confirmed write does when replicas were slow, finds its own meta
+-- there: it acknowledges again but counts no statistics twice.)
 -- Returns 1 if stored, 0 if a final state was already there.
 local existing = meta_status(KEYS[1])
 local stats = ARGV[4]
 if existing == 'REVOKED' and ARGV[8] ~= nil and ARGV[8] ~= '' then stats = ARGV[8] end
-if stats ~= '' then
+local again = existing ~= nil and redis.call('GET', KEYS[1]) == ARGV[1]
+if stats ~= '' and not again then
   for _, command in ipairs(cjson.decode(stats)) do redis.call(unpack(command)) end
 end
 local stored = 0
 if existing == nil or not FINAL[existing] then
-  put_meta(KEYS[1], ARGV[1], ARGV[2])
+  put_meta(KEYS[1], ARGV[1], ARGV[2], ARGV[9])
   mark_done(KEYS[2], ARGV[3])
   stored = 1
 end
