@@ -33,14 +33,32 @@ def database(settings: TaskSettings, db: Database) -> int:
     return settings.redis_db_broker if db == "broker" else settings.redis_db_backend
 
 
-class _AsyncBlockingSentinelPool(
-    aiosentinel.SentinelConnectionPool, aioredis.BlockingConnectionPool
-):
-    """redis-py's Sentinel pool (master lookup on connect) that queues instead of failing."""
+class _AsyncSentinelPool(aiosentinel.SentinelConnectionPool):
+    """redis-py's Sentinel pool that also closes its connections to the sentinels.
+
+    redis-py's own keeps them open after the client is closed (a socket per sentinel left
+    behind by every closed TaskManager).
+    """
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # a full close, not the drop of idle ones after a failover
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+
+class _AsyncBlockingSentinelPool(_AsyncSentinelPool, aioredis.BlockingConnectionPool):
+    """The Sentinel pool (master lookup on connect) that queues instead of failing."""
 
 
 class _SyncBlockingSentinelPool(syncsentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
     """The synchronous twin of :class:`_AsyncBlockingSentinelPool`."""
+
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        super().disconnect(inuse_connections)
+        if inuse_connections:
+            for sentinel in self.sentinel_manager.sentinels:
+                sentinel.close()
 
 
 def sentinel_kwargs(settings: TaskSettings) -> dict[str, Any]:
@@ -107,7 +125,7 @@ def async_pool(
     kwargs = {**options, **_master_kwargs(settings, db), **_tls_kwargs(settings)}
     if blocking:
         kwargs["timeout"] = settings.redis_connect_timeout_s
-    cls = _AsyncBlockingSentinelPool if blocking else aiosentinel.SentinelConnectionPool
+    cls = _AsyncBlockingSentinelPool if blocking else _AsyncSentinelPool
     pool: aioredis.ConnectionPool = cls(
         settings.redis_sentinel_master,
         manager,

@@ -28,6 +28,7 @@ from .errors import BrokerAuthError, BrokerUnavailableError
 
 __all__ = [
     "Batch",
+    "PubSubConnections",
     "Reply",
     "Steps",
     "async_client",
@@ -88,20 +89,47 @@ def sync_client(settings: TaskSettings, db: Database, *, max_connections: int = 
     return client
 
 
-def pubsub_connection_factory(settings: TaskSettings) -> Any:
-    """A factory of dedicated connections for the result pub/sub hub.
+class PubSubConnections:
+    """Dedicated connections for the result pub/sub hub, and where the master is now.
 
-    With sentinels each new connection asks them for the current master when it connects.
+    With sentinels each new connection asks them for the current master when it connects,
+    and :meth:`master_address` lets the hub notice that its subscribed connection is on a
+    server that is no longer the master (a demoted master keeps its subscribers, who then
+    hear nothing the new master publishes).
     """
-    pool = async_pool(
-        settings, "backend", max_connections=2**31, blocking=False, **_kwargs(settings, pubsub=True)
-    )
 
-    def make() -> aioredis.Connection:
-        conn: aioredis.Connection = pool.make_connection()  # type: ignore[no-untyped-call]
+    def __init__(self, settings: TaskSettings) -> None:
+        self._pool = async_pool(
+            settings,
+            "backend",
+            max_connections=2**31,
+            blocking=False,
+            **_kwargs(settings, pubsub=True),
+        )
+        self.sentinel = settings.uses_sentinel
+
+    def __call__(self) -> aioredis.Connection:
+        conn: aioredis.Connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
         return conn
 
-    return make
+    async def master_address(self) -> tuple[str, int] | None:
+        """The master's ``(host, port)`` as the sentinels name it; None without sentinels."""
+        if not self.sentinel:
+            return None
+        lookup = getattr(self._pool, "get_master_address", None)
+        if lookup is None:
+            return None
+        address = await lookup()
+        return (str(address[0]), int(address[1]))
+
+    async def aclose(self) -> None:
+        """Close what the pool holds (the sentinels' connections, with sentinels)."""
+        await self._pool.disconnect()
+
+
+def pubsub_connection_factory(settings: TaskSettings) -> PubSubConnections:
+    """A factory of dedicated connections for the result pub/sub hub."""
+    return PubSubConnections(settings)
 
 
 def _describe(settings: TaskSettings, exc: BaseException) -> str:

@@ -37,7 +37,7 @@ from .models import (
 )
 from .outcomes import build_request, prepare_requests, result_of, scope_owner
 from .record import AsyncRecord, RecordKeys, calls, new_task_id
-from .record.confirm import Confirmation
+from .record.confirm import Confirmation, relocate
 from .recordings import (
     RecordingResolver,
     load_resolver,
@@ -129,7 +129,12 @@ class TaskManager:
             raise ManagerClosedError("this TaskManager is closed; create a new one")
         if self._reader is None:
             self._backend = async_client(self.settings, "backend")
-            self._hub = PubSubHub(pubsub_connection_factory(self.settings))
+            backend = self._backend
+            self._hub = PubSubHub(
+                pubsub_connection_factory(self.settings),
+                connect_timeout_s=self.settings.redis_connect_timeout_s,
+                on_reconnect=lambda: relocate(backend),
+            )
             self._reader = ResultReader(
                 self._backend, self._hub, keys=self._keys, record_ttl_s=self._marker_ttl_s
             )

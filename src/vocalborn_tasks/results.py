@@ -22,11 +22,13 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .errors import TaskLostError, TaskNotFoundError
@@ -174,9 +176,24 @@ class PubSubHub:
             was restarted (0 in a healthy process; the first failure is logged as an ERROR).
     """
 
-    def __init__(self, connect: ConnectionFactory, *, max_backoff_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        connect: ConnectionFactory,
+        *,
+        max_backoff_s: float = 2.0,
+        ping_interval_s: float = 1.0,
+        connect_timeout_s: float = 5.0,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._connect = connect
         self._max_backoff_s = max_backoff_s
+        self._ping_interval_s = ping_interval_s
+        self._connect_timeout_s = connect_timeout_s
+        self._last_pong = 0.0
+        self._watch: asyncio.Task[None] | None = None
+        #: Run after a reconnect, before waiters re-read their tasks (the manager points its
+        #: reading client at the current master, so a re-read does not ask the old one).
+        self._on_reconnect = on_reconnect
         self._conn: aioredis.Connection | None = None
         self._waiters: dict[str, set[asyncio.Queue[bytes | _Recheck]]] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
@@ -197,15 +214,59 @@ class PubSubHub:
         async with self._start_lock:  # many first waiters at once must share one connection
             if self._reader is None:
                 await self._open()
-                self._reader = asyncio.get_running_loop().create_task(
-                    self._supervise(), name="vocalborn-pubsub-reader"
-                )
+                loop = asyncio.get_running_loop()
+                self._reader = loop.create_task(self._supervise(), name="vocalborn-pubsub-reader")
+                self._watch = loop.create_task(self._keep_watch(), name="vocalborn-pubsub-watch")
 
     async def _open(self) -> None:
         conn = self._connect()
-        await conn.connect()  # type: ignore[no-untyped-call]
+        try:
+            # A frozen server accepts the TCP connection and never answers AUTH: bounded.
+            async with asyncio.timeout(self._connect_timeout_s):
+                await conn.connect()  # type: ignore[no-untyped-call]
+        except TimeoutError as exc:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+            raise RedisConnectionError("the result pub/sub connection timed out") from exc
         self._conn = conn
+        self._last_pong = time.monotonic()
         self._connected.set()
+
+    async def _keep_watch(self) -> None:
+        """Drop the subscribed connection when its server stops being the one to listen to.
+
+        A subscribed connection reports nothing when its server freezes, and a master demoted
+        in a failover keeps its subscribers, who then hear nothing the new master publishes.
+        So every ``ping_interval_s`` the hub PINGs (answered in subscribed mode too) and, with
+        sentinels, asks them for the master; no PONG for three intervals, or a master elsewhere,
+        and the connection is dropped: the reader reconnects, resubscribes and tells every
+        waiter to re-read its task.
+        """
+        interval = self._ping_interval_s
+        while not self._closed:
+            await asyncio.sleep(interval)
+            conn = self._conn
+            if conn is None or not self._connected.is_set():
+                continue
+            reason = ""
+            if time.monotonic() - self._last_pong > 3 * interval:
+                reason = f"no answer to PING for {3 * interval:g} s"
+            else:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._send("PING")
+                locate = getattr(self._connect, "master_address", None)
+                if locate is not None:
+                    try:
+                        async with asyncio.timeout(self._connect_timeout_s):
+                            master = await locate()
+                    except (RedisError, OSError, TimeoutError):
+                        master = None
+                    here = (str(getattr(conn, "host", "")), int(getattr(conn, "port", 0)))
+                    if master is not None and master != here:
+                        reason = f"the master is now {master[0]}:{master[1]}"
+            if reason and conn is self._conn:
+                logger.warning("result pub/sub connection dropped (%s); reconnecting", reason)
+                await self._drop_connection()
 
     async def _send(self, *args: str) -> None:
         async with self._send_lock:
@@ -359,6 +420,9 @@ class PubSubHub:
 
     async def _reconnect(self) -> None:
         await self._open()
+        if self._on_reconnect is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._on_reconnect()
         channels = list(self._waiters)
         for channel in channels:
             fut = self._confirmed.get(channel)
@@ -384,6 +448,12 @@ class PubSubHub:
             queue.put_nowait(RECHECK)
 
     def _dispatch(self, response: Any) -> None:
+        # PING's answer: ["pong", ""] while subscribed to something, plain PONG otherwise.
+        if (isinstance(response, list) and response and _decode(response[0]) == "pong") or (
+            isinstance(response, (bytes, str)) and _decode(response) == "PONG"
+        ):
+            self._last_pong = time.monotonic()
+            return
         if not isinstance(response, list) or len(response) < 3:
             return
         kind = _decode(response[0])
@@ -402,10 +472,15 @@ class PubSubHub:
         self._closed = True
         for task in list(self._flushes):
             task.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+        for running in (self._watch, self._reader):
+            if running is not None:
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await running
+        close_factory = getattr(self._connect, "aclose", None)
+        if close_factory is not None:
+            with contextlib.suppress(Exception):
+                await close_factory()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             self._connected.clear()

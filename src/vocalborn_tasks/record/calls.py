@@ -556,13 +556,13 @@ class Record:
             while True:
                 needed = confirm.needed()
                 try:
-                    pipe = self.client.pipeline(transaction=False)
-                    self._scripts[call.script](
-                        keys=list(call.keys), args=list(call.args), client=pipe
-                    )
-                    for command in confirm.tail(needed, deadline - time.monotonic()):
-                        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-                    replies, acks, info = split_tail(pipe.execute())
+                    with self.client.pipeline(transaction=False) as pipe:
+                        self._scripts[call.script](
+                            keys=list(call.keys), args=list(call.args), client=pipe
+                        )
+                        for command in confirm.tail(needed, deadline - time.monotonic()):
+                            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                        replies, acks, info = split_tail(pipe.execute())
                 except Exception as exc:
                     if not is_failover_error(exc) or time.monotonic() > deadline:
                         raise
@@ -622,12 +622,12 @@ class AsyncRecord:
             while True:
                 needed = confirm.needed()
                 try:
-                    pipe = self.client.pipeline(transaction=False)
-                    for call in calls:
-                        await self._queue(pipe, call)
-                    for command in confirm.tail(needed, deadline - time.monotonic()):
-                        pipe.execute_command(*command)
-                    replies, acks, info = split_tail(await pipe.execute())
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for call in calls:
+                            await self._queue(pipe, call)
+                        for command in confirm.tail(needed, deadline - time.monotonic()):
+                            pipe.execute_command(*command)
+                        replies, acks, info = split_tail(await pipe.execute())
                 except Exception as exc:
                     if not is_failover_error(exc) or time.monotonic() > deadline:
                         raise
@@ -680,10 +680,10 @@ class AsyncRecord:
         the first attempt took, if it ran).
         """
         for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            await queue(pipe)
             try:
-                return list(await pipe.execute())
+                async with self.client.pipeline(transaction=False) as pipe:
+                    await queue(pipe)
+                    return list(await pipe.execute())
             except NoScriptError:
                 if attempt == 2:
                     raise
