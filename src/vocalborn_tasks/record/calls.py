@@ -560,9 +560,10 @@ class Record:
                         self._scripts[call.script](
                             keys=list(call.keys), args=list(call.args), client=pipe
                         )
-                        for command in confirm.tail(needed, deadline - time.monotonic()):
+                        tail = confirm.tail(needed, deadline - time.monotonic())
+                        for command in tail:
                             pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-                        replies, acks, info = split_tail(pipe.execute())
+                        replies, acks, info = split_tail(pipe.execute(), len(tail))
                 except Exception as exc:
                     if not is_failover_error(exc) or time.monotonic() > deadline:
                         raise
@@ -570,9 +571,11 @@ class Record:
                     time.sleep(backoff(attempt))
                     attempt += 1
                     continue
-                confirm.observe(info)
+                if info is not None:
+                    confirm.observe(info)
                 if confirm.accepted(acks, needed):
                     break
+                confirm.doubt()
                 if time.monotonic() > deadline:
                     raise confirm.shortfall(int(acks), max(needed, confirm.needed()))
                 relocate_sync(self.client)
@@ -625,9 +628,10 @@ class AsyncRecord:
                     async with self.client.pipeline(transaction=False) as pipe:
                         for call in calls:
                             await self._queue(pipe, call)
-                        for command in confirm.tail(needed, deadline - time.monotonic()):
+                        tail = confirm.tail(needed, deadline - time.monotonic())
+                        for command in tail:
                             pipe.execute_command(*command)
-                        replies, acks, info = split_tail(await pipe.execute())
+                        replies, acks, info = split_tail(await pipe.execute(), len(tail))
                 except Exception as exc:
                     if not is_failover_error(exc) or time.monotonic() > deadline:
                         raise
@@ -635,9 +639,11 @@ class AsyncRecord:
                     await asyncio.sleep(backoff(attempt))
                     attempt += 1
                     continue
-                confirm.observe(info)
+                if info is not None:
+                    confirm.observe(info)
                 if confirm.accepted(acks, needed):
                     break
+                confirm.doubt()
                 if time.monotonic() > deadline:
                     raise confirm.shortfall(int(acks), max(needed, confirm.needed()))
                 await relocate(self.client)
