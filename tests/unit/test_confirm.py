@@ -1,0 +1,95 @@
+"""The confirmation rule of record/confirm.py: who must hold a write, decided from reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from vocalborn_tasks.config import TaskSettings
+from vocalborn_tasks.record.confirm import Confirmation, is_failover_error, split_tail
+
+
+def _report(replid: str, *replicas: tuple[int, str]) -> dict[str, Any]:
+    info: dict[str, Any] = {"role": "master", "master_replid": replid}
+    for i, (port, state) in enumerate(replicas):
+        info[f"slave{i}"] = {"ip": "127.0.0.1", "port": port, "state": state}
+    return info
+
+
+def test_nothing_to_confirm_without_replica_acks() -> None:
+    assert Confirmation.of(TaskSettings(_env_file=None, redis_url="redis://h:1/0")) is None
+    found = Confirmation.of(TaskSettings(_env_file=None, redis_replica_acks=2))
+    assert found is not None and found.replicas == 2
+
+
+def test_every_replica_seen_within_the_grace_must_confirm() -> None:
+    c = Confirmation(replicas=1, wait_s=15)
+    assert c.needed(now=0) == 1
+    c.observe(_report("a", (1, "online"), (2, "online")), now=0)
+    assert c.needed(now=0) == 2
+    # The promoted replica left the old master: still expected for the grace period.
+    c.observe(_report("a", (2, "online")), now=1)
+    assert c.needed(now=1) == 2
+    assert c.needed(now=4.9) == 2
+    c.observe(_report("a", (2, "online")), now=5.5)
+    assert c.needed(now=5.5) == 1
+
+
+def test_a_replica_still_syncing_is_not_expected() -> None:
+    c = Confirmation(replicas=1, wait_s=15)
+    c.observe(_report("a", (1, "online"), (2, "wait_bgsave")), now=0)
+    assert c.needed(now=0) == 1
+
+
+def test_a_new_master_starts_from_its_own_replicas() -> None:
+    c = Confirmation(replicas=1, wait_s=15)
+    c.observe(_report("old", (1, "online"), (2, "online")), now=0)
+    c.observe(_report("new", (2, "online")), now=1)
+    assert c.needed(now=1) == 1
+
+
+def test_a_raw_info_text_is_read_too() -> None:
+    c = Confirmation(replicas=1, wait_s=15)
+    text = (
+        "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n"
+        "slave0:ip=127.0.0.1,port=7001,state=online,offset=10,lag=0\r\n"
+        "slave1:ip=127.0.0.1,port=7002,state=online,offset=10,lag=1\r\n"
+        "master_replid:abc\r\n"
+    )
+    c.observe(text.encode(), now=0)
+    assert c.needed(now=0) == 2
+
+
+def test_a_short_wait_is_not_accepted_and_asks_for_a_report() -> None:
+    c = Confirmation(replicas=1, wait_s=15)
+    assert [cmd[0] for cmd in c.tail(1, 10)] == ["WAIT", "INFO"]
+    c.observe(_report("a", (1, "online")))
+    assert [cmd[0] for cmd in c.tail(1, 10)] == ["WAIT"]  # reported a moment ago
+    assert not c.accepted(0, 1)
+    c.doubt()
+    assert [cmd[0] for cmd in c.tail(1, 10)] == ["WAIT", "INFO"]
+    assert c.accepted(1, 1)
+
+
+def test_split_tail() -> None:
+    assert split_tail(["r1", "r2", 1, {"role": "master"}], 2) == (
+        ["r1", "r2"],
+        1,
+        {"role": "master"},
+    )
+    assert split_tail(["r1", 2], 1) == (["r1"], 2, None)
+
+
+def test_failover_errors() -> None:
+    assert is_failover_error(RedisConnectionError("gone"))
+    for reply in (
+        "NOREPLICAS Not enough good replicas",
+        "MASTERDOWN x",
+        "UNBLOCKED x",
+        "LOADING x",
+    ):
+        assert is_failover_error(ResponseError(reply))
+    assert not is_failover_error(ResponseError("ERR wrong number of arguments"))
+    assert not is_failover_error(ValueError("x"))
