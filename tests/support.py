@@ -253,3 +253,41 @@ def flush(settings: TaskSettings) -> None:
             client.flushdb()
         finally:
             client.close()
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(
+        ["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30, text=True
+    )
+
+
+def _make_ca(directory: Path, name: str) -> None:
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN={name}",
+        cwd=directory,
+    )  # fmt: skip
+
+
+def make_test_certs(directory: Path) -> dict[str, Path]:
+    """In ``directory``: a CA, a server certificate it signed for 127.0.0.1, and a second,
+    unrelated CA (``ca``, ``cert``, ``key``, ``other_ca``)."""
+    _make_ca(directory, "ca")
+    _make_ca(directory, "other-ca")
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
+        cwd=directory,
+    )  # fmt: skip
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.cnf",
+        cwd=directory,
+    )  # fmt: skip
+    return {
+        "ca": directory / "ca.crt",
+        "other_ca": directory / "other-ca.crt",
+        "cert": directory / "server.crt",
+        "key": directory / "server.key",
+    }

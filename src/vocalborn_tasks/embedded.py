@@ -339,6 +339,9 @@ class SentinelGroup:
         sentinel_password: ``requirepass`` of the sentinels themselves.
         min_replicas_to_write: ``min-replicas-to-write`` on every data server (``0``: off).
         config: further directives for every data server.
+        tls: ``{"cert": ..., "key": ..., "ca": ...}`` file paths: every process (data servers
+            and sentinels) listens on TLS only, replication included; clients are not asked
+            for certificates. Needs a binary built with TLS (Debian's ``redis-server``).
     """
 
     def __init__(
@@ -355,9 +358,11 @@ class SentinelGroup:
         min_replicas_to_write: int = 0,
         min_replicas_max_lag_s: int = 10,
         config: dict[str, str] | None = None,
+        tls: dict[str, str | Path] | None = None,
         die_with_parent: bool = False,
     ) -> None:
         self.binary = Path(binary) if binary is not None else embedded_binary()
+        self.tls = {k: str(v) for k, v in tls.items()} if tls else None
         self._stopped: set[int] = set()  # PIDs we SIGSTOPped (thawed before close)
         self.master_name = master_name
         self.password = password
@@ -375,12 +380,15 @@ class SentinelGroup:
         }
         if password:
             data["masterauth"] = password
+        data.update(self._tls_directives)
         self.servers = [
             LocalServer(
                 binary=self.binary,
                 port=port,
                 password=password,
-                config=data if i == 0 else {**data, "replicaof": f"127.0.0.1 {ports[0]}"},
+                config=self._on(
+                    port, data if i == 0 else {**data, "replicaof": f"127.0.0.1 {ports[0]}"}
+                ),
                 die_with_parent=die_with_parent,
             )
             for i, port in enumerate(ports)
@@ -395,16 +403,42 @@ class SentinelGroup:
         }
         if password:
             watch["sentinel auth-pass"] = f"{master_name} {password}"
+        watch.update(self._tls_directives)
+        sentinel_ports = [free_port() for _ in range(sentinels)]
         self.sentinels = [
             LocalServer(
                 binary=self.binary,
+                port=port,
                 password=sentinel_password,
-                config=watch,
+                config=self._on(port, watch),
                 die_with_parent=die_with_parent,
                 sentinel=True,
             )
-            for _ in range(sentinels)
+            for port in sentinel_ports
         ]
+
+    @property
+    def _tls_directives(self) -> dict[str, str]:
+        if self.tls is None:
+            return {}
+        return {
+            "tls-cert-file": self.tls["cert"],
+            "tls-key-file": self.tls["key"],
+            "tls-ca-cert-file": self.tls["ca"],
+            "tls-auth-clients": "no",
+            "tls-replication": "yes",
+        }
+
+    def _on(self, port: int, config: dict[str, str]) -> dict[str, str]:
+        """``config`` for a process listening on ``port`` (its TLS port when TLS is on)."""
+        if self.tls is None:
+            return config
+        return {**config, "port": "0", "tls-port": str(port)}
+
+    def _tls_client_kwargs(self) -> dict[str, object]:
+        if self.tls is None:
+            return {}
+        return {"ssl": True, "ssl_ca_certs": self.tls["ca"], "ssl_cert_reqs": "required"}
 
     def __repr__(self) -> str:
         return f"<SentinelGroup {self.master_name} sentinels={self.sentinel_env()}>"
@@ -425,6 +459,9 @@ class SentinelGroup:
             "redis_sentinels": self.sentinel_env(),
             "redis_sentinel_master": self.master_name,
         }
+        if self.tls is not None:
+            values["redis_tls"] = True
+            values["redis_ssl_ca_certs"] = self.tls["ca"]
         if self.password:
             values["redis_password"] = self.password
         if self.sentinel_password:
@@ -446,6 +483,7 @@ class SentinelGroup:
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
             decode_responses=True,
+            **self._tls_client_kwargs(),  # type: ignore[arg-type]
         )
 
     def _server_client(self, server: LocalServer) -> redis_sync.Redis:
@@ -456,6 +494,7 @@ class SentinelGroup:
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
             decode_responses=True,
+            **self._tls_client_kwargs(),  # type: ignore[arg-type]
         )
 
     def sentinel_master_ports(self) -> list[int | None]:

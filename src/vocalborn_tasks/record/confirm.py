@@ -3,10 +3,10 @@
 With asynchronous replication a master acknowledges a write before any replica has it, so a
 failover can discard a submit whose id was handed out, a cancel that returned, or a result that
 waiters heard. A confirmed run sends ``[script, WAIT n t]`` (and ``INFO replication`` when a
-report is due) in one round trip on one connection and accepts the write only when ``n`` replicas hold it; otherwise it runs the
-(idempotent) transition again, through a fresh connection to whatever the sentinels name
-master now, until ``REDIS_FAILOVER_WAIT_S`` runs out, then fails as unreachable (callers
-translate that into ``BrokerUnavailableError``).
+report is due) in one round trip on one connection and accepts the write only when ``n``
+replicas hold it; otherwise it runs the (idempotent) transition again, through a fresh
+connection to whatever the sentinels name master now, until ``REDIS_FAILOVER_WAIT_S`` runs
+out, then fails as unreachable (callers translate that into ``BrokerUnavailableError``).
 
 ``WAIT 1`` is not enough with two replicas: in a manual failover the replica that is not
 promoted follows the old master for about a second after the promotion and confirms writes
