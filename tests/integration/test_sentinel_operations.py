@@ -3,25 +3,29 @@
 A master, two replicas and three sentinels on loopback (``embedded.SentinelGroup``, the
 session's server binary), ``min-replicas-to-write 1`` as docs/operations.md recommends. No
 worker runs here: the settings require no queue (``HEALTH_REQUIRED_QUEUES=[]``), so the
-verdicts below are the topology's alone. The module's group ends with a failover (the test
-that makes one runs last); the test that kills replicas has a group of its own.
+verdicts below are the topology's alone. The CLI runs as an operator runs it, with only
+``REDIS_SENTINELS``/``REDIS_SENTINEL_MASTER`` set. The module's group ends with a failover (the
+test that makes one runs last); the test that kills replicas has a group of its own.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
 from support import async_wait_until, wait_until
 from vocalborn_tasks import HealthLevel, HealthReport, Monitor, TaskSettings
-from vocalborn_tasks.embedded import SentinelGroup
+from vocalborn_tasks.embedded import SentinelGroup, die_with_parent, free_port
 from vocalborn_tasks.health import SyncHealthReader
 
 pytestmark = pytest.mark.integration
@@ -71,7 +75,7 @@ def _sentinel_env(group: SentinelGroup) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("REDIS_", "CELERY_", "HEALTH_", "TASK_")) and k != "COLUMNS"
+        if not k.startswith(("REDIS_", "CELERY_", "HEALTH_", "TASK_", "FLOWER_")) and k != "COLUMNS"
     }
     env.update(
         REDIS_SENTINELS=group.sentinel_env(),
@@ -247,6 +251,48 @@ def test_cli_health_and_status_with_only_sentinel_settings(group: SentinelGroup)
         [s, f"names {master}, quorum ok"] for s in sentinels
     ], status.stdout
     assert "Workers" in status.stdout and "Queues" in status.stdout
+
+
+def test_flower_starts_and_authenticates_with_only_sentinel_settings(
+    group: SentinelGroup, tmp_path: Path
+) -> None:
+    """What Flower shows of the broker depends on the worker side's Sentinel transport (see
+    docs/operations.md); here: it runs, and never without its password."""
+    port = free_port()
+    env = {**_sentinel_env(group), "FLOWER_BASIC_AUTH": "ops:correct-horse-battery"}
+    log = tmp_path / "flower.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vocalborn_tasks", "flower", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def answers() -> bool:
+            assert proc.poll() is None, log.read_text()
+            try:
+                return httpx.get(f"{base}/healthcheck", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, 60, interval=0.2, what="flower")
+        for path in ("/", "/workers", "/api/workers"):
+            assert httpx.get(base + path, timeout=30).status_code == 401, path
+        ok = httpx.get(base + "/", auth=("ops", "correct-horse-battery"), timeout=30)
+        assert ok.status_code == 200 and "Flower" in ok.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 async def test_after_a_failover_health_and_status_name_the_new_master(
