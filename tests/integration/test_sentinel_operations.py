@@ -27,6 +27,7 @@ from support import async_wait_until, wait_until
 from vocalborn_tasks import HealthLevel, HealthReport, Monitor, TaskSettings
 from vocalborn_tasks.embedded import SentinelGroup, die_with_parent, free_port
 from vocalborn_tasks.health import SyncHealthReader
+from vocalborn_tasks.metrics import build_registry
 
 pytestmark = pytest.mark.integration
 
@@ -251,6 +252,23 @@ def test_cli_health_and_status_with_only_sentinel_settings(group: SentinelGroup)
         [s, f"names {master}, quorum ok"] for s in sentinels
     ], status.stdout
     assert "Workers" in status.stdout and "Queues" in status.stdout
+
+
+def test_metrics_scrape_through_the_sentinels(group: SentinelGroup, settings: TaskSettings) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = generate_latest(build_registry(settings)).decode()
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+    assert values["vocalborn_up"] == 1
+    assert values["vocalborn_health_status"] == 0  # healthy
+    assert values["vocalborn_redis_connected_replicas"] == 2
+    assert 0 <= values["vocalborn_redis_replica_max_lag_seconds"] <= 10
 
 
 def test_flower_starts_and_authenticates_with_only_sentinel_settings(
