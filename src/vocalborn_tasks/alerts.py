@@ -20,7 +20,13 @@ workers) never both send the same notice.
 Rules: queue backlog (``alert_queue_backlog``), oldest waiting message
 (``alert_oldest_message_age_s``), a queue without live workers (``alert_no_workers``), task
 failure rate over a window (``alert_failure_rate``), Redis memory share of ``maxmemory``
-(``alert_memory_ratio``), and the server being unreachable.
+(``alert_memory_ratio``), and, always on, the server being unreachable and every topology issue
+of the health report (``redis_topology:<kind>``: the server is a replica or refuses writes, fewer
+replicas than ``REDIS_REPLICA_ACKS``, no write fencing, sentinels silent, lost, disagreeing or
+without quorum; none for a single server with ``REDIS_REPLICA_ACKS`` 0).
+
+A server that refuses writes cannot keep the alert state either: then, as when it is
+unreachable, each holding condition is sent as it is, at every evaluation.
 
 Sinks: :class:`LoggingSink` (always), :class:`WebhookSink` (``alert_webhook_url``, JSON POST)
 and anything in ``alert_sinks`` (an :class:`AlertSink` or a plain callable ``fn(alert)``).
@@ -44,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._redis import redis_errors, sync_redis_errors
 from .config import TaskSettings
 from .errors import ConfigurationError
-from .health import HealthReport, TaskTypeStats, queues_without_worker
+from .health import HealthReport, TaskTypeStats, queues_without_worker, topology_issues
 from .record import AsyncRecord, Record, calls
 
 if TYPE_CHECKING:
@@ -82,7 +88,7 @@ class Alert(BaseModel):
     #: Stable identity, e.g. ``no_workers:ai_analysis``; firing and resolved share it.
     key: str
     #: The rule: ``queue_backlog``, ``oldest_message_age``, ``no_workers``, ``failure_rate``,
-    #: ``redis_memory`` or ``redis_unreachable``.
+    #: ``redis_memory``, ``redis_unreachable`` or ``redis_topology``.
     rule: str
     status: AlertStatus
     message: str
@@ -204,6 +210,15 @@ def current_alerts(
         reason = report.reasons[0] if report.reasons else "unreachable"
         out.append(_Holding(key="redis_unreachable", rule="redis_unreachable", message=reason))
         return out
+    for issue in topology_issues(s, report.topology) if report.topology is not None else ():
+        out.append(
+            _Holding(
+                key=f"redis_topology:{issue.kind}",
+                rule="redis_topology",
+                message=issue.reason,
+                details={"kind": issue.kind, "level": issue.level.value},
+            )
+        )
     unserved = {q.name for q in queues_without_worker(report.queues, s.health_required_queues)}
     for q in report.queues:
         if s.alert_no_workers and q.name in unserved:
@@ -297,7 +312,7 @@ async def evaluate_alerts(
     if report.reachable and s.alert_failure_rate is not None:
         stats = await monitor.get_task_type_stats(s.alert_failure_window_s)
     holding = {h.key: h for h in current_alerts(s, report, stats)}
-    if not report.reachable:
+    if _no_alert_state(s, report):
         # Alert state lives in Redis: without it, tell the sinks directly (no de-duplication).
         notices = _unreachable_notices(holding)
         await _deliver_off_loop(targets, notices)
@@ -348,7 +363,7 @@ def evaluate_alerts_sync(
         if report.reachable and s.alert_failure_rate is not None:
             stats = reader.get_task_type_stats(s.alert_failure_window_s)
         holding = {h.key: h for h in current_alerts(s, report, stats)}
-        if not report.reachable:
+        if _no_alert_state(s, report):
             notices = _unreachable_notices(holding)
             _deliver(targets, notices)
             return notices
@@ -376,6 +391,15 @@ def evaluate_alerts_sync(
 
 #: How long an evaluation may hold the alert lock (a crashed one frees it by expiry).
 _LOCK_MS = 30_000
+
+
+def _no_alert_state(settings: TaskSettings, report: HealthReport) -> bool:
+    """True when the alert state cannot be kept in Redis: unreachable, or refusing writes."""
+    if not report.reachable:
+        return True
+    if report.topology is None:
+        return False
+    return any(i.kind in ("role", "writes") for i in topology_issues(settings, report.topology))
 
 
 def _unreachable_notices(holding: dict[str, _Holding]) -> list[Alert]:

@@ -309,6 +309,8 @@ def health(ctx: click.Context, as_json: bool) -> None:
                     f"{_seconds(q.oldest_age_s)}",
                     highlight=False,
                 )
+        for line in _topology_lines(_settings(ctx), report):
+            console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
     if report.level is HealthLevel.UNHEALTHY:
         sys.exit(EXIT_NOT_OK)
 
@@ -317,10 +319,10 @@ def health(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 @handle_errors
 def status(ctx: click.Context) -> None:
-    """Workers, queues and recent task statistics, as tables."""
+    """The Redis master (as the sentinels name it), workers, queues and task statistics."""
     # With the health check: its drain verdicts are what ``monitor`` shows too.
     snap = run_async(_snapshot(_settings(ctx), with_health=True))
-    for table in _dashboard_tables(snap):
+    for table in _dashboard_tables(_settings(ctx), snap):
         console.print(table)
 
 
@@ -345,6 +347,86 @@ async def _snapshot(settings: TaskSettings, *, with_health: bool = False) -> _Sn
         return _Snapshot(workers, queues, types, report)
 
 
+def _shows_topology(settings: TaskSettings, topology: Any) -> bool:
+    """Whether there is a topology to show: sentinels, replicas, replicas required, or a
+    server that is not a master. A lone server needing no replica shows as it always did."""
+    return topology is not None and bool(
+        settings.uses_sentinel
+        or topology.replicas
+        or topology.replica_acks
+        or topology.role != "master"
+    )
+
+
+def _known(value: int | None, unit: str = "") -> str:
+    return "unknown" if value is None else f"{value}{unit}"
+
+
+def _topology_lines(settings: TaskSettings, report: Any) -> list[str]:
+    """The health text's lines about the topology: the master, replicas, the fencing settings."""
+    t = report.topology
+    if not _shows_topology(settings, t):
+        return []
+    lines = []
+    if settings.uses_sentinel:
+        answered = sum(1 for s in t.sentinels if s.reachable)
+        lines.append(
+            f"master {t.master or 'unknown'} (as {answered} of {len(t.sentinels)} sentinels "
+            f"name it: {', '.join(s.address for s in t.sentinels)})"
+        )
+        if t.role != "master":
+            lines.append(f"the server this client reaches is a {t.role}")
+    else:
+        following = f" of {t.following}" if t.following else ""
+        lines.append(f"server {settings.server_address}: {t.role}{following}")
+    replicas = "; ".join(f"{r.address} {r.state}, lag {_known(r.lag_s, ' s')}" for r in t.replicas)
+    lines.append(
+        f"replicas: {t.connected_replicas} connected" + (f" ({replicas})" if replicas else "")
+    )
+    lines.append(
+        f"min-replicas-to-write {_known(t.min_replicas_to_write)}, min-replicas-max-lag "
+        f"{_known(t.min_replicas_max_lag_s, ' s')}, REDIS_REPLICA_ACKS {t.replica_acks}"
+    )
+    return lines
+
+
+def _topology_table(settings: TaskSettings, report: Any) -> Table | None:
+    """``status``/``monitor``: who is the master (as the sentinels name it), its replicas and
+    the sentinels, one row each."""
+    t = report.topology if report is not None else None
+    if t is None:
+        return None
+    table = Table(title="Redis", title_justify="left")
+    for col in ("redis", "address", "state"):
+        table.add_column(col)
+    fencing = (
+        f"min-replicas-to-write {_known(t.min_replicas_to_write)} (max lag "
+        f"{_known(t.min_replicas_max_lag_s, ' s')}), REDIS_REPLICA_ACKS {t.replica_acks}"
+    )
+    if settings.uses_sentinel:
+        state = f"{t.role}, {fencing}"
+        table.add_row("master", escape(t.master or "unknown"), state)
+    else:
+        following = f" of {t.following}" if t.following else ""
+        replicas = fencing if _shows_topology(settings, t) else "no replicas"
+        table.add_row("server", escape(settings.server_address), f"{t.role}{following}, {replicas}")
+    for r in t.replicas:
+        behind = "" if r.behind_bytes is None else f", {r.behind_bytes} bytes behind"
+        table.add_row(
+            "replica", escape(r.address), f"{r.state}, lag {_known(r.lag_s, ' s')}{behind}"
+        )
+    for s in t.sentinels:
+        if not s.reachable:
+            state = f"[red]no answer[/] ({escape(s.error or '')})"
+        elif s.master is None:
+            state = f"[red]does not monitor {escape(settings.redis_sentinel_master or '')}[/]"
+        else:
+            quorum = "quorum ok" if s.quorum else f"[red]{escape(s.error or 'no quorum')}[/]"
+            state = f"names {escape(s.master)}, {quorum}"
+        table.add_row("sentinel", escape(s.address), state)
+    return table
+
+
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
@@ -355,7 +437,7 @@ def _seconds(value: float | None) -> str:
     return f"{value / 60:.0f} min"
 
 
-def _dashboard_tables(snap: _Snapshot) -> list[Table]:
+def _dashboard_tables(settings: TaskSettings, snap: _Snapshot) -> list[Table]:
     workers = Table(title="Workers", title_justify="left")
     for col in ("worker", "pid", "procs", "queues", "active", "reserved", "processed", "memory"):
         workers.add_column(col, justify="right" if col in ("active", "reserved") else "left")
@@ -399,8 +481,8 @@ def _dashboard_tables(snap: _Snapshot) -> list[Table]:
             _seconds(t.p50_s),
             _seconds(t.p95_s),
         )
-    tables = [workers, queues, types]
-    return tables
+    redis_table = _topology_table(settings, snap.report)
+    return [*([redis_table] if redis_table is not None else []), workers, queues, types]
 
 
 def _draining(queue: Any) -> str:
@@ -446,7 +528,7 @@ def _monitor_view(settings: TaskSettings, snap: _Snapshot) -> Any:
         parts.append(
             Panel(_health_line(snap.report), title="health", title_align="left", expand=False)
         )
-    parts.extend(_dashboard_tables(snap))
+    parts.extend(_dashboard_tables(settings, snap))
     return Group(*parts)
 
 

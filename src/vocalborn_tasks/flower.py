@@ -9,6 +9,11 @@ password exists anywhere. It binds 127.0.0.1:5555 unless ``FLOWER_ADDRESS``/``FL
 The credentials reach Flower through its own ``FLOWER_BASIC_AUTH`` environment variable, never
 the command line (which any local user can read in ``ps``). Note that Flower's ``/healthcheck``
 and ``/metrics`` endpoints answer without authentication by design.
+
+Flower talks to the broker through the app :func:`~vocalborn_tasks.worker.factory.create_celery_app`
+builds, so it follows the same settings as the workers, ``REDIS_SENTINELS`` included (nothing
+here builds a URL). Its Broker page is not available: Flower recognises kombu's transport names
+only, and the app names its own transport.
 """
 
 from __future__ import annotations

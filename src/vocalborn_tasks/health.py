@@ -9,25 +9,45 @@ them on ``redis.asyncio``, :func:`~._redis.run_steps_sync` on ``redis``. Every d
 level and reasons, drain verdicts, the "no live worker" rule, task-type statistics) is a pure
 function of plain data, which unit tests call directly. Same server state, same report,
 whichever reader asked.
+
+The report also describes the replication topology (:class:`RedisTopology`): the server's role,
+its replicas and their lag, ``min-replicas-to-write``, and with ``REDIS_SENTINELS`` what each
+sentinel says. Sentinels are other servers than the two databases the steps read, so each
+reader asks them itself (one round trip per sentinel, see :func:`sentinel_commands`) and hands
+the answers to the steps; what they mean is decided here, once.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
+import redis
+import redis.retry
 from pydantic import BaseModel, ConfigDict, Field
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._connections import sentinel_kwargs
 from ._redis import Batch, Steps, run_steps_sync, sync_client
 from .config import QUEUES, TaskSettings
-from .errors import BrokerError, ManagerClosedError
+from .errors import BrokerAuthError, BrokerError, ManagerClosedError
 from .record import PRIORITY_STEPS, RecordKeys, queue_lists
 from .stats import OUTCOMES, RunRecord, parse_run, percentile
 
@@ -35,8 +55,12 @@ __all__ = [
     "HealthLevel",
     "HealthReport",
     "QueueStats",
+    "RedisTopology",
+    "ReplicaStats",
+    "SentinelStats",
     "SyncHealthReader",
     "TaskTypeStats",
+    "TopologyIssue",
     "WorkerStats",
     "drain_verdict",
     "health_report",
@@ -44,10 +68,15 @@ __all__ = [
     "queue_stats_steps",
     "queues_without_worker",
     "recent_runs_steps",
+    "redis_topology",
+    "sentinel_commands",
+    "sentinel_stats",
     "task_type_stats",
     "task_type_stats_steps",
+    "topology_issues",
     "worker_stats",
     "worker_stats_steps",
+    "write_refusal",
 ]
 
 T = TypeVar("T")
@@ -118,6 +147,81 @@ class HealthLevel(StrEnum):
     UNHEALTHY = "unhealthy"  # work is not getting done (server down, no workers)
 
 
+class ReplicaStats(_Model):
+    """One replica as the master sees it (``INFO replication``)."""
+
+    #: ``ip:port`` the replica announced to the master.
+    address: str
+    #: ``online`` once synchronised; ``wait_bgsave``/``send_bulk`` while it (re)synchronises.
+    state: str
+    #: Seconds since the replica last acknowledged the stream (it does every second).
+    lag_s: int | None = None
+    #: Bytes of the replication stream it has not acknowledged yet.
+    behind_bytes: int | None = None
+
+
+class SentinelStats(_Model):
+    """What one sentinel says about the master it monitors as ``REDIS_SENTINEL_MASTER``."""
+
+    #: ``host:port`` of the sentinel (as in ``REDIS_SENTINELS``).
+    address: str
+    reachable: bool
+    #: ``host:port`` of the master as this sentinel names it; None when it did not answer or
+    #: does not monitor that name.
+    master: str | None = None
+    #: ``SENTINEL CKQUORUM``: True when enough sentinels are reachable to agree on a failover
+    #: and authorise it; None when not asked (the sentinel did not answer).
+    quorum: bool | None = None
+    #: Why it did not answer, or why it refused (the CKQUORUM refusal, for instance).
+    error: str | None = None
+
+
+class RedisTopology(_Model):
+    """Where the writes go and who else holds them: what a failover would keep.
+
+    Read from the server the clients reach (``INFO replication``, ``CONFIG GET
+    min-replicas-*``) and, with ``REDIS_SENTINELS``, from every sentinel.
+    """
+
+    #: ``master`` or ``replica`` (a replica refuses writes).
+    role: str
+    #: For a replica: ``host:port`` of the master it follows.
+    following: str | None = None
+    replicas: list[ReplicaStats] = Field(default_factory=list)
+    #: Replicas a confirmed write can count on: online, and acknowledged within
+    #: ``min-replicas-max-lag`` seconds (10 when that is unknown).
+    connected_replicas: int = 0
+    #: The server's ``min-replicas-to-write``; None when ``CONFIG GET`` is refused (managed
+    #: Redis often renames or forbids it): unknown, not an error.
+    min_replicas_to_write: int | None = None
+    min_replicas_max_lag_s: int | None = None
+    #: True when the server refuses writes without enough acknowledging replicas
+    #: (``min-replicas-to-write`` and ``min-replicas-max-lag`` both above 0): a master cut off
+    #: from its replicas stops taking writes a failover would discard. Known from ``INFO``
+    #: even when ``CONFIG GET`` is refused; None when neither tells.
+    write_fencing: bool | None = None
+    #: Replicas the server itself counts for ``min-replicas-to-write`` (``INFO``
+    #: ``min_slaves_good_slaves``); None without fencing.
+    good_replicas: int | None = None
+    #: ``REDIS_REPLICA_ACKS``: replicas that must confirm a write callers act on.
+    replica_acks: int = 0
+    #: With sentinels: ``host:port`` of the master as most of them name it.
+    master: str | None = None
+    #: With sentinels: each one's answer, in ``REDIS_SENTINELS`` order.
+    sentinels: list[SentinelStats] = Field(default_factory=list)
+    #: The server refused the health check's own bookkeeping writes (``NOREPLICAS``,
+    #: ``READONLY``, ``OOM``, ``MISCONF``...): what a submit meets now.
+    writes_refused: str | None = None
+
+
+class TopologyIssue(NamedTuple):
+    """One finding about the topology: a stable kind (an alert key), a level, a reason."""
+
+    kind: str
+    level: HealthLevel
+    reason: str
+
+
 class HealthReport(_Model):
     """What :meth:`Monitor.health` found, with the reasons for its verdict."""
 
@@ -136,6 +240,8 @@ class HealthReport(_Model):
     maxmemory_bytes: int | None = None
     #: Age in seconds of the oldest message waiting in any queue.
     oldest_message_age_s: float | None = None
+    #: Role, replicas, ``min-replicas-to-write`` and sentinels (None when unreachable).
+    topology: RedisTopology | None = None
     checked_at: datetime
 
     @property
@@ -214,6 +320,329 @@ def drain_verdict(
     return moved or not free_slot, True
 
 
+#: A replica counts as connected when it acknowledged within this many seconds, if the
+#: server's ``min-replicas-max-lag`` is unknown or 0 (replicas acknowledge every second).
+DEFAULT_REPLICA_MAX_LAG_S = 10
+
+#: Error codes with which a server refuses a write, whatever the write.
+_WRITE_REFUSAL_CODES = ("NOREPLICAS", "READONLY", "OOM", "MISCONF", "MASTERDOWN")
+
+#: redis-py raises these classes with the error code cut off the message (older versions
+#: do not keep it in ``status_code``).
+_CODE_OF_CLASS: tuple[tuple[type[ResponseError], str], ...] = (
+    (ReadOnlyError, "READONLY"),
+    (OutOfMemoryError, "OOM"),
+    (MasterDownError, "MASTERDOWN"),
+)
+
+
+def write_refusal(exc: BaseException) -> str | None:
+    """``CODE message`` when ``exc`` is the server refusing writes; None for any other error.
+
+    ``NOREPLICAS`` (too few replicas for ``min-replicas-to-write``), ``READONLY`` (a
+    replica), ``OOM`` (full under ``noeviction``), ``MISCONF`` (snapshots failing),
+    ``MASTERDOWN``: each means a submit would fail now, which is what health reports. redis-py
+    prefixes a pipeline's error with the failing command and cuts the code off the errors it
+    has a class for; both are undone here so every reader gets the same text.
+    """
+    if not isinstance(exc, ResponseError):
+        return None
+    text = str(exc)
+    marker = "caused error: "
+    if marker in text:
+        text = text.split(marker, 1)[1]
+        if text.startswith("("):
+            # The asyncio pipeline puts the error's args tuple there, not its message.
+            with contextlib.suppress(ValueError, SyntaxError):
+                args = ast.literal_eval(text)
+                if isinstance(args, tuple) and args and isinstance(args[0], str):
+                    text = args[0]
+    code = getattr(exc, "status_code", None) or next(
+        (c for cls, c in _CODE_OF_CLASS if isinstance(exc, cls)), None
+    )
+    if code is None:
+        code, _, text = text.partition(" ")
+    if code not in _WRITE_REFUSAL_CODES:
+        return None
+    return f"{code} {text.strip()}".strip()
+
+
+def _config_values(reply: Any) -> dict[str, str]:
+    """``CONFIG GET``'s reply (a map, or a flat list under RESP2 without a callback)."""
+    if isinstance(reply, Mapping):
+        return {_s(k): _s(v) for k, v in reply.items()}
+    items = [_s(v) for v in reply or []]
+    return dict(zip(items[::2], items[1::2], strict=False))
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(_s(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _replica(raw: Any, master_offset: int | None) -> ReplicaStats:
+    """One ``slaveN`` line of ``INFO replication`` (parsed by redis-py into a mapping)."""
+    if isinstance(raw, Mapping):
+        fields = {_s(k): _s(v) for k, v in raw.items()}
+    else:
+        fields = dict(p.partition("=")[::2] for p in _s(raw).split(","))
+    offset = _int_or_none(fields.get("offset"))
+    return ReplicaStats(
+        address=f"{fields.get('ip', '?')}:{fields.get('port', '?')}",
+        state=fields.get("state", "unknown"),
+        lag_s=_int_or_none(fields.get("lag")),
+        behind_bytes=max(master_offset - offset, 0)
+        if master_offset is not None and offset is not None
+        else None,
+    )
+
+
+def redis_topology(
+    settings: TaskSettings,
+    *,
+    replication_info: Mapping[str, Any],
+    min_replicas: Any = None,
+    sentinels: Sequence[SentinelStats] | None = None,
+    writes_refused: str | None = None,
+) -> RedisTopology:
+    """The topology from what was read.
+
+    Args:
+        replication_info: ``INFO replication`` of the server the clients reach.
+        min_replicas: the reply of ``CONFIG GET min-replicas-*``; None when it was refused.
+        sentinels: each sentinel's answer (None without sentinels).
+        writes_refused: the refusal of the check's own writes (see :func:`write_refusal`).
+    """
+    info = {_s(k): v for k, v in replication_info.items()}
+    role = "replica" if _s(info.get("role", "master")) in ("slave", "replica") else "master"
+    following = None
+    if role == "replica" and info.get("master_host") is not None:
+        following = f"{_s(info['master_host'])}:{_s(info.get('master_port', '?'))}"
+    to_write = max_lag = None
+    if min_replicas is not None:
+        config = _config_values(min_replicas)
+        to_write = _int_or_none(config.get("min-replicas-to-write"))
+        max_lag = _int_or_none(config.get("min-replicas-max-lag"))
+    good = _int_or_none(info.get("min_slaves_good_slaves"))
+    fencing: bool | None
+    if to_write is not None and max_lag is not None:
+        fencing = to_write > 0 and max_lag > 0
+    else:
+        # The server reports its count of good replicas only while both settings are above
+        # 0: its presence says "fenced" even where CONFIG GET is refused.
+        fencing = True if good is not None else None
+    master_offset = _int_or_none(info.get("master_repl_offset"))
+    lines = sorted(
+        (int(k.removeprefix("slave")), v)
+        for k, v in info.items()
+        if k.startswith("slave") and k.removeprefix("slave").isdigit()
+    )
+    replicas = [_replica(raw, master_offset) for _, raw in lines]
+    limit = max_lag if max_lag else DEFAULT_REPLICA_MAX_LAG_S
+    connected = sum(
+        1 for r in replicas if r.state == "online" and (r.lag_s is None or r.lag_s <= limit)
+    )
+    named = [s.master for s in sentinels or () if s.master is not None]
+    return RedisTopology(
+        role=role,
+        following=following,
+        replicas=replicas,
+        connected_replicas=connected,
+        min_replicas_to_write=to_write,
+        min_replicas_max_lag_s=max_lag,
+        write_fencing=fencing,
+        good_replicas=good if fencing else None,
+        replica_acks=settings.replica_acks,
+        master=Counter(named).most_common(1)[0][0] if named else None,
+        sentinels=list(sentinels or ()),
+        writes_refused=writes_refused,
+    )
+
+
+def topology_issues(settings: TaskSettings, topology: RedisTopology) -> list[TopologyIssue]:
+    """What is wrong with the topology, each with a stable kind (alerts key on it).
+
+    UNHEALTHY: the server is a replica, or it refuses writes (seen, or known from too few good
+    replicas for ``min-replicas-to-write``). DEGRADED: fewer connected replicas than
+    ``REDIS_REPLICA_ACKS`` (confirmed writes wait, then fail); ``REDIS_REPLICA_ACKS`` above 0
+    without fencing (``min-replicas-to-write`` 0: a resumed old master acknowledges writes a
+    failover discards); with sentinels, a sentinel that does not answer, does not know the
+    master, disagrees with the others, or cannot reach a quorum. A single server with
+    ``REDIS_REPLICA_ACKS`` 0 and no replicas has nothing to report here.
+    """
+    t = topology
+    out: list[TopologyIssue] = []
+    if t.role != "master":
+        of = f" of {t.following}" if t.following else ""
+        hint = (
+            f"the sentinels name {t.master or 'no master'}: a failover is under way, or this "
+            "client has not reconnected yet"
+            if settings.uses_sentinel
+            else "point REDIS_URL at the master, or use REDIS_SENTINELS"
+        )
+        out.append(
+            TopologyIssue(
+                "role",
+                HealthLevel.UNHEALTHY,
+                f"the server is a replica{of}: it refuses writes (READONLY); {hint}",
+            )
+        )
+    if t.writes_refused:
+        out.append(
+            TopologyIssue(
+                "writes",
+                HealthLevel.UNHEALTHY,
+                f"the server refuses writes ({t.writes_refused}): submits, cancels and results "
+                "fail until it takes them again",
+            )
+        )
+    elif (
+        t.role == "master"
+        and t.write_fencing
+        and t.good_replicas is not None
+        and t.good_replicas < (t.min_replicas_to_write or 1)
+    ):
+        needed = t.min_replicas_to_write if t.min_replicas_to_write is not None else "above 0"
+        out.append(
+            TopologyIssue(
+                "writes",
+                HealthLevel.UNHEALTHY,
+                f"the server refuses writes (NOREPLICAS): {t.good_replicas} replicas "
+                f"acknowledged within min-replicas-max-lag, min-replicas-to-write is {needed}",
+            )
+        )
+    if t.connected_replicas < t.replica_acks:
+        out.append(
+            TopologyIssue(
+                "replicas",
+                HealthLevel.DEGRADED,
+                f"{t.connected_replicas} replicas connected but REDIS_REPLICA_ACKS is "
+                f"{t.replica_acks}: confirmed writes (submit, cancel, final results) wait up to "
+                f"REDIS_FAILOVER_WAIT_S ({settings.redis_failover_wait_s:g} s) for "
+                "acknowledgements, then fail",
+            )
+        )
+    if t.replica_acks > 0 and t.write_fencing is False:
+        setting = (
+            "min-replicas-max-lag is 0, which turns min-replicas-to-write off"
+            if (t.min_replicas_to_write or 0) > 0
+            else "min-replicas-to-write is 0"
+        )
+        out.append(
+            TopologyIssue(
+                "fencing",
+                HealthLevel.DEGRADED,
+                f"{setting}: a resumed old master can acknowledge writes that a failover "
+                "discards (set min-replicas-to-write 1 and min-replicas-max-lag 10 on every "
+                "server)",
+            )
+        )
+    out += _sentinel_issues(settings, t.sentinels)
+    return out
+
+
+def _sentinel_issues(
+    settings: TaskSettings, sentinels: Sequence[SentinelStats]
+) -> list[TopologyIssue]:
+    if not sentinels:
+        return []
+    degraded = HealthLevel.DEGRADED
+    answered = [s for s in sentinels if s.reachable]
+    silent = [s for s in sentinels if not s.reachable]
+    if not answered:
+        return [
+            TopologyIssue(
+                "sentinels_unreachable",
+                degraded,
+                f"no sentinel answered ({_listing(silent)}): clients cannot find the master "
+                "after a reconnect, and no failover can happen",
+            )
+        ]
+    out: list[TopologyIssue] = []
+    if silent:
+        out.append(
+            TopologyIssue(
+                "sentinels_unreachable",
+                degraded,
+                f"{len(silent)} of {len(sentinels)} sentinels did not answer "
+                f"({_listing(silent)}): fewer are left to agree on a failover",
+            )
+        )
+    strangers = [s for s in answered if s.master is None]
+    if strangers:
+        out.append(
+            TopologyIssue(
+                "sentinels_unknown_master",
+                degraded,
+                f"sentinels {', '.join(s.address for s in strangers)} do not monitor "
+                f"{settings.redis_sentinel_master!r} (REDIS_SENTINEL_MASTER)",
+            )
+        )
+    if len({s.master for s in answered if s.master is not None}) > 1:
+        views = ", ".join(f"{s.address} names {s.master}" for s in answered if s.master)
+        out.append(
+            TopologyIssue(
+                "sentinels_disagree",
+                degraded,
+                f"the sentinels disagree on the master ({views}): a failover is under way, or "
+                "a sentinel is cut off",
+            )
+        )
+    no_quorum = [s for s in answered if s.master is not None and s.quorum is False]
+    if no_quorum:
+        out.append(
+            TopologyIssue(
+                "sentinels_quorum",
+                degraded,
+                f"no failover could be authorised now ({_listing(no_quorum)})",
+            )
+        )
+    return out
+
+
+def _listing(sentinels: Sequence[SentinelStats]) -> str:
+    """``a, b: error; c: other error``: sentinels grouped by what they said."""
+    by_error: dict[str, list[str]] = {}
+    for s in sentinels:
+        by_error.setdefault(s.error or "", []).append(s.address)
+    return "; ".join(
+        f"{', '.join(addresses)}: {error}" if error else ", ".join(addresses)
+        for error, addresses in by_error.items()
+    )
+
+
+def sentinel_commands(settings: TaskSettings) -> list[tuple[Any, ...]]:
+    """What a reader asks each sentinel, pipelined (see :func:`sentinel_stats`)."""
+    name = settings.redis_sentinel_master
+    return [("SENTINEL", "GET-MASTER-ADDR-BY-NAME", name), ("SENTINEL", "CKQUORUM", name)]
+
+
+def sentinel_stats(address: str, replies: Sequence[Any] | BaseException) -> SentinelStats:
+    """One sentinel's answer to :func:`sentinel_commands` (replies with errors in place), or
+    the error that kept it from answering."""
+    if isinstance(replies, BaseException):
+        return SentinelStats(address=address, reachable=False, error=_first_line(replies))
+    named, quorum = replies
+    if isinstance(named, BaseException):
+        return SentinelStats(address=address, reachable=True, error=_first_line(named))
+    master = f"{_s(named[0])}:{_s(named[1])}" if named else None
+    if master is None:
+        # It does not monitor that name (CKQUORUM says so too).
+        return SentinelStats(address=address, reachable=True, error=None)
+    if isinstance(quorum, BaseException):
+        return SentinelStats(
+            address=address, reachable=True, master=master, quorum=False, error=_first_line(quorum)
+        )
+    return SentinelStats(address=address, reachable=True, master=master, quorum=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def health_report(
     settings: TaskSettings,
     *,
@@ -224,6 +653,7 @@ def health_report(
     broker_ms: float,
     backend_ms: float,
     checked_at: datetime,
+    topology: RedisTopology | None = None,
 ) -> HealthReport:
     """The verdict and its reasons, from what a reader found on a reachable server."""
     s = settings
@@ -255,6 +685,8 @@ def health_report(
             HealthLevel.DEGRADED,
             f"memory use {used / maxmemory:.0%} of maxmemory ({used} of {maxmemory} bytes)",
         )
+    for issue in topology_issues(s, topology) if topology is not None else ():
+        worse(issue.level, issue.reason)
     unserved = {q.name for q in queues_without_worker(queues, s.health_required_queues)}
     for q in queues:
         if q.name in unserved:
@@ -283,6 +715,7 @@ def health_report(
         used_memory_bytes=used,
         maxmemory_bytes=maxmemory,
         oldest_message_age_s=max(ages) if ages else None,
+        topology=topology,
         checked_at=checked_at,
     )
 
@@ -397,14 +830,47 @@ def _message_ages_steps(
             update += [("HSET", head_key, "id", task_id, "seen", repr(now))]
             update += [("EXPIRE", head_key, 7 * 86400)]
     if update:
-        yield Batch("backend", update, "queue stats")
+        # A server that refuses writes still has queues to report; health_steps tells.
+        yield from _bookkeeping_write(Batch("backend", update, "queue stats"))
     return ages
+
+
+def _bookkeeping_write(batch: Batch) -> Steps[str | None]:
+    """Run the check's own writes; a server refusing writes is a finding, not a crash.
+
+    Returns the refusal (see :func:`write_refusal`), or None when the writes went through.
+    """
+    try:
+        yield batch
+    except ResponseError as exc:
+        refusal = write_refusal(exc)
+        if refusal is None:
+            raise
+        return refusal
+    return None
+
+
+def _min_replicas_steps() -> Steps[Any]:
+    """``CONFIG GET min-replicas-*``; None when refused (renamed, forbidden by the ACL or the
+    provider): unknown, never an error of the health check."""
+    try:
+        (reply,), _ = yield Batch("broker", [("CONFIG GET", "min-replicas-*")], "health")
+    except ResponseError:
+        return None
+    except BrokerAuthError as exc:
+        if isinstance(exc.__cause__, ResponseError):  # NOPERM for this command only
+            return None
+        raise
+    return reply
 
 
 def _drain_steps(
     settings: TaskSettings, stats: list[QueueStats], workers: Sequence[WorkerStats]
-) -> Steps[list[QueueStats]]:
-    """Compare each queue with the previous observation (kept in Redis between checks)."""
+) -> Steps[tuple[list[QueueStats], str | None]]:
+    """Compare each queue with the previous observation (kept in Redis between checks).
+
+    Also returns the server's refusal to store this observation, if it refused.
+    """
     s = settings
     now = time.time()
     heads_raw, _ = yield Batch(
@@ -434,23 +900,34 @@ def _drain_steps(
                 ("EXPIRE", key, int(max(s.health_stall_after_s * 10, 3600))),
             ]
         out.append(q.model_copy(update={"draining": verdict}))
+    refused = None
     if update:
-        yield Batch("backend", update, "drain check")
-    return out
+        refused = yield from _bookkeeping_write(Batch("backend", update, "drain check"))
+    return out, refused
 
 
-def health_steps(settings: TaskSettings) -> Steps[HealthReport]:
-    """The whole health check (see :meth:`Monitor.health` for its rules)."""
+def health_steps(
+    settings: TaskSettings, sentinels: Sequence[SentinelStats] | None = None
+) -> Steps[HealthReport]:
+    """The whole health check (see :meth:`Monitor.health` for its rules).
+
+    Args:
+        sentinels: what each sentinel answered (the reader asks them: they are not one of the
+            two databases steps read); None without sentinels.
+    """
     now = datetime.now(UTC)
     try:
         _, broker_ms = yield Batch("broker", [("PING",)], "health")
         _, backend_ms = yield Batch("backend", [("PING",)], "health")
-        (persistence_info, memory_info), _ = yield Batch(
-            "broker", [("INFO", "persistence"), ("INFO", "memory")], "health"
+        (persistence_info, memory_info, replication_info), _ = yield Batch(
+            "broker",
+            [("INFO", "persistence"), ("INFO", "memory"), ("INFO", "replication")],
+            "health",
         )
+        min_replicas = yield from _min_replicas_steps()
         workers = yield from worker_stats_steps(settings)
         stats = yield from queue_stats_steps(settings, QUEUES, workers)
-        stats = yield from _drain_steps(settings, stats, workers)
+        stats, refused = yield from _drain_steps(settings, stats, workers)
     except (BrokerError, RedisConnectionError, RedisTimeoutError) as exc:
         # Only the server's absence or its refusal of our credentials means "unreachable" (and
         # the redis_unreachable alert); any other error is a bug or bad data and must surface
@@ -458,6 +935,13 @@ def health_steps(settings: TaskSettings) -> Steps[HealthReport]:
         return HealthReport(
             level=HealthLevel.UNHEALTHY, reasons=[str(exc)], reachable=False, checked_at=now
         )
+    topology = redis_topology(
+        settings,
+        replication_info=replication_info,
+        min_replicas=min_replicas,
+        sentinels=sentinels,
+        writes_refused=refused,
+    )
     return health_report(
         settings,
         persistence_info=persistence_info,
@@ -467,6 +951,7 @@ def health_steps(settings: TaskSettings) -> Steps[HealthReport]:
         broker_ms=broker_ms,
         backend_ms=backend_ms,
         checked_at=now,
+        topology=topology,
     )
 
 
@@ -512,6 +997,11 @@ class SyncHealthReader:
         self.settings = settings
         self.broker = sync_client(settings, "broker")
         self.backend = sync_client(settings, "backend")
+        # One client per sentinel (none without sentinels); each connects on first use.
+        self._sentinels = [
+            (f"{host}:{port}", _sentinel_client(settings, host, port))
+            for host, port in settings.sentinel_addresses
+        ]
         self._closed = False
 
     def __repr__(self) -> str:
@@ -535,21 +1025,50 @@ class SyncHealthReader:
         self._closed = True
         self.broker.close()
         self.backend.close()
+        for _, client in self._sentinels:
+            client.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerClosedError("this SyncHealthReader is closed; create a new one")
 
     def run(self, steps: Steps[T]) -> T:
         """Run a reader's steps on this reader's clients."""
-        if self._closed:
-            raise ManagerClosedError("this SyncHealthReader is closed; create a new one")
+        self._check_open()
         return run_steps_sync(steps, self.settings, broker=self.broker, backend=self.backend)
+
+    def ask_sentinels(self) -> list[SentinelStats]:
+        """Each sentinel's answer, one after the other (each bounded by the connect timeout)."""
+        self._check_open()
+        answers = []
+        for address, client in self._sentinels:
+            try:
+                pipe = client.pipeline(transaction=False)
+                for command in sentinel_commands(self.settings):
+                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                replies: list[Any] | BaseException = pipe.execute(raise_on_error=False)
+            except (RedisError, OSError) as exc:
+                replies = exc
+            answers.append(sentinel_stats(address, replies))
+        return answers
 
     def health(self) -> HealthReport:
         """As :meth:`Monitor.health`."""
-        return self.run(health_steps(self.settings))
+        sentinels = self.ask_sentinels() if self.settings.uses_sentinel else None
+        return self.run(health_steps(self.settings, sentinels))
 
     def get_task_type_stats(self, window_s: float | None = None) -> list[TaskTypeStats]:
         """As :meth:`Monitor.get_task_type_stats`."""
         window = window_s if window_s is not None else self.settings.stats_window_s
         return self.run(task_type_stats_steps(self.settings, window))
+
+
+def _sentinel_client(settings: TaskSettings, host: str, port: int) -> redis.Redis:
+    """A client of one sentinel: its own credentials and TLS, no retry (a silent sentinel is
+    an answer: the check goes on to the next)."""
+    return redis.Redis(
+        host=host, port=port, retry=redis.retry.Retry(NoBackoff(), 0), **sentinel_kwargs(settings)
+    )
 
 
 def _s(value: Any) -> str:

@@ -26,6 +26,8 @@ name                                       type       labels
 ``analysis_level_total``                   counter    level
 ``redis_used_memory_bytes``                gauge
 ``redis_maxmemory_bytes``                  gauge
+``redis_connected_replicas``               gauge      (replicas a confirmed write can count on)
+``redis_replica_max_lag_seconds``          gauge      (slowest replica's last ack; 0: none)
 ``health_status``                          gauge      (0 healthy, 1 degraded, 2 unhealthy)
 =========================================  =========  ==========================================
 """
@@ -64,6 +66,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "vocalborn_analysis_level_total",
     "vocalborn_redis_used_memory_bytes",
     "vocalborn_redis_maxmemory_bytes",
+    "vocalborn_redis_connected_replicas",
+    "vocalborn_redis_replica_max_lag_seconds",
     "vocalborn_health_status",
 )
 
@@ -239,6 +243,19 @@ class VocalbornCollector:
             "vocalborn_redis_maxmemory_bytes",
             "Redis maxmemory (0: none)",
             report.maxmemory_bytes or 0,
+        )
+        topology = report.topology
+        # Compare with REDIS_REPLICA_ACKS: fewer means confirmed writes wait, then fail.
+        yield GaugeMetricFamily(
+            "vocalborn_redis_connected_replicas",
+            "Replicas online and acknowledging within min-replicas-max-lag",
+            topology.connected_replicas if topology is not None else 0,
+        )
+        lags = [r.lag_s for r in topology.replicas if r.lag_s is not None] if topology else []
+        yield GaugeMetricFamily(
+            "vocalborn_redis_replica_max_lag_seconds",
+            "Seconds since the slowest replica acknowledged (0 without replicas)",
+            max(lags, default=0),
         )
 
 

@@ -9,15 +9,21 @@ their models are re-exported here.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import json
 import time
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
+import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
+from ._connections import sentinel_kwargs
 from ._redis import Steps, async_client, redis_errors, run_steps
 from .config import QUEUES, TaskSettings
 from .errors import ManagerClosedError
@@ -25,12 +31,17 @@ from .health import (
     HealthLevel,
     HealthReport,
     QueueStats,
+    RedisTopology,
+    ReplicaStats,
+    SentinelStats,
     TaskTypeStats,
     WorkerStats,
     health_steps,
     queue_stats_steps,
     queues_without_worker,
     recent_runs_steps,
+    sentinel_commands,
+    sentinel_stats,
     task_type_stats_steps,
     worker_stats_steps,
 )
@@ -38,14 +49,14 @@ from .record import PRIORITY_STEPS, AsyncRecord, RecordKeys, calls, queue_lists
 from .record.purge import purge_queue as _purge_queue
 from .stats import RunRecord, running_tasks
 
-if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
 __all__ = [
     "HealthLevel",
     "HealthReport",
     "Monitor",
     "QueueStats",
+    "RedisTopology",
+    "ReplicaStats",
+    "SentinelStats",
     "TaskPosition",
     "TaskTypeStats",
     "WorkerStats",
@@ -101,6 +112,7 @@ class Monitor:
         self.settings = settings if settings is not None else TaskSettings()
         self._broker: aioredis.Redis | None = None
         self._backend: aioredis.Redis | None = None
+        self._sentinels: list[tuple[str, aioredis.Redis]] = []
         self._closed = False
 
     def __repr__(self) -> str:
@@ -123,9 +135,10 @@ class Monitor:
         if self._closed:
             return
         self._closed = True
-        for client in (self._broker, self._backend):
+        for client in (self._broker, self._backend, *(c for _, c in self._sentinels)):
             if client is not None:
                 await client.aclose()
+                await _close_sentinel_lookup(client)
 
     def _clients(self) -> tuple[aioredis.Redis, aioredis.Redis]:
         if self._closed:
@@ -133,7 +146,41 @@ class Monitor:
         if self._broker is None or self._backend is None:
             self._broker = async_client(self.settings, "broker", max_connections=8)
             self._backend = async_client(self.settings, "backend", max_connections=8)
+            # A sentinel that does not answer is an answer: no retry, the check goes on.
+            self._sentinels = [
+                (
+                    f"{host}:{port}",
+                    aioredis.Redis(
+                        host=host,
+                        port=port,
+                        retry=Retry(NoBackoff(), 0),
+                        **sentinel_kwargs(self.settings),
+                    ),
+                )
+                for host, port in self.settings.sentinel_addresses
+            ]
         return self._broker, self._backend
+
+    async def ask_sentinels(self) -> list[SentinelStats]:
+        """What each sentinel says about the master (all asked at once, each bounded by the
+        connect timeout); empty without ``REDIS_SENTINELS``."""
+        self._clients()
+        limit = self.settings.redis_connect_timeout_s
+
+        async def ask(address: str, client: aioredis.Redis) -> SentinelStats:
+            try:
+                async with asyncio.timeout(limit):
+                    pipe = client.pipeline(transaction=False)
+                    for command in sentinel_commands(self.settings):
+                        pipe.execute_command(*command)
+                    replies: list[Any] | BaseException = await pipe.execute(raise_on_error=False)
+            except TimeoutError:
+                replies = TimeoutError(f"no answer within {limit:g} s")
+            except (RedisError, OSError) as exc:
+                replies = exc
+            return sentinel_stats(address, replies)
+
+        return list(await asyncio.gather(*(ask(a, c) for a, c in self._sentinels)))
 
     async def _run(self, steps: Steps[T]) -> T:
         """Run a reader's steps (:mod:`vocalborn_tasks.health`) on this Monitor's clients."""
@@ -368,6 +415,16 @@ class Monitor:
         DEGRADED: no persistence, memory near ``maxmemory``, or a waiting message older than
         ``health_max_message_age_s``.
 
+        The report's ``topology`` says where writes go: the server's role, its replicas and
+        their lag, ``min-replicas-to-write``, and with ``REDIS_SENTINELS`` the master each
+        sentinel names. UNHEALTHY: the server is a replica, or refuses writes (``NOREPLICAS``,
+        ``OOM``...). DEGRADED: fewer connected replicas than ``REDIS_REPLICA_ACKS``;
+        ``REDIS_REPLICA_ACKS`` above 0 while ``min-replicas-to-write`` is 0 (a resumed old
+        master can acknowledge writes that a failover discards); a sentinel silent, lost,
+        disagreeing or without quorum. ``CONFIG GET`` refused (managed Redis) leaves
+        ``min_replicas_to_write`` unknown (None), not an error. A single server with
+        ``REDIS_REPLICA_ACKS`` 0 (the default without sentinels) reports as before.
+
         A ping only proves a worker process is alive; workers have been seen to stop
         consuming after a reconnect while still answering. A queue is judged not draining when,
         over at least ``health_stall_after_s``, it had waiting work, its next message stayed the
@@ -377,7 +434,20 @@ class Monitor:
         The reading and the rules live in :mod:`vocalborn_tasks.health`, shared with the
         synchronous reader the periodic health task uses: the same state gives the same report.
         """
-        return await self._run(health_steps(self.settings))
+        sentinels = await self.ask_sentinels() if self.settings.uses_sentinel else None
+        return await self._run(health_steps(self.settings, sentinels))
+
+
+async def _close_sentinel_lookup(client: aioredis.Redis) -> None:
+    """Close the connections a Sentinel pool opened to ask for the master.
+
+    redis-py's ``SentinelConnectionPool`` keeps one client per sentinel for its lookups and
+    closing the pool leaves them open (a ResourceWarning, and a socket per sentinel, per
+    Monitor). Harmless once the pool closes them itself: closing twice is a no-op.
+    """
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()
 
 
 def _message_task_name(raw: Any) -> str | None:
