@@ -19,7 +19,13 @@ import redis.asyncio as aioredis
 import redis.retry
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, ConnectionError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    ConnectionError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._connections import Database, async_pool, sync_pool
@@ -148,6 +154,11 @@ def _translated(settings: TaskSettings, action: str, exc: Exception) -> Exceptio
         return BrokerAuthError(
             f"{action}: Redis at {where} refused our credentials; "
             "check REDIS_PASSWORD/REDIS_USERNAME"
+        )
+    if isinstance(exc, NoPermissionError):  # redis-py cuts the NOPERM code off the message
+        return BrokerAuthError(
+            f"{action}: Redis at {where} refused access (NOPERM); check "
+            "REDIS_PASSWORD/REDIS_USERNAME and the ACL"
         )
     if isinstance(exc, ResponseError):
         text = str(exc)

@@ -622,6 +622,28 @@ class SentinelGroup:
             sentinel.start()
         self.speed_up_discovery()
         self.wait_for_master(timeout=timeout)
+        self.wait_for_quorum(timeout=timeout)
+
+    def wait_for_quorum(self, timeout: float = 20.0) -> None:
+        """Wait until every running sentinel knows enough others to authorise a failover
+        (``SENTINEL CKQUORUM``): they find each other through the master every 2 s, and an
+        automatic failover before that would never start."""
+        deadline = time.monotonic() + timeout
+        for sentinel in self.sentinels:
+            if sentinel.pid is None:
+                continue
+            while True:
+                try:
+                    with self._sentinel_client(sentinel) as client:
+                        client.execute_command("SENTINEL", "CKQUORUM", self.master_name)
+                    break
+                except redis_sync.RedisError as exc:
+                    if time.monotonic() > deadline:
+                        raise ConfigurationError(
+                            f"sentinel on port {sentinel.port} has no quorum for "
+                            f"{self.master_name} after {timeout:g} s: {exc}"
+                        ) from exc
+                    time.sleep(0.05)
 
     def pids(self) -> list[int]:
         """PIDs of every running process of the group."""

@@ -538,3 +538,17 @@ async def test_the_password_appears_nowhere(
     assert caplog.records, "DEBUG logging captured nothing"
     for what, text in seen:
         _assert_no_secret(text, what)
+
+
+async def test_an_acl_refusal_is_an_auth_error(server: LocalServer) -> None:
+    """A user the ACL does not allow to run scripts: BrokerAuthError naming the ACL, not a raw
+    ResponseError (redis-py cuts the NOPERM code off the message it raises)."""
+    admin = redis.Redis(port=server.port)
+    try:
+        admin.execute_command("ACL", "SETUSER", "limited", "on", ">pw", "~*", "+ping", "+get")
+    finally:
+        admin.close()
+    settings = TaskSettings(redis_url=f"redis://limited:pw@127.0.0.1:{server.port}/0")
+    async with TaskManager(settings) as manager:
+        with pytest.raises(BrokerAuthError, match=r"NOPERM.*ACL"):
+            await manager.submit(echo, "refused")
