@@ -76,6 +76,12 @@ BORROWED: tuple[Borrowed, ...] = (
     Borrowed(_KR, "Channel._put", "transport", "overridden: a wake-up token per publish"),
     Borrowed(_KR, "Channel._do_restore_message", "transport", "overridden: a token per restore"),
     Borrowed(_KR, "Channel._create_client", "transport", "overridden: one client per pool"),
+    Borrowed(
+        _KR,
+        "Channel._connparams",
+        "transport",
+        "overridden: the event loop's connections never retry behind kombu's back",
+    ),
     Borrowed(_KR, "Channel._queue_cycle", "transport", "queue order: consume() and rotate()"),
     Borrowed(_KR, "Channel._q_for_pri", "transport", "priority list names"),
     Borrowed(_KR, "Channel._lookup", "transport", "routing on restore"),

@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
+from .._connections import sentinel_kwargs
 from ..config import QUEUES, TaskSettings
 from .transport import PREFIX_OPTION
 
@@ -47,6 +48,8 @@ class VocalbornCelery(Celery):  # type: ignore[misc]
 
 
 def _transport_options(settings: TaskSettings) -> dict[str, Any]:
+    """Options of the broker's and the result backend's connections (the sentinel ones are
+    added for the broker only: see :func:`_sentinel_options`)."""
     return {
         # Redis re-delivers an unacknowledged message after this long; it must exceed the hard
         # time limit (checked in TaskSettings) or a running task gets a second copy.
@@ -60,6 +63,21 @@ def _transport_options(settings: TaskSettings) -> dict[str, Any]:
         # Our transport's wake-up lists live under the deployment's key prefix.
         PREFIX_OPTION: settings.key_prefix,
     }
+
+
+def _sentinel_options(settings: TaskSettings) -> dict[str, Any]:
+    """kombu's Sentinel channel options: which master to ask the sentinels for, and how to talk
+    to the sentinels themselves (their own credentials, TLS and timeouts, which differ from the
+    master's). The result backend builds its pool from the settings instead (backend.py)."""
+    return {
+        "master_name": settings.redis_sentinel_master,
+        "sentinel_kwargs": sentinel_kwargs(settings),
+    }
+
+
+def _broker_transport(settings: TaskSettings) -> str:
+    name = "SentinelTransport" if settings.uses_sentinel else "Transport"
+    return f"vocalborn_tasks.worker.transport:{name}"
 
 
 def create_celery_app(
@@ -79,14 +97,17 @@ def create_celery_app(
     app = VocalbornCelery("vocalborn_tasks", set_as_current=False)
     app.settings = settings
     transport = _transport_options(settings)
+    broker_options = dict(transport)
+    if settings.uses_sentinel:
+        broker_options.update(_sentinel_options(settings))
     ssl = settings.ssl_options()
     exchange = Exchange("", type="direct")  # type: ignore[no-untyped-call]
     conf: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "result_backend": settings.backend_url,
-        # kombu's Redis transport, but one malformed queue entry cannot stop the worker.
-        "broker_transport": "vocalborn_tasks.worker.transport:Transport",
-        "broker_transport_options": transport,
+        # kombu's Redis (or Sentinel) transport with our reservation script (transport.py).
+        "broker_transport": _broker_transport(settings),
+        "broker_transport_options": broker_options,
         "result_backend_transport_options": dict(transport),
         "visibility_timeout": settings.visibility_timeout_s,
         "broker_connection_retry_on_startup": True,

@@ -22,6 +22,15 @@ removes the entry of every task that stores an outcome; this is the fallback for
 It also drops queue entries that are not task messages instead of dying on them (kombu decodes
 each entry inside its event loop: one stray ``LPUSH`` would stop every worker that pops it),
 and reuses one command client per connection pool.
+
+**Failover.** The channel's connections report a demoted or cut-off master as a connection
+error (failover.py), so a failover costs the consumer a reconnect, never "Unrecoverable
+error": ``UNBLOCKED`` (the idle ``BRPOP`` on a master being demoted), ``READONLY`` (a reserve on
+it), ``MASTERDOWN``. ``NOREPLICAS`` on a reserve means "nothing reserved now": the loop waits
+a quarter second with ``XREAD BLOCK``, a read the cut-off master still serves, and connects
+again (through the sentinels, which may meanwhile name another master). After a failover the
+new master has no scripts: the NOSCRIPT reply sends the next reserve as source.
+:class:`SentinelTransport` is the same over kombu's Sentinel channel (``REDIS_SENTINELS``).
 """
 
 # kombu's transport is partly annotated: calls into it are untyped by nature.
@@ -34,20 +43,33 @@ import time
 from queue import Empty
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
+from redis.retry import Retry
 
 from ..record import Record, RecordKeys, calls
 from . import faults
 from .celery_private import running_delivery_tags, worker_stopping
+from .failover import (
+    FailoverConnection,
+    FailoverSSLConnection,
+    NoReplicasError,
+    SentinelFailoverConnection,
+    SentinelFailoverSSLConnection,
+)
 
-__all__ = ["Channel", "QoS", "Transport"]
+__all__ = ["Channel", "QoS", "SentinelChannel", "SentinelTransport", "Transport"]
 
 logger = logging.getLogger(__name__)
 
 #: Transport option naming the deployment's key prefix (set by the app factory).
 PREFIX_OPTION = "vocalborn_key_prefix"
+
+#: How long the consume loop waits after a ``NOREPLICAS`` before it tries again.
+NO_REPLICAS_PAUSE_S = 0.25
 
 
 def _is_envelope(message: Any) -> bool:
@@ -103,6 +125,8 @@ class Channel(kombu_redis.Channel):
     """A Redis channel whose consume loop reserves atomically (see the module docstring)."""
 
     QoS = QoS
+    connection_class: type[redis.Connection] = FailoverConnection
+    connection_class_ssl: type[redis.SSLConnection] = FailoverSSLConnection
     _sync_client: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -114,9 +138,23 @@ class Channel(kombu_redis.Channel):
         self._vb_reserved: set[str] = set()  # tags the reserve script recorded as unacked
         self._vb_send_source = False  # the server forgot our script: send it whole once
         self._vb_pause_until = 0.0  # monotonic time before which we take nothing (see below)
+        self._vb_refused = False  # the master refuses writes (NOREPLICAS): said once per spell
         super().__init__(*args, **kwargs)
         options = self.connection.client.transport_options or {}
         self._vb_keys = RecordKeys(str(options.get(PREFIX_OPTION, "vocalborn")))
+
+    # --- connections --------------------------------------------------------------------------
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        params = super()._connparams(asynchronous)
+        if asynchronous:
+            # The event loop's own connections (the BRPOP one and the fanout subscription of
+            # remote control) must hand every connection error to kombu, which reconnects and
+            # registers the new socket with its poller. redis-py's default retry reconnects a
+            # subscription behind kombu's back and then blocks the event loop reading a socket
+            # nothing writes to: after a failover (the sentinels close every client of a
+            # demoted master) the worker stayed up and consumed nothing, for good.
+            params["retry"] = Retry(NoBackoff(), 0)
+        return params
 
     # --- command client -----------------------------------------------------------------------
     def _create_client(self, asynchronous: bool = False) -> Any:
@@ -166,8 +204,9 @@ class Channel(kombu_redis.Channel):
 
     def pause_consuming(self, seconds: float) -> None:
         """Take no message for ``seconds`` (after handing back a task this worker does not
-        know, so that a worker that knows it gets it). The consume loop waits on a list
-        nothing pushes to, so the event loop stays responsive and no wake-up token is taken."""
+        know, so that a worker that knows it gets it). The consume loop waits on a stream
+        nothing writes to (``XREAD BLOCK``: a read, which a master refusing writes still
+        serves), so the event loop stays responsive and no wake-up token is taken."""
         self._vb_pause_until = max(self._vb_pause_until, time.monotonic() + seconds)
 
     def defer_ack(self, delivery_tag: str) -> None:
@@ -196,7 +235,8 @@ class Channel(kombu_redis.Channel):
             self._vb_waiting = True
             self._vb_idle = True
             wait = min(pause, timeout or self.brpop_timeout or 1)
-            connection.send_command("BRPOP", self._vb_keys.pause, f"{max(wait, 0.01):.3f}")
+            block_ms = str(max(int(wait * 1000), 10))
+            connection.send_command("XREAD", "BLOCK", block_ms, "STREAMS", self._vb_keys.pause, "$")
             return
         if self._vb_idle:
             self._vb_waiting = True
@@ -218,6 +258,11 @@ class Channel(kombu_redis.Channel):
             except NoScriptError:
                 self._vb_send_source = True
                 raise Empty() from None
+            except NoReplicasError as exc:
+                # Nothing was reserved (the script stops at its first write). The connection
+                # is closed already: the next attempt asks the sentinels again.
+                self._on_writes_refused(exc)
+                raise Empty() from None
             except self.connection_errors:
                 # Disconnect so the next iteration reconnects. Unapplied acks stay pending
                 # (HDEL is idempotent); a token we consumed is lost (costs one BRPOP timeout).
@@ -229,6 +274,9 @@ class Channel(kombu_redis.Channel):
                 self._vb_token = _text(reply[0]).removeprefix(prefix) if reply else ""
                 raise Empty()
             self._vb_send_source = False
+            if self._vb_refused:
+                self._vb_refused = False
+                logger.info("broker: the master accepts writes again; taking tasks")
             del self._vb_acks[: self._vb_sent_acks]
             self._vb_sent_acks = 0
             self._vb_token = ""
@@ -239,6 +287,16 @@ class Channel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
+
+    def _on_writes_refused(self, exc: NoReplicasError) -> None:
+        if not self._vb_refused:
+            self._vb_refused = True
+            logger.warning(
+                "broker: %s (fewer replicas than min-replicas-to-write); taking no task until "
+                "the master accepts writes again or the sentinels name another one",
+                exc,
+            )
+        self.pause_consuming(NO_REPLICAS_PAUSE_S)
 
     def _deliver_reserved(self, reply: Any) -> bool:
         source, raw, tag = reply
@@ -281,3 +339,23 @@ class Transport(kombu_redis.Transport):
             logger.error("discarded a queue entry on %r that is not a task message", queue)
             return
         super()._deliver(message, queue)
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """Our channel over kombu's Sentinel channel: kombu's ``_get_pool`` (the sentinels name
+    the master on every connect), our consume loop, and connections that turn a failover
+    reply into a reconnect (redis-py's own Sentinel connection does so for READONLY only)."""
+
+    connection_class = SentinelFailoverConnection
+    connection_class_ssl = SentinelFailoverSSLConnection  # type: ignore[assignment]  # kombu's own class
+
+
+class SentinelTransport(Transport):
+    """The ``broker_transport`` of the library's apps with ``REDIS_SENTINELS``.
+
+    Transport options ``master_name`` and ``sentinel_kwargs`` (the sentinels' own
+    credentials and TLS) are set by the app factory.
+    """
+
+    Channel = SentinelChannel
+    default_port = 26379  # type: ignore[assignment]  # kombu's base declares None
