@@ -7,29 +7,95 @@ statistics, and removes the message's ``unacked`` entry when the state ends the 
 outcome and the acknowledgement are one step, so a worker killed between them can neither
 lose the result nor have the task run again. With replicas to confirm (``REDIS_REPLICA_ACKS``)
 an outcome is published only once they hold it (:mod:`vocalborn_tasks.record.confirm`).
+
+Its client reaches the master through the sentinels when ``REDIS_SENTINELS`` is set (the pool
+of :mod:`vocalborn_tasks._connections`, as every other client of the library), and its
+connections report a demoted or cut-off master as a connection error (failover.py), which
+``ensure`` and ``result_backend_always_retry`` retry: every record script is idempotent.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import redis
 from celery import states
 from celery.backends.redis import RedisBackend
 
+from .._connections import sync_pool
+from ..config import redact_url
 from ..record import Record, RecordKeys, calls
 from ..record.confirm import Confirmation
 from . import faults
 from .celery_private import delivery_tag_of, result_expiry
+from .failover import FailoverConnection, FailoverSSLConnection, connection_class
 from .result_logging import note_cancelled_while_finishing
 from .stats_recorder import recorder_of
 
 __all__ = ["VocalbornRedisBackend"]
+
+#: Connection options of Celery's ``connparams`` that a sentinel pool takes over as they are
+#: (the address, database, credentials and TLS come from the settings instead).
+_POOL_OPTIONS = (
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "socket_keepalive_options",
+    "retry_on_timeout",
+    "health_check_interval",
+    "client_name",
+    "lib_name",
+    "lib_version",
+)
+
+#: Connections per process: the task runtime's calls, the heartbeat thread and the store.
+_MAX_CONNECTIONS = 10
+
+
+def _is_sentinel_url(url: str | None) -> bool:
+    return bool(url) and str(url).startswith("sentinel://")
 
 
 class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
     """The result backend of the library's apps (``app.backend_cls``)."""
 
     _record: Record | None = None
+
+    # --- the client ---------------------------------------------------------------------------
+    def _params_from_url(self, url: str, defaults: dict[str, Any]) -> dict[str, Any]:
+        if _is_sentinel_url(url):
+            # ``sentinel://h:p/db;sentinel://...``: the sentinels name the master; the pool is
+            # built from the settings (``_create_client``), so only the defaults are kept.
+            return dict(defaults)
+        params: dict[str, Any] = super()._params_from_url(url, defaults)
+        return params
+
+    def _create_client(self, **params: Any) -> Any:
+        """A client whose connections follow a failover (see the module docstring)."""
+        settings = self.app.settings
+        if settings.uses_sentinel:
+            options = {k: params[k] for k in _POOL_OPTIONS if params.get(k) is not None}
+            pool = sync_pool(
+                settings,
+                "backend",
+                max_connections=params.get("max_connections") or _MAX_CONNECTIONS,
+                connection_class=connection_class(settings),
+                **options,
+            )
+            return redis.Redis(connection_pool=pool)
+        current = params.get("connection_class")
+        if current is None or current is redis.Connection:
+            params["connection_class"] = FailoverConnection
+        elif current is redis.SSLConnection:
+            params["connection_class"] = FailoverSSLConnection
+        return super()._create_client(**params)
+
+    def as_uri(self, include_password: bool = False) -> str:
+        """The backend's URL for the banner; each sentinel's part masked on its own."""
+        if include_password or not _is_sentinel_url(self.url):
+            uri: str = super().as_uri(include_password=include_password)
+            return uri
+        return ";".join(redact_url(part) for part in str(self.url).split(";"))
 
     def _store_result(
         self,

@@ -124,6 +124,18 @@ BORROWED: tuple[Borrowed, ...] = (
     Borrowed("celery.backends.redis", "RedisBackend.ensure", "backend", "retry on errors"),
     Borrowed(
         "celery.backends.redis",
+        "RedisBackend._create_client",
+        "backend",
+        "overridden: the client's pool (through the sentinels; failover-aware connections)",
+    ),
+    Borrowed(
+        "celery.backends.redis",
+        "RedisBackend._params_from_url",
+        "backend",
+        "overridden: a sentinel:// URL list names no server (the settings build the pool)",
+    ),
+    Borrowed(
+        "celery.backends.redis",
         "RedisBackend.failure_expires",
         "celery_private",
         "the TTL of a FAILURE (result_expiry)",
