@@ -38,6 +38,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ._connections import sync_redis
 from .config import TaskSettings
 from .errors import (
     BrokerUnavailableError,
@@ -306,9 +307,7 @@ class _DemoWorker:
         Raises:
             ConfigurationError: the worker exited, or sent no heartbeat in time.
         """
-        client = redis.Redis.from_url(
-            self.settings.backend_url, **self.settings.redis_client_kwargs()
-        )
+        client = sync_redis(self.settings, "backend", max_connections=1)
         key = RecordKeys.of(self.settings).worker(self.hostname)
         deadline = time.monotonic() + timeout
         try:

@@ -24,9 +24,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import redis
 from pydantic_core import to_jsonable_python
 
+from .._connections import sync_redis
 from ..config import QUEUES, TaskSettings
 from ..embedded import die_with_parent
 from ..errors import ConfigurationError
@@ -235,7 +235,7 @@ class WorkerProcess:
             ConfigurationError: the process exited first, or ``timeout`` passed.
         """
         key = RecordKeys.of(self.settings).worker(self.hostname)
-        client = redis.Redis.from_url(self.settings.backend_url)
+        client = sync_redis(self.settings, "backend", max_connections=1)
         deadline = time.monotonic() + timeout
         try:
             while not client.exists(key):

@@ -32,6 +32,7 @@ from celery.beat import ScheduleEntry, Scheduler
 from ..config import TaskSettings
 from ..record import Record, calls
 from ..record.confirm import Confirmation
+from .failover import worker_redis
 
 if TYPE_CHECKING:
     import redis
@@ -72,11 +73,9 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]
     @property
     def redis(self) -> redis.Redis:
         if self._client is None:
-            import redis as sync_redis
-
-            self._client = sync_redis.Redis.from_url(
-                self._settings.backend_url, **self._settings.redis_client_kwargs()
-            )
+            # Through the sentinels when they are configured; a failover reply is an error
+            # of the lock's round (logged, not sending) and the next one reconnects.
+            self._client = worker_redis(self._settings, "backend")
         return self._client
 
     @property

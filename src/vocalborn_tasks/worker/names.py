@@ -26,6 +26,7 @@ from ..config import redact_url
 from ..errors import ConfigurationError
 from ..record import RecordKeys
 from ..record.workers import NameHolder, release_worker_name, take_worker_name
+from .failover import worker_redis
 
 if TYPE_CHECKING:
     from ..config import TaskSettings
@@ -81,7 +82,7 @@ def take_node_name(settings: TaskSettings, hostname: str | None) -> str:
     pid = os.getpid()
     machine = socket.gethostname()
     ttl = max(settings.worker_dead_after_s, _STARTUP_HOLD_S)
-    client = redis.Redis.from_url(settings.backend_url, **settings.redis_client_kwargs())
+    client = worker_redis(settings, "backend", max_connections=1)
     pause = 0.1
     try:
         while True:
@@ -107,7 +108,7 @@ def take_node_name(settings: TaskSettings, hostname: str | None) -> str:
                 )
                 logger.warning(
                     "worker name: Redis at %s %s; retrying in %.1f s",
-                    redact_url(settings.backend_url),
+                    ";".join(redact_url(url) for url in settings.backend_url.split(";")),
                     problem,
                     pause,
                 )
@@ -140,7 +141,7 @@ def _stale(holder: NameHolder, machine: str, pid: int) -> bool:
 
 def release_node_name(settings: TaskSettings, name: str) -> None:
     """Give the name back if this process still holds it (best effort: its TTL frees it too)."""
-    client = redis.Redis.from_url(settings.backend_url, **settings.redis_client_kwargs())
+    client = worker_redis(settings, "backend", max_connections=1)
     try:
         release_worker_name(client, RecordKeys.of(settings), name, pid=os.getpid())
     except redis.RedisError as exc:
