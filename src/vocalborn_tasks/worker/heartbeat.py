@@ -9,6 +9,13 @@ TTL of ``worker_dead_after_s``. It serves two readers:
   hands the dead worker's unacknowledged messages back to their queues at once, instead of
   after kombu's visibility timeout (an hour by default).
 
+A missing heartbeat proves a worker dead only on a server the reaper has itself watched, without
+a break, for ``worker_dead_after_s``: a master promoted by a failover may hold no heartbeats at
+all (they went to the old one), and after an outage every key may have expired while the
+workers that wrote them were cut off, alive and running their tasks. So the reaper judges
+nothing until it has seen the same server (its ``run_id``) answer every beat for that long
+(:class:`ServerWatch`); a reconnect, a failed beat or another server starts that clock again.
+
 The same thread stops running tasks that a cancel asked to terminate: between beats it listens
 on the record's terminate channel (``TaskManager.cancel`` publishes there, from the ``revoke``
 script, so the host needs no Celery app), and each beat also checks the tasks this worker runs
@@ -41,6 +48,7 @@ from .celery_private import (
     running_task_ids,
     terminate_running,
 )
+from .failover import worker_redis
 
 if TYPE_CHECKING:
     import redis
@@ -48,7 +56,7 @@ if TYPE_CHECKING:
 
     from .factory import VocalbornCelery
 
-__all__ = ["HeartbeatStep", "process_rss_kb", "restore_dead_worker_messages"]
+__all__ = ["HeartbeatStep", "ServerWatch", "process_rss_kb", "restore_dead_worker_messages"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +79,43 @@ def restore_dead_worker_messages(broker: redis.Redis, keys: RecordKeys, tags: li
     return sum(record.run(calls.restore(keys, delivery_tag=tag)) for tag in tags)
 
 
+class ServerWatch:
+    """How long the reaper has watched one server without a break.
+
+    Args:
+        max_gap_s: two observations further apart than this are not "without a break" (the
+            reaper's own calls were failing or retrying meanwhile, perhaps reconnecting).
+    """
+
+    def __init__(self, max_gap_s: float) -> None:
+        self.max_gap_s = max_gap_s
+        self._server: str | None = None
+        self._since = 0.0
+        self._last = 0.0
+
+    @property
+    def server(self) -> str | None:
+        """The ``run_id`` of the server being watched (None: the clock is stopped)."""
+        return self._server
+
+    def observe(self, server: str, now: float) -> float:
+        """Record that ``server`` answered at ``now`` (monotonic); seconds watched so far."""
+        if server != self._server or now - self._last > self.max_gap_s:
+            self._server = server
+            self._since = now
+        self._last = now
+        return now - self._since
+
+    def reset(self) -> None:
+        """A failed call: whatever the reaper saw before it proves nothing afterwards."""
+        self._server = None
+
+
+def _run_id(info: Any) -> str:
+    """The ``run_id`` of an ``INFO server`` reply (which server process answered)."""
+    return str(info.get("run_id", "")) if isinstance(info, dict) else ""
+
+
 class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Worker bootstep: heartbeat thread plus dead-worker reaper."""
 
@@ -85,6 +130,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self._broker: redis.Redis | None = None
         self._pubsub: redis.client.PubSub | None = None
         self._terminated: set[str] = set()  # ids we signalled (not signalled again)
+        self._watch: ServerWatch | None = None  # the reaper's clock (see the module docstring)
 
     def start(self, worker: Any) -> None:
         self._worker = worker
@@ -118,12 +164,16 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         worker = self._worker
         app: VocalbornCelery = worker.app
         interval = app.settings.worker_heartbeat_s
+        # A beat may take a second or two when the server is slow; a longer gap means our own
+        # calls were failing or retrying (reconnecting) meanwhile.
+        self._watch = ServerWatch(max_gap_s=max(2 * interval, 1.0))
         while not self._stop.is_set():
             next_beat = time.monotonic() + interval
             try:
                 self._beat(worker, app)
                 self._reap(worker, app)
             except Exception as exc:
+                self._watch.reset()
                 logger.warning("heartbeat failed (%s); retrying in %.1f s", exc, interval)
             self._listen(worker, app, next_beat)
         self._close_pubsub()
@@ -220,11 +270,27 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         client = _backend_client(app)
         names = [_text(n) for n in client.smembers(keys.workers)]
         pipe = client.pipeline(transaction=False)
+        pipe.info("server")
         for name in names:
             pipe.hget(keys.worker(name), "tags")
+        info, *raws = pipe.execute()
+        server = _run_id(info)
+        watch = self._watch if self._watch is not None else ServerWatch(max_gap_s=1.0)
+        previous = watch.server
+        watched = watch.observe(server, time.monotonic())
+        if previous is not None and previous != server:
+            logger.info(
+                "reaper: another server answers (run_id %s, was %s): judging no worker dead "
+                "for %.1f s",
+                server[:8],
+                previous[:8],
+                settings.worker_dead_after_s,
+            )
+        if watched < settings.worker_dead_after_s:
+            return  # a heartbeat missing here proves nothing yet (see the module docstring)
         live_tags: set[str] = set()
         dead: list[str] = []
-        for name, raw in zip(names, pipe.execute(), strict=True):
+        for name, raw in zip(names, raws, strict=True):
             if raw is None:
                 dead.append(name)
             else:
@@ -238,7 +304,16 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
             return
         broker = self._broker_client(app)
         horizon = time.time() - settings.worker_dead_after_s
-        old = [_text(t) for t in broker.zrangebyscore(keys.unacked_index, "-inf", horizon, 0, 500)]
+        bpipe = broker.pipeline(transaction=False)
+        bpipe.info("server")
+        bpipe.zrangebyscore(keys.unacked_index, "-inf", horizon, 0, 500)
+        broker_info, raw_old = bpipe.execute()
+        if _run_id(broker_info) != server:
+            # The broker's client reached another server than the heartbeats were read from
+            # (mid-failover): the two reads do not describe one server.
+            watch.reset()
+            return
+        old = [_text(t) for t in raw_old]
         orphans = [tag for tag in old if tag not in live_tags]
         if orphans:
             restored = restore_dead_worker_messages(broker, keys, orphans)
@@ -251,11 +326,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def _broker_client(self, app: VocalbornCelery) -> redis.Redis:
         """A plain client on the broker database (kombu's own is bound to its channel)."""
         if self._broker is None:
-            import redis as sync_redis
-
-            self._broker = sync_redis.Redis.from_url(
-                app.settings.broker_url, **app.settings.redis_client_kwargs()
-            )
+            self._broker = worker_redis(app.settings, "broker")
         return self._broker
 
 
