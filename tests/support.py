@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from vocalborn_tasks._connections import sync_redis
 from vocalborn_tasks.config import TaskSettings
 from vocalborn_tasks.embedded import die_with_parent
 from vocalborn_tasks.testing.worker import child_pids, stop_process_tree
@@ -187,7 +188,7 @@ class WorkerProcess:
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        client = redis.Redis.from_url(self.settings.backend_url)
+        client = sync_redis(self.settings, "backend", max_connections=1)  # sentinels too
         key = self.settings.key("worker", self.hostname)
         try:
 

@@ -2,8 +2,9 @@
 
 * :class:`FaultAnalyzer` (``ANALYZER=faults.helpers:FaultAnalyzer``) runs the real built-in
   analysis, but first counts the execution in Redis, can stretch itself over
-  ``FAULTS_ANALYSIS_DELAY`` seconds (so a test can kill a worker half-way), and SIGKILLs its own
-  process for any recording whose file name contains ``poison``.
+  ``FAULTS_ANALYSIS_DELAY`` seconds (``FAULTS_SLOW_ANALYSIS_DELAY`` for a recording whose file
+  name contains ``slow``; so a test can kill a worker half-way), and SIGKILLs its own process
+  for any recording whose file name contains ``poison``.
 * :func:`counting_sink` (``RESULT_SINK=faults.helpers:counting_sink``) counts each call per task
   id in Redis, so a test can prove the sink saw every result exactly once.
 * :data:`count` is a task definition for the load test: it counts its executions per task id,
@@ -11,6 +12,9 @@
   ``python -m faults.helpers worker ...`` runs a worker with it registered.
 
 Every counter lives in the result-backend database under ``faults:``; the test reads it there.
+With ``FAULTS_RUN_LOG`` set, :data:`count` and :class:`FaultAnalyzer` also append ``<task id
+or recording name> <FAULTS_WORKER> <epoch seconds>`` to that file for each execution: a record of runs that a
+failover cannot roll back (the writes a demoted master took are discarded with it).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import redis
 
 from vocalborn_tasks import AnalysisResult, TaskSettings, create_celery_app, register_task
+from vocalborn_tasks._connections import sync_redis
 from vocalborn_tasks.analysis import load_analyzer
 from vocalborn_tasks.tasks import TaskContext, task_definition
 
@@ -35,8 +40,19 @@ SINK_KEY = "faults:sink"  # hash: task id -> sink calls
 
 @cache
 def _client() -> redis.Redis:
-    settings = TaskSettings()
-    return redis.Redis.from_url(settings.backend_url, **settings.redis_client_kwargs())  # type: ignore[arg-type]
+    # Through the sentinels when REDIS_SENTINELS is set.
+    return sync_redis(TaskSettings(), "backend")
+
+
+def _log_run(task_id: str) -> bool:
+    """Append this run to ``FAULTS_RUN_LOG``; False when that is not set."""
+    path = os.environ.get("FAULTS_RUN_LOG")
+    if not path:
+        return False
+    # One short O_APPEND write per run: lines from several processes never interleave.
+    with open(path, "a") as fh:
+        fh.write(f"{task_id} {os.environ.get('FAULTS_WORKER', '-')} {time.time():.3f}\n")
+    return True
 
 
 class FaultAnalyzer:
@@ -51,15 +67,19 @@ class FaultAnalyzer:
 
     def analyze(self, recording: Any, reference: Any, **kwargs: Any) -> AnalysisResult:
         name = Path(str(recording)).name
-        _client().hincrby(EXEC_KEY, name, 1)
+        if not _log_run(name):  # the file is the record; Redis may be failing over
+            _client().hincrby(EXEC_KEY, name, 1)
         if "poison" in name:
             os.kill(os.getpid(), signal.SIGKILL)
+        delay = self._delay
+        if "slow" in name:
+            delay = float(os.environ.get("FAULTS_SLOW_ANALYSIS_DELAY", delay))
         on_progress = kwargs.get("on_progress")
         steps = 10
         for i in range(steps):
             if on_progress is not None:
                 on_progress("fault-delay", 100.0 * i / steps)
-            time.sleep(self._delay / steps)
+            time.sleep(delay / steps)
         return self._inner.analyze(recording, reference, **kwargs)
 
 
@@ -76,6 +96,7 @@ def count(ctx: TaskContext, n: int, delay_s: float = 0.0, gate_dir: str | None =
     ``entered``, waits for the test to create ``go``, then appends the task id to ``sink``.
     The test can so take Redis away exactly while the sink runs.
     """
+    _log_run(ctx.task_id)
     client = _client()
     client.hincrby(EXEC_KEY, ctx.task_id, 1)
     if delay_s:
