@@ -19,12 +19,13 @@ reply                   when
 ======================  ===========================================================
 
 The connection classes below raise these as :class:`FailoverError` (a redis-py
-``ConnectionError``, so kombu reconnects, Celery's backend retries and redis-py's own retry
-applies) after disconnecting, so the next command connects again and, with sentinels, looks
-the master up first. ``NOREPLICAS`` is the subclass :class:`NoReplicasError`: the consume loop
-reads it as "nothing reserved now" (transport.py). Every Redis client the worker side builds
-uses them: kombu's channels, the result backend, the heartbeat, beat and the name lock, and so
-the task runtime too, which runs its scripts on the backend's client.
+``ConnectionError``, so every retry loop that covers an outage covers this too: Celery's
+result backend, the record's confirmed writes, the heartbeat's next beat) after disconnecting,
+so the next command connects again and, with sentinels, looks the master up first.
+``NOREPLICAS`` is the subclass :class:`NoReplicasError`. The consume loop reads either as
+"nothing reserved now" (transport.py). Every Redis client the worker side builds uses them:
+kombu's channels, the result backend, the heartbeat, beat and the name lock, and so the task
+runtime too, which runs its scripts on the backend's client.
 """
 
 from __future__ import annotations

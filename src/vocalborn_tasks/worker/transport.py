@@ -23,12 +23,16 @@ It also drops queue entries that are not task messages instead of dying on them 
 each entry inside its event loop: one stray ``LPUSH`` would stop every worker that pops it),
 and reuses one command client per connection pool.
 
-**Failover.** The channel's connections report a demoted or cut-off master as a connection
-error (failover.py), so a failover costs the consumer a reconnect, never "Unrecoverable
-error": ``UNBLOCKED`` (the idle ``BRPOP`` on a master being demoted), ``READONLY`` (a reserve on
-it), ``MASTERDOWN``. ``NOREPLICAS`` on a reserve means "nothing reserved now": the loop waits
-a quarter second with ``XREAD BLOCK``, a read the cut-off master still serves, and connects
-again (through the sentinels, which may meanwhile name another master). After a failover the
+**Failover.** The channel's connections report a server that is not a writable master as a
+connection error, and drop themselves (failover.py): ``UNBLOCKED`` (the idle ``BRPOP`` on a
+master being demoted), ``READONLY`` (a reserve on a replica), ``MASTERDOWN``, ``NOREPLICAS``
+(a master cut off from its replicas). Kombu's own answer to a ``ResponseError`` is
+"Unrecoverable error" (the worker exits); a connection error would restart the whole consumer,
+at once and again for as long as the server stays a replica. Here each means "nothing reserved
+now": the loop sends nothing for a quarter second (such a server may refuse even a blocking
+read; a timer brings the event loop back), then connects again, asking the sentinels for the
+master, and carries on; a spell is logged once. A connection lost outright (the sentinels
+close every client of a master they demote) is kombu's usual reconnect. After a failover the
 new master has no scripts: the NOSCRIPT reply sends the next reserve as source.
 :class:`SentinelTransport` is the same over kombu's Sentinel channel (``REDIS_SENTINELS``).
 """
@@ -55,8 +59,8 @@ from . import faults
 from .celery_private import running_delivery_tags, worker_stopping
 from .failover import (
     FailoverConnection,
+    FailoverError,
     FailoverSSLConnection,
-    NoReplicasError,
     SentinelFailoverConnection,
     SentinelFailoverSSLConnection,
 )
@@ -68,8 +72,8 @@ logger = logging.getLogger(__name__)
 #: Transport option naming the deployment's key prefix (set by the app factory).
 PREFIX_OPTION = "vocalborn_key_prefix"
 
-#: How long the consume loop waits after a ``NOREPLICAS`` before it tries again.
-NO_REPLICAS_PAUSE_S = 0.25
+#: How long the consume loop waits after a failover reply before it tries again.
+NOT_WRITABLE_PAUSE_S = 0.25
 
 
 def _is_envelope(message: Any) -> bool:
@@ -83,6 +87,10 @@ def _is_envelope(message: Any) -> bool:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _nothing() -> None:
+    """A timer's callback whose only effect is that the event loop runs again."""
 
 
 class QoS(kombu_redis.QoS):
@@ -138,7 +146,9 @@ class Channel(kombu_redis.Channel):
         self._vb_reserved: set[str] = set()  # tags the reserve script recorded as unacked
         self._vb_send_source = False  # the server forgot our script: send it whole once
         self._vb_pause_until = 0.0  # monotonic time before which we take nothing (see below)
-        self._vb_refused = False  # the master refuses writes (NOREPLICAS): said once per spell
+        self._vb_refused = False  # the server is not a writable master: said once per spell
+        self._vb_quiet_until = 0.0  # monotonic time before which we send nothing (failover)
+        self._vb_wake_at = 0.0  # when the event loop was last asked to come back for us
         super().__init__(*args, **kwargs)
         options = self.connection.client.transport_options or {}
         self._vb_keys = RecordKeys(str(options.get(PREFIX_OPTION, "vocalborn")))
@@ -204,9 +214,8 @@ class Channel(kombu_redis.Channel):
 
     def pause_consuming(self, seconds: float) -> None:
         """Take no message for ``seconds`` (after handing back a task this worker does not
-        know, so that a worker that knows it gets it). The consume loop waits on a stream
-        nothing writes to (``XREAD BLOCK``: a read, which a master refusing writes still
-        serves), so the event loop stays responsive and no wake-up token is taken."""
+        know, so that a worker that knows it gets it). The consume loop waits on a list
+        nothing pushes to, so the event loop stays responsive and no wake-up token is taken."""
         self._vb_pause_until = max(self._vb_pause_until, time.monotonic() + seconds)
 
     def defer_ack(self, delivery_tag: str) -> None:
@@ -223,6 +232,12 @@ class Channel(kombu_redis.Channel):
     def _brpop_start(self, timeout: float | None = None) -> None:
         if self.global_keyprefix:  # pragma: no cover - refused by the app factory
             raise RuntimeError("global_keyprefix is not supported by the vocalborn transport")
+        quiet = self._vb_quiet_until - time.monotonic()
+        if quiet > 0:
+            # The server answered a failover reply: nothing in flight until the pause ends
+            # (such a server may refuse even a blocking read). The event loop comes back then.
+            self._wake_after(quiet)
+            return
         keys = self._consume_keys()
         if keys is None:
             return
@@ -235,8 +250,7 @@ class Channel(kombu_redis.Channel):
             self._vb_waiting = True
             self._vb_idle = True
             wait = min(pause, timeout or self.brpop_timeout or 1)
-            block_ms = str(max(int(wait * 1000), 10))
-            connection.send_command("XREAD", "BLOCK", block_ms, "STREAMS", self._vb_keys.pause, "$")
+            connection.send_command("BRPOP", self._vb_keys.pause, f"{max(wait, 0.01):.3f}")
             return
         if self._vb_idle:
             self._vb_waiting = True
@@ -258,10 +272,11 @@ class Channel(kombu_redis.Channel):
             except NoScriptError:
                 self._vb_send_source = True
                 raise Empty() from None
-            except NoReplicasError as exc:
-                # Nothing was reserved (the script stops at its first write). The connection
-                # is closed already: the next attempt asks the sentinels again.
-                self._on_writes_refused(exc)
+            except FailoverError as exc:
+                # Nothing was reserved (a refused script stops at its first write; an
+                # unblocked wait took no token). The connection is closed already: the next
+                # attempt connects again, asking the sentinels for the master.
+                self._on_not_writable(exc)
                 raise Empty() from None
             except self.connection_errors:
                 # Disconnect so the next iteration reconnects. Unapplied acks stay pending
@@ -276,7 +291,7 @@ class Channel(kombu_redis.Channel):
             self._vb_send_source = False
             if self._vb_refused:
                 self._vb_refused = False
-                logger.info("broker: the master accepts writes again; taking tasks")
+                logger.info("broker: a master accepts our reservations again; taking tasks")
             del self._vb_acks[: self._vb_sent_acks]
             self._vb_sent_acks = 0
             self._vb_token = ""
@@ -288,15 +303,26 @@ class Channel(kombu_redis.Channel):
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
 
-    def _on_writes_refused(self, exc: NoReplicasError) -> None:
+    def _on_not_writable(self, exc: FailoverError) -> None:
         if not self._vb_refused:
             self._vb_refused = True
             logger.warning(
-                "broker: %s (fewer replicas than min-replicas-to-write); taking no task until "
-                "the master accepts writes again or the sentinels name another one",
+                "broker: %s; taking no task until a master accepts writes (asking the "
+                "sentinels, when configured, every %.2f s)",
                 exc,
+                NOT_WRITABLE_PAUSE_S,
             )
-        self.pause_consuming(NO_REPLICAS_PAUSE_S)
+        self._vb_quiet_until = time.monotonic() + NOT_WRITABLE_PAUSE_S
+
+    def _wake_after(self, seconds: float) -> None:
+        """Have the event loop run again in ``seconds`` (it polls no longer than its next
+        timer); without one (no event loop), the caller's poll timeout bounds the pause."""
+        loop = getattr(self.connection, "vb_loop", None)
+        due = time.monotonic() + seconds
+        if loop is None or due <= self._vb_wake_at:
+            return
+        self._vb_wake_at = due
+        loop.call_later(seconds, _nothing)
 
     def _deliver_reserved(self, reply: Any) -> bool:
         source, raw, tag = reply
@@ -333,6 +359,12 @@ class Transport(kombu_redis.Transport):
     """The ``broker_transport`` of the library's apps."""
 
     Channel = Channel
+    #: The worker's event loop, once registered (channels set timers on it).
+    vb_loop: Any = None
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        self.vb_loop = loop
+        super().register_with_event_loop(connection, loop)
 
     def _deliver(self, message: Any, queue: str) -> None:
         if not _is_envelope(message):
