@@ -12,16 +12,19 @@ workers stay up and both consume tasks submitted after the failover, and that ne
 "Unrecoverable error". Submits that fail typed meanwhile are retried with the same request, as
 a host would (the practice record's in-flight slot makes that idempotent).
 
-The other tests put one server, without sentinels, in the states a failover leaves a worker's
-connections facing: demoted to a replica (``READONLY``, ``MASTERDOWN``, a blocked read
-unblocked), refusing writes (``NOREPLICAS``), an empty script cache.
+The other tests put one server, without sentinels, in the states a failover leaves a worker
+facing: silent for longer than ``WORKER_DEAD_AFTER`` under running tasks, demoted to a
+replica (``READONLY``, ``MASTERDOWN``, a blocked read unblocked), refusing writes
+(``NOREPLICAS``), an empty script cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
@@ -73,7 +76,6 @@ def group(server_binary: str | None) -> Iterator[SentinelGroup]:
 class Scenario:
     """The shared part of the scenarios: settings, workers, recordings, the run log."""
 
-    group: SentinelGroup
     settings: TaskSettings
     workers: list[WorkerProcess]
     run_log: Path
@@ -103,18 +105,21 @@ class Scenario:
         return rows
 
 
-@pytest.fixture
-def scenario(
-    group: SentinelGroup, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+def _start(
+    settings: TaskSettings,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    *,
+    slow_s: float = SLOW_S,
 ) -> Scenario:
-    settings = TaskSettings(**group.settings_values(), **SETTINGS)
+    """Two workers (``w1``, ``w2``) running the fault analyzer, which logs every body run."""
     run_log = tmp_path / "runs.log"
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
     env = {
         "ANALYZER": "faults.helpers:FaultAnalyzer",
         "FAULTS_ANALYSIS_DELAY": str(SHORT_S),
-        "FAULTS_SLOW_ANALYSIS_DELAY": str(SLOW_S),
+        "FAULTS_SLOW_ANALYSIS_DELAY": str(slow_s),
         "FAULTS_RUN_LOG": str(run_log),
     }
     workers = [
@@ -123,7 +128,15 @@ def scenario(
     ]
     for worker in workers:
         worker.wait_ready()
-    return Scenario(group, settings, workers, run_log, audio_dir)
+    return Scenario(settings, workers, run_log, audio_dir)
+
+
+@pytest.fixture
+def scenario(
+    group: SentinelGroup, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> Scenario:
+    settings = TaskSettings(_env_file=None, **group.settings_values(), **SETTINGS)
+    return _start(settings, start_worker, tmp_path)
 
 
 async def _submit(scenario: Scenario, manager: TaskManager, name: str) -> str:
@@ -214,7 +227,7 @@ def _ride_out(scenario: Scenario, started_epoch: float) -> dict[str, float]:
     return {w: round(at - started_epoch, 2) for w, at in sorted(first.items())}
 
 
-async def test_manual_failover_under_load(scenario: Scenario) -> None:
+async def test_manual_failover_under_load(group: SentinelGroup, scenario: Scenario) -> None:
     """``SENTINEL FAILOVER`` while two analyses run and more are submitted.
 
     The old master keeps taking writes for about a second after the promotion (until the
@@ -223,7 +236,6 @@ async def test_manual_failover_under_load(scenario: Scenario) -> None:
     taken again from the new master, where it is still queued: the slow analyses keep both
     workers busy through that second (see docs/reliability.md for the window).
     """
-    group = scenario.group
     epoch = time.time()
     states, during, started = await _run_scenario(
         scenario, lambda: asyncio.to_thread(group.failover)
@@ -236,9 +248,8 @@ async def test_manual_failover_under_load(scenario: Scenario) -> None:
     )
 
 
-async def test_master_killed_under_load(scenario: Scenario) -> None:
+async def test_master_killed_under_load(group: SentinelGroup, scenario: Scenario) -> None:
     """``kill -9`` of the master while two analyses run and more are submitted."""
-    group = scenario.group
     old = group.master
     epoch = time.time()
 
@@ -256,6 +267,42 @@ async def test_master_killed_under_load(scenario: Scenario) -> None:
 
 
 # --- one server, in the states a failover leaves a worker's connections facing ---------------
+async def test_outage_longer_than_dead_after_reruns_no_running_task(
+    server: LocalServer,
+    make_settings: Callable[..., TaskSettings],
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """The server answers nothing (SIGSTOP) for longer than ``WORKER_DEAD_AFTER`` while one
+    worker runs a task, and that worker comes back a second after the server (its main
+    process stopped too; its pool child runs on). When the server answers again every
+    heartbeat has expired: the idle worker's reaper must not take the busy one for dead and
+    hand its running task back (the idle worker would run it again at once). A reaper judges
+    nothing until it has watched the server, without a break, for ``WORKER_DEAD_AFTER``."""
+    settings = make_settings()
+    scenario = _start(settings, start_worker, tmp_path, slow_s=settings.worker_dead_after_s + 4)
+    async with TaskManager(settings) as manager:
+        await _submit(scenario, manager, "slow-1")
+        await asyncio.to_thread(
+            wait_until, lambda: scenario.runs(), 30, 0.02, "the analysis running"
+        )
+        (busy,) = [w for w in scenario.workers if w.name == scenario.runs()[0][1]]
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        busy.signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(settings.worker_dead_after_s + 1.0)
+            os.kill(server.pid, signal.SIGCONT)
+            await asyncio.sleep(1.0)  # the idle worker's reaper beats twice meanwhile
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+            busy.signal(signal.SIGCONT)
+        states = await _final_states(manager, scenario.ids)
+    assert states == {"slow-1": TaskState.SUCCESS}
+    runs = scenario.runs()
+    assert [name for name, _, _ in runs] == ["slow-1"], f"the running task ran again: {runs}"
+
+
 def _log(worker: WorkerProcess) -> str:
     return worker.log_path.read_text(errors="replace")
 
