@@ -157,9 +157,18 @@ async def _submit(scenario: Scenario, manager: TaskManager, name: str) -> str:
 
 async def _final_states(manager: TaskManager, ids: dict[str, str]) -> dict[str, TaskState]:
     async def final(task_id: str) -> TaskState:
-        with contextlib.suppress(VocalbornTasksError):
-            await manager.wait_for_result(task_id, timeout=30)
-        return (await manager.get_task_status(task_id)).state
+        deadline = time.monotonic() + 45
+        while True:
+            try:
+                with contextlib.suppress(VocalbornTasksError):
+                    await manager.wait_for_result(task_id, timeout=30)
+                return (await manager.get_task_status(task_id)).state
+            except redis.ResponseError as exc:
+                # A read on a master refusing writes (its epoch check writes) still surfaces
+                # untyped on the caller side; not what these tests are about.
+                if "NOREPLICAS" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     states = await asyncio.gather(*(final(t) for t in ids.values()))
     return dict(zip(ids, states, strict=True))
@@ -394,3 +403,63 @@ async def test_worker_waits_out_a_master_refusing_writes(
         admin.close()
     assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
     assert "Unrecoverable error" not in _log(worker), worker.log_tail(80)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 17, open: a reservation is not confirmed by replicas. A task taken from the "
+    "old master between the promotion and the moment it loses its last replica is still queued "
+    "on the new master and runs again there (see docs/reliability.md)",
+)
+async def test_a_task_taken_from_the_old_master_after_the_promotion_runs_once(
+    group: SentinelGroup, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """The window, made exact. Both workers are stopped (SIGSTOP) long enough for their idle
+    reads to time out, a task is queued, the failover promotes a replica; ``w1`` resumes at
+    once and takes the task from the old master, which still takes writes (one replica follows
+    it until the sentinels move it); ``w2`` resumes once the old master refuses writes, and
+    so connects to the new master, where the task is still queued."""
+    settings = TaskSettings(
+        _env_file=None, **group.settings_values(), **{**SETTINGS, "worker_dead_after_s": 10.0}
+    )
+    # Long enough that the second copy starts before the first one's result reaches the new
+    # master (which takes writes only once a replica has synced from it).
+    scenario = _start(settings, start_worker, tmp_path, slow_s=8.0)
+    w1 = scenario.workers[0]
+    old = group.master
+    replicas = [s for s in group.servers if s is not old]
+    old_client = redis.Redis(port=old.port, socket_timeout=1.0)
+
+    def old_refuses_writes() -> bool:
+        try:
+            old_client.set("vocalborn-test:probe", "1")
+        except redis.ResponseError as exc:
+            return "NOREPLICAS" in str(exc)
+        return False
+
+    for worker in scenario.workers:
+        worker.signal(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.2)  # their idle BRPOPs (1 s) time out: each reserves on resume
+        async with TaskManager(settings) as manager:
+            await _submit(scenario, manager, "slow-1")
+        with redis.Redis(port=group.sentinels[0].port) as sentinel:
+            sentinel.execute_command("SENTINEL", "FAILOVER", group.master_name)
+        await asyncio.to_thread(
+            wait_until,
+            lambda: any(group.role(s) == "master" for s in replicas),
+            10,
+            0.005,
+            "a replica promoted",
+        )
+        w1.signal(signal.SIGCONT)
+        await asyncio.to_thread(wait_until, old_refuses_writes, 10, 0.01, "NOREPLICAS")
+    finally:
+        for worker in scenario.workers:  # w2 now: its first reservation is refused
+            worker.signal(signal.SIGCONT)
+        old_client.close()
+    async with TaskManager(settings) as manager:
+        states = await _final_states(manager, scenario.ids)
+    assert states == {"slow-1": TaskState.SUCCESS}
+    runs = scenario.runs()
+    assert [name for name, _, _ in runs] == ["slow-1"], f"ran on both masters: {runs}"
