@@ -57,6 +57,8 @@ def _reply(text: str) -> Exception:
             "-READONLY You can't write against a read only replica.",
             "READONLY",
         ),
+        # A confirmation's WAIT on a demoted master.
+        ("ERR WAIT cannot be used with replica instances. Please also note that", "READONLY"),
         ("NOSCRIPT No matching script. Please use EVAL.", None),
         ("WRONGTYPE Operation against a key holding the wrong kind of value", None),
         ("ERR unknown command 'FOO'", None),

@@ -14,7 +14,7 @@ from kombu.entity import Exchange, Queue
 
 from .._connections import sentinel_kwargs
 from ..config import QUEUES, TaskSettings
-from .transport import PREFIX_OPTION
+from .transport import FAILOVER_WAIT_OPTION, PREFIX_OPTION, REPLICA_ACKS_OPTION
 
 __all__ = ["VocalbornCelery", "create_celery_app", "queue_for_task"]
 
@@ -62,6 +62,9 @@ def _transport_options(settings: TaskSettings) -> dict[str, Any]:
         "queue_order_strategy": "priority",
         # Our transport's wake-up lists live under the deployment's key prefix.
         PREFIX_OPTION: settings.key_prefix,
+        # A reservation counts once replicas hold it (transport.Channel._confirmed).
+        REPLICA_ACKS_OPTION: settings.replica_acks,
+        FAILOVER_WAIT_OPTION: settings.redis_failover_wait_s,
     }
 
 

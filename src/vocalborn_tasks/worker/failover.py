@@ -16,6 +16,8 @@ reply                   when
 ``LOADING``             a server still loading its data set (already a ConnectionError)
 ``NOREPLICAS``          ``min-replicas-to-write`` not met: a master cut off from its
                         replicas, or its replicas down
+``ERR WAIT cannot be    a ``WAIT`` (confirming a write) on a demoted master; read as
+used with replica``     ``READONLY``
 ======================  ===========================================================
 
 The connection classes below raise these as :class:`FailoverError` (a redis-py
@@ -63,6 +65,7 @@ FAILOVER_CODES: frozenset[str] = frozenset(
 
 # Redis 6 wraps an error raised inside a script: "ERR Error running script ... -READONLY ...".
 _IN_SCRIPT = re.compile(r"-(" + "|".join(sorted(FAILOVER_CODES)) + r")\b")
+_WAIT_ON_REPLICA = "WAIT cannot be used with replica instances"
 
 
 class FailoverError(RedisConnectionError):
@@ -89,6 +92,8 @@ def failover_code(exc: BaseException) -> str | None:
     code = getattr(exc, "status_code", None) or text.split(" ", 1)[0]
     if code in FAILOVER_CODES:
         return str(code)
+    if code == "ERR" and text.removeprefix("ERR ").startswith(_WAIT_ON_REPLICA):
+        return "READONLY"
     if code == "ERR" and "script" in text:
         found = _IN_SCRIPT.search(text)
         if found is not None:

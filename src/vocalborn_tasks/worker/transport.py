@@ -55,6 +55,7 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from ..record import Record, RecordKeys, calls
+from ..record.confirm import Confirmation
 from . import faults
 from .celery_private import running_delivery_tags, worker_stopping
 from .failover import (
@@ -71,6 +72,10 @@ logger = logging.getLogger(__name__)
 
 #: Transport option naming the deployment's key prefix (set by the app factory).
 PREFIX_OPTION = "vocalborn_key_prefix"
+#: Transport options of confirmed reservations: ``REDIS_REPLICA_ACKS`` (0: off) and
+#: ``REDIS_FAILOVER_WAIT_S`` (see :meth:`Channel._confirmed`).
+REPLICA_ACKS_OPTION = "vocalborn_replica_acks"
+FAILOVER_WAIT_OPTION = "vocalborn_failover_wait_s"
 
 #: How long the consume loop waits after a failover reply before it tries again.
 NOT_WRITABLE_PAUSE_S = 0.25
@@ -149,9 +154,16 @@ class Channel(kombu_redis.Channel):
         self._vb_refused = False  # the server is not a writable master: said once per spell
         self._vb_quiet_until = 0.0  # monotonic time before which we send nothing (failover)
         self._vb_wake_at = 0.0  # when the event loop was last asked to come back for us
+        self._vb_tail = 0  # replies due after the reserve's: its WAIT (and INFO replication)
+        self._vb_needed = 0  # replicas the WAIT in flight asks for
+        self._vb_held: Any = None  # a reservation the replicas have not confirmed yet
+        self._vb_hold_until = 0.0  # monotonic time after which it is given up
         super().__init__(*args, **kwargs)
         options = self.connection.client.transport_options or {}
         self._vb_keys = RecordKeys(str(options.get(PREFIX_OPTION, "vocalborn")))
+        acks = int(options.get(REPLICA_ACKS_OPTION, 0) or 0)
+        wait_s = float(options.get(FAILOVER_WAIT_OPTION, 15.0))
+        self._vb_confirm = Confirmation(replicas=acks, wait_s=wait_s) if acks > 0 else None
 
     # --- connections --------------------------------------------------------------------------
     def _connparams(self, asynchronous: bool = False) -> Any:
@@ -232,6 +244,7 @@ class Channel(kombu_redis.Channel):
     def _brpop_start(self, timeout: float | None = None) -> None:
         if self.global_keyprefix:  # pragma: no cover - refused by the app factory
             raise RuntimeError("global_keyprefix is not supported by the vocalborn transport")
+        self._vb_tail = 0
         quiet = self._vb_quiet_until - time.monotonic()
         if quiet > 0:
             # The server answered a failover reply: nothing in flight until the pause ends
@@ -245,6 +258,12 @@ class Channel(kombu_redis.Channel):
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
+        if self._vb_held is not None:
+            # A reservation not confirmed yet: ask the replicas again (a WAIT covers every
+            # earlier write of this connection) before taking anything else.
+            self._vb_waiting = False
+            self._vb_tail = self._send_confirmation(connection)
+            return
         pause = self._vb_pause_until - time.monotonic()
         if pause > 0:
             self._vb_waiting = True
@@ -261,16 +280,37 @@ class Channel(kombu_redis.Channel):
         self._vb_sent_acks = len(self._vb_acks)
         call = calls.reserve(self._vb_keys, lists=lists, token=self._vb_token, acks=self._vb_acks)
         connection.send_command(*call.command(by_source=self._vb_send_source))
+        self._vb_tail = self._send_confirmation(connection)
+
+    def _send_confirmation(self, connection: Any) -> int:
+        """Send the WAIT (and, when due, INFO replication) of a confirmed reservation right
+        behind it, on the same connection; how many replies that adds."""
+        confirm = self._vb_confirm
+        if confirm is None:
+            return 0
+        self._vb_needed = confirm.needed()
+        left = (self._vb_hold_until - time.monotonic()) if self._vb_held else confirm.wait_s
+        tail = confirm.tail(self._vb_needed, max(left, 0.001))
+        for command in tail:
+            connection.send_command(*command)
+        return len(tail)
 
     def _brpop_read(self, **options: Any) -> bool:
         waiting = self._vb_waiting
+        confirming = not waiting and self._vb_held is not None
+        tail, self._vb_tail = self._vb_tail, 0
         try:
             try:
-                reply = self.client.parse_response(
-                    self.client.connection, "BRPOP" if waiting else "EVALSHA", **options
-                )
+                if confirming:
+                    reply = self._vb_held
+                else:
+                    reply = self.client.parse_response(
+                        self.client.connection, "BRPOP" if waiting else "EVALSHA", **options
+                    )
+                confirmed = self._confirmed(reply, tail)
             except NoScriptError:
                 self._vb_send_source = True
+                self._read_tail(tail)  # nothing ran: the WAIT behind it confirms nothing
                 raise Empty() from None
             except FailoverError as exc:
                 # Nothing was reserved (a refused script stops at its first write; an
@@ -288,20 +328,82 @@ class Channel(kombu_redis.Channel):
                 prefix = self._vb_keys.wake_prefix
                 self._vb_token = _text(reply[0]).removeprefix(prefix) if reply else ""
                 raise Empty()
-            self._vb_send_source = False
-            if self._vb_refused:
-                self._vb_refused = False
-                logger.info("broker: a master accepts our reservations again; taking tasks")
-            del self._vb_acks[: self._vb_sent_acks]
-            self._vb_sent_acks = 0
-            self._vb_token = ""
+            if not confirming:
+                self._vb_send_source = False
+                if self._vb_refused:
+                    self._vb_refused = False
+                    logger.info("broker: a master accepts our reservations again; taking tasks")
+                del self._vb_acks[: self._vb_sent_acks]
+                self._vb_sent_acks = 0
+                self._vb_token = ""
             if not reply:
                 self._vb_idle = True
                 raise Empty()
+            if not confirmed:
+                self._hold(reply)
+                raise Empty()
+            self._vb_held = None
             return self._deliver_reserved(reply)
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
+
+    def _read_tail(self, tail: int) -> list[Any]:
+        connection = self.client.connection
+        return [
+            self.client.parse_response(connection, "WAIT" if i == 0 else "INFO")
+            for i in range(tail)
+        ]
+
+    def _confirmed(self, reply: Any, tail: int) -> bool:
+        """Whether enough replicas hold the reservation just made (or held).
+
+        With ``REDIS_REPLICA_ACKS`` a reservation counts only once replicas hold it (the
+        record's rule, record/confirm.py: every replica seen on this master in the last few
+        seconds): a task taken from a master that a failover is replacing is otherwise still
+        queued on the new one, and runs there a second time while it runs here.
+        """
+        replies = self._read_tail(tail)
+        confirm = self._vb_confirm
+        if confirm is None or not replies:
+            return True
+        if len(replies) > 1:
+            confirm.observe(replies[1])
+        if confirm.accepted(replies[0], self._vb_needed) or not reply:
+            return True
+        confirm.doubt()
+        return False
+
+    def _hold(self, reply: Any) -> None:
+        """Keep an unconfirmed reservation and ask again; give it up when the sentinels name
+        another master, or after ``REDIS_FAILOVER_WAIT_S``."""
+        now = time.monotonic()
+        if self._vb_held is None:
+            self._vb_held = reply
+            self._vb_hold_until = now + (self._vb_confirm.wait_s if self._vb_confirm else 0.0)
+        if now < self._vb_hold_until and not self._master_moved():
+            return
+        self._vb_held = None
+        source = reply[0]
+        logger.warning(
+            "broker: replicas did not confirm taking a task from %s (a failover?); leaving it "
+            "to the master that survives (queued there, or handed back by the reaper)",
+            _text(source),
+        )
+        self.client.connection.disconnect()  # the next one asks the sentinels
+        self._vb_quiet_until = now + NOT_WRITABLE_PAUSE_S
+
+    def _master_moved(self) -> bool:
+        """Whether the sentinels name a master other than the server we reserve on."""
+        lookup = getattr(self.client.connection_pool, "get_master_address", None)
+        connection = self.client.connection
+        if lookup is None or connection is None:
+            return False
+        try:
+            address = lookup()
+        except redis.RedisError:
+            return False  # the sentinels cannot tell now; ask again on the next shortfall
+        return (connection.host, int(connection.port)) != (address[0], int(address[1]))
 
     def _on_not_writable(self, exc: FailoverError) -> None:
         if not self._vb_refused:
