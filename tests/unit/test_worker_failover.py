@@ -107,6 +107,7 @@ def test_a_failover_reply_drops_the_connection_and_is_a_connection_error() -> No
     assert raised.value.code == "READONLY"
     assert "10.0.0.1:6380" in str(raised.value) and "READONLY" in str(raised.value)
     assert conn.disconnected == 1  # the replies still due on it go with it
+    assert conn.vb_drops == 1  # a reservation held on it cannot be confirmed any more
 
 
 def test_noreplicas_is_its_own_kind() -> None:

@@ -118,6 +118,13 @@ class _FailoverMixin:
 
     host: str
     port: int
+    #: How often this connection was dropped: a ``WAIT`` on it confirms only the writes made
+    #: since (transport.py holds a reservation for confirmation on one connection).
+    vb_drops = 0
+
+    def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        self.vb_drops += 1
+        super().disconnect(*args, **kwargs)  # type: ignore[misc]
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -127,7 +134,7 @@ class _FailoverMixin:
             if code is None:
                 raise
             where = f"{self.host}:{self.port}"
-            self.disconnect()  # type: ignore[attr-defined]
+            self.disconnect()
             raise _mapped(exc, code, where) from exc
 
 

@@ -35,6 +35,16 @@ master, and carries on; a spell is logged once. A connection lost outright (the 
 close every client of a master they demote) is kombu's usual reconnect. After a failover the
 new master has no scripts: the NOSCRIPT reply sends the next reserve as source.
 :class:`SentinelTransport` is the same over kombu's Sentinel channel (``REDIS_SENTINELS``).
+
+**Confirmed reservations** (``REDIS_REPLICA_ACKS`` above 0, the default with sentinels). For
+about a second after a promotion the old master still takes writes (a replica follows it until
+the sentinels move it): a task reserved there is still queued on the new master and would run
+a second time while it runs here. So the reserve goes out with the record's ``WAIT`` (every
+replica seen on this master in the last seconds, record/confirm.py) in the same round trip,
+and a reservation counts only once they hold it. An unconfirmed one is held (nothing else is
+taken) and asked about again; it is given up, undelivered, when the sentinels name another
+master, its connection drops, or ``REDIS_FAILOVER_WAIT_S`` passes: it stays reserved on the
+server that took it (the reaper hands it back if that server stays master).
 """
 
 # kombu's transport is partly annotated: calls into it are untyped by nature.
@@ -158,6 +168,7 @@ class Channel(kombu_redis.Channel):
         self._vb_needed = 0  # replicas the WAIT in flight asks for
         self._vb_held: Any = None  # a reservation the replicas have not confirmed yet
         self._vb_hold_until = 0.0  # monotonic time after which it is given up
+        self._vb_held_drops = 0  # the connection's drop count when it was reserved
         super().__init__(*args, **kwargs)
         options = self.connection.client.transport_options or {}
         self._vb_keys = RecordKeys(str(options.get(PREFIX_OPTION, "vocalborn")))
@@ -259,11 +270,14 @@ class Channel(kombu_redis.Channel):
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         if self._vb_held is not None:
-            # A reservation not confirmed yet: ask the replicas again (a WAIT covers every
-            # earlier write of this connection) before taking anything else.
-            self._vb_waiting = False
-            self._vb_tail = self._send_confirmation(connection)
-            return
+            if getattr(connection, "vb_drops", 0) == self._vb_held_drops:
+                # A reservation not confirmed yet: ask the replicas again (a WAIT covers every
+                # earlier write of this connection) before taking anything else.
+                self._vb_waiting = False
+                self._vb_tail = self._send_confirmation(connection)
+                return
+            # Dropped since: a WAIT on the new connection would confirm none of it.
+            self._give_up_held()
         pause = self._vb_pause_until - time.monotonic()
         if pause > 0:
             self._vb_waiting = True
@@ -381,17 +395,23 @@ class Channel(kombu_redis.Channel):
         if self._vb_held is None:
             self._vb_held = reply
             self._vb_hold_until = now + (self._vb_confirm.wait_s if self._vb_confirm else 0.0)
+            self._vb_held_drops = getattr(self.client.connection, "vb_drops", 0)
         if now < self._vb_hold_until and not self._master_moved():
             return
-        self._vb_held = None
-        source = reply[0]
+        self._give_up_held()
+        self.client.connection.disconnect()  # the next one asks the sentinels
+        self._vb_quiet_until = now + NOT_WRITABLE_PAUSE_S
+
+    def _give_up_held(self) -> None:
+        """Forget the held reservation without delivering it: it stays reserved on the server
+        that took it (a master being replaced, or, if that one stays, the reaper hands it
+        back), and is still queued on the new master."""
+        reply, self._vb_held = self._vb_held, None
         logger.warning(
             "broker: replicas did not confirm taking a task from %s (a failover?); leaving it "
             "to the master that survives (queued there, or handed back by the reaper)",
-            _text(source),
+            _text(reply[0]),
         )
-        self.client.connection.disconnect()  # the next one asks the sentinels
-        self._vb_quiet_until = now + NOT_WRITABLE_PAUSE_S
 
     def _master_moved(self) -> bool:
         """Whether the sentinels name a master other than the server we reserve on."""
