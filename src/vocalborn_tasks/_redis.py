@@ -31,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ._connections import Database, async_pool, sync_pool
 from .config import TaskSettings
 from .errors import BrokerAuthError, BrokerUnavailableError
+from .record.confirm import is_failover_error
 
 __all__ = [
     "Batch",
@@ -166,6 +167,13 @@ def _translated(settings: TaskSettings, action: str, exc: Exception) -> Exceptio
             return BrokerAuthError(
                 f"{action}: Redis at {where} refused access ({text.split()[0]}); check "
                 "REDIS_PASSWORD/REDIS_USERNAME and the ACL"
+            )
+        if is_failover_error(exc):
+            # NOREPLICAS, READONLY, MASTERDOWN, LOADING...: the server cannot take this now
+            # (a failover, a replica gone, a restart); the same call may succeed in seconds.
+            return BrokerUnavailableError(
+                f"{action}: Redis at {where} cannot serve it now ({_describe(settings, exc)}); "
+                "a failover or a restart in progress? retry"
             )
         return None
     if isinstance(exc, (ConnectionError, RedisTimeoutError, OSError)):

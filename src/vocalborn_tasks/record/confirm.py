@@ -70,7 +70,12 @@ def is_failover_error(exc: BaseException) -> bool:
         (RedisConnectionError, RedisTimeoutError, ReadOnlyError, BusyLoadingError, NoScriptError),
     ):
         return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(_FAILOVER_REPLIES)
+    if not isinstance(exc, ResponseError):
+        return False
+    # A pipeline's error names the failing command first: "Command # 1 (...) of pipeline
+    # caused error: NOREPLICAS ...".
+    text = str(exc).rsplit("caused error: ", 1)[-1].lstrip("('\"")
+    return text.startswith(_FAILOVER_REPLIES)
 
 
 def _text(value: Any) -> str:
