@@ -206,7 +206,12 @@ def test_task_ids_are_time_ordered() -> None:
     assert len(set(ids)) == len(ids)
 
 
-@pytest.mark.parametrize("value", [str(uuid.uuid4()), "not-a-uuid", "", "1234"])
+# Named ids: a fresh uuid4 each run, yet the same test id in every pytest-xdist process.
+@pytest.mark.parametrize(
+    "value",
+    [str(uuid.uuid4()), "not-a-uuid", "", "1234"],
+    ids=["uuid4", "not-a-uuid", "empty", "digits"],
+)
 def test_id_time_none_without_a_time(value: str) -> None:
     assert id_time(value) is None
 
