@@ -9,7 +9,6 @@ own server.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -286,16 +285,11 @@ async def test_health_unhealthy_without_worker_and_healthy_again(
     assert report.workers == 1
 
 
-def _server_binary() -> str | None:
-    """The same kind of server the session runs: Debian redis-server when CI selects it."""
-    if os.environ.get("VOCALBORN_TEST_REDIS_URL") and Path("/usr/bin/redis-server").exists():
-        return "/usr/bin/redis-server"
-    return None
-
-
-async def test_health_unhealthy_with_an_evicting_policy(tmp_path: Path) -> None:
+async def test_health_unhealthy_with_an_evicting_policy(
+    tmp_path: Path, server_binary: str | None
+) -> None:
     server = LocalServer(
-        binary=_server_binary(),
+        binary=server_binary,
         data_dir=tmp_path / "lru",
         config={"maxmemory-policy": "allkeys-lru"},
         die_with_parent=True,
