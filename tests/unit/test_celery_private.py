@@ -50,16 +50,20 @@ def _resolve(module: str, dotted: str) -> object:
     return obj
 
 
+@functools.cache
+def _class_source(cls: type) -> str:
+    """A class's source text ("" where there is none); read once per class (inspect re-parses
+    the whole module each time, and the same bases come up for many names)."""
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):
+        return ""
+
+
 def _instance_attribute(owner: type, name: str) -> bool:
     """Whether a class of the MRO assigns ``self.<name>`` (an attribute set in ``__init__``)."""
     pattern = re.compile(rf"self\.{re.escape(name)}\s*(:[^=]*)?=[^=]")
-    for cls in owner.__mro__:
-        try:
-            if pattern.search(inspect.getsource(cls)):
-                return True
-        except (OSError, TypeError):
-            continue
-    return False
+    return any(pattern.search(_class_source(cls)) for cls in owner.__mro__)
 
 
 def _has(owner: object, name: str) -> bool:
