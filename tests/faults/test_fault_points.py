@@ -11,6 +11,7 @@ called exactly twice.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from faults.helpers import EXEC_KEY, SINK_KEY, count
 from support import WorkerProcess, wait_until
 from vocalborn_tasks import TaskManager, TaskSettings, TaskState
 from vocalborn_tasks.embedded import LocalServer
+from vocalborn_tasks.record import RecordKeys
 
 pytestmark = pytest.mark.faults
 
@@ -31,7 +33,8 @@ EXPECTED = {
     # STARTED stored, body not run: the redelivery runs it once.
     "after_begin": (1, 1),
     # Killed holding the sink's claim before the sink committed: the redelivery waits for the
-    # claim to expire, then calls the sink; the sink saw it once.
+    # claim to expire (the test shortens the wait: _cut_the_claim_short), then calls the sink;
+    # the sink saw it once.
     "in_sink": (2, 1),
     # The documented window: the sink committed, its acknowledgement was not recorded.
     "after_sink_commit": (2, 2),
@@ -41,6 +44,37 @@ EXPECTED = {
     # Result stored and message acknowledged in one script: nothing is redelivered.
     "after_store": (1, 1),
 }
+
+
+#: Points that leave the dead run's sink claim behind: the healthy run must wait for it.
+CLAIM_LEFT = {"in_sink", "after_sink_commit"}
+#: What the test leaves of that claim once the healthy run is waiting on it (seconds).
+CLAIM_CUT_TO_S = 1.0
+
+
+def _cut_the_claim_short(settings: TaskSettings, task_id: str) -> float:
+    """Once the healthy run waits on the dead run's sink claim, let the claim expire in 1 s.
+
+    The dead run took its claim for the worker's 15 s, and the healthy run waits however
+    long is left: the test shortens what is left instead of sleeping through it (10 s or more
+    per test). Checked first: the healthy run has started the body (its execution is counted)
+    and has not reached the sink, and the claim is still the dead run's, live. Returns the
+    monotonic time just before the claim was shortened.
+    """
+    key = RecordKeys.of(settings).sink(task_id)
+    client = redis.Redis.from_url(settings.backend_url, decode_responses=True)
+    try:
+        sink_calls = _counts(settings, task_id)[1]
+        wait_until(lambda: _counts(settings, task_id)[0] == 2, 30, what="the healthy run")
+        assert _counts(settings, task_id)[1] == sink_calls, "the sink ran before the claim expired"
+        claim = client.get(key)
+        assert claim is not None and claim.startswith("claim:"), claim
+        assert client.pttl(key) > 1000 * CLAIM_CUT_TO_S, client.pttl(key)
+        cut_at = time.monotonic()
+        assert client.pexpire(key, int(1000 * CLAIM_CUT_TO_S))
+        return cut_at
+    finally:
+        client.close()
 
 
 def _counts(settings: TaskSettings, task_id: str) -> tuple[int, int]:
@@ -66,8 +100,13 @@ async def test_sigkill_at_point(
         assert doomed.proc is not None
         await asyncio.to_thread(doomed.proc.wait, 30)  # it reached the point and died
         start_worker(settings, "healthy", host=True, pool="solo")
+        if point in CLAIM_LEFT:
+            cut_at = await asyncio.to_thread(_cut_the_claim_short, settings, handle.id)
         result = await manager.wait_for_result(handle, timeout=60)
         status = await manager.get_task_status(handle)
+    if point in CLAIM_LEFT:
+        # Without the wait the result comes at once (the task has no delay of its own).
+        assert time.monotonic() - cut_at >= CLAIM_CUT_TO_S - 0.1, "the claim was not waited for"
     assert result == 7
     assert status.state is TaskState.SUCCESS
     assert _counts(settings, handle.id) == EXPECTED[point]
