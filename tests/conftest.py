@@ -99,6 +99,10 @@ def base_settings(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> T
         celery_log_level="INFO",
         worker_heartbeat_s=0.5,
         worker_dead_after_s=3.0,
+        # Teardown: Celery's soft shutdown sleeps its whole timeout when a task is registered
+        # as running at the signal, even one that ends a millisecond later (a stop right after
+        # a test's last result): 1 s, not the production 10 s, as in tests/faults.
+        worker_soft_shutdown_s=1.0,
     )
 
 

@@ -155,6 +155,7 @@ async def test_watch_rides_out_a_redis_restart(tmp_path: Path, server_binary: st
         worker_heartbeat_s=0.5,
         worker_dead_after_s=3.0,
         redis_connect_timeout_s=2.0,
+        worker_soft_shutdown_s=1.0,  # the worker stops right after its result (tests/conftest.py)
     )
     worker = WorkerProcess(settings, name="blip", log_dir=tmp_path)
     try:

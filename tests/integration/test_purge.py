@@ -51,6 +51,7 @@ def settings(redis_url: str) -> Iterator[TaskSettings]:
         celery_log_level="INFO",
         worker_heartbeat_s=0.5,
         worker_dead_after_s=3.0,
+        worker_soft_shutdown_s=1.0,  # the worker stops right after its result (tests/conftest.py)
     )
     flush(s)
     yield s
