@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,9 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     for worker in started:
         if worker.proc is not None:
             children.update(worker.child_pids())
-        worker.stop(timeout=15)
+    # Side by side: each stop waits 1-2 s for its own worker's shutdown.
+    with ThreadPoolExecutor(max_workers=max(len(started), 1)) as pool:
+        list(pool.map(lambda w: w.stop(timeout=15), started))
     for pid in children:  # orphans of a SIGKILLed main process
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
