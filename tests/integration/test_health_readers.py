@@ -137,7 +137,11 @@ async def test_both_readers_agree_on_unreachable_and_on_bad_data(settings: TaskS
     name = f"bad-{uuid.uuid4().hex}@test"
     try:
         client.sadd(settings.key("workers"), name)
-        client.hset(settings.key("worker", name), mapping={"hostname": name, "pid": "x"})
+        # With "tags", as every live heartbeat has: the module's worker reaps a registered
+        # name whose hash lacks them (a dead worker) within 0.5 s, which raced the calls below.
+        client.hset(
+            settings.key("worker", name), mapping={"hostname": name, "pid": "x", "tags": "[]"}
+        )
         with SyncHealthReader(settings) as reader, pytest.raises(ValueError, match="invalid"):
             reader.health()
         with pytest.raises(ValueError, match="invalid literal"):

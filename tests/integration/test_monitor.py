@@ -328,7 +328,11 @@ async def test_health_reports_only_redis_errors_as_unreachable(
     name = f"bad-{uuid.uuid4().hex}@test"
     try:
         client.sadd(settings.key("workers"), name)
-        client.hset(settings.key("worker", name), mapping={"hostname": name, "pid": "x"})
+        # With "tags", as every live heartbeat has: the module's worker reaps a registered
+        # name whose hash lacks them (a dead worker) within 0.5 s, which raced the calls below.
+        client.hset(
+            settings.key("worker", name), mapping={"hostname": name, "pid": "x", "tags": "[]"}
+        )
         with pytest.raises(ValueError, match="invalid literal"):
             await monitor.health()
         with pytest.raises(ValueError, match="invalid literal"):
