@@ -55,12 +55,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """
     from xdist.scheduler import LoadScopeScheduling
 
-    faults = FAULTS.relative_to(config.rootpath).as_posix() + "/"
+    # A fault module with module-scoped fixtures (test_security's server and worker) stays
+    # together like any other module.
+    alone = {
+        path.relative_to(config.rootpath).as_posix()
+        for path in FAULTS.glob("test_*.py")
+        if 'scope="module"' not in path.read_text(encoding="utf-8")
+    }
 
     class ModulesAndFaultTests(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return nodeid if module.startswith(faults) else module
+            return nodeid if module in alone else module
 
     return ModulesAndFaultTests(config, log)
 
