@@ -71,7 +71,9 @@ async def test_sigkill_worker_main_process_mid_analysis(
     """Scenario 1: the task completes on the other worker within a minute, sink called once."""
     settings = make_settings()
     env = {**ANALYSIS_ENV, "FAULTS_ANALYSIS_DELAY": "4"}
-    workers = [start_worker(settings, f"w{i}", extra_env=env) for i in (1, 2)]
+    workers = [start_worker(settings, f"w{i}", extra_env=env, wait=False) for i in (1, 2)]
+    for w in workers:  # both start side by side; each is ready once its heartbeat is in Redis
+        w.wait_ready()
     async with TaskManager(settings) as manager:
         task_id = await manager.submit_audio_analysis(_request("rec-kill-main"))
         await asyncio.wait_for(_wait_progress(manager, task_id, 40.0), 30)

@@ -99,8 +99,10 @@ async def test_one_alert_per_outage_and_one_recovery_notice(
         settings, name="alerts-health", queues="health,maintenance", log_dir=logs
     )
     try:
-        analysis.start()
-        checker.start()
+        for w in (analysis, checker):  # started side by side, then each awaited (heartbeat)
+            w.start(wait=False)
+        for w in (analysis, checker):
+            w.wait_ready()
         async with TaskManager(settings) as manager:
             assert await run_health_task(manager) == []
             assert hook.received == []
