@@ -47,7 +47,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ._connections import sentinel_kwargs
 from ._redis import Batch, Steps, run_steps_sync, sync_client
 from .config import QUEUES, TaskSettings
-from .errors import BrokerAuthError, BrokerError, ManagerClosedError
+from .errors import BrokerAuthError, BrokerError, BrokerUnavailableError, ManagerClosedError
 from .record import PRIORITY_STEPS, RecordKeys, queue_lists
 from .stats import OUTCOMES, RunRecord, parse_run, percentile
 
@@ -343,8 +343,11 @@ def write_refusal(exc: BaseException) -> str | None:
     replica), ``OOM`` (full under ``noeviction``), ``MISCONF`` (snapshots failing),
     ``MASTERDOWN``: each means a submit would fail now, which is what health reports. redis-py
     prefixes a pipeline's error with the failing command and cuts the code off the errors it
-    has a class for; both are undone here so every reader gets the same text.
+    has a class for; both are undone here so every reader gets the same text. The readers'
+    error translation wraps a refusal in ``BrokerUnavailableError``: its cause is looked at.
     """
+    if isinstance(exc, BrokerError) and isinstance(exc.__cause__, ResponseError):
+        exc = exc.__cause__
     if not isinstance(exc, ResponseError):
         return None
     text = str(exc)
@@ -842,7 +845,8 @@ def _bookkeeping_write(batch: Batch) -> Steps[str | None]:
     """
     try:
         yield batch
-    except ResponseError as exc:
+    except (ResponseError, BrokerUnavailableError) as exc:
+        # The readers translate a refusal (NOREPLICAS, READONLY...) into BrokerUnavailableError.
         refusal = write_refusal(exc)
         if refusal is None:
             raise
