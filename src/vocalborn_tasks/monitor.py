@@ -137,8 +137,7 @@ class Monitor:
         self._closed = True
         for client in (self._broker, self._backend, *(c for _, c in self._sentinels)):
             if client is not None:
-                await client.aclose()
-                await _close_sentinel_lookup(client)
+                await client.aclose()  # a sentinel pool closes its lookups too
 
     def _clients(self) -> tuple[aioredis.Redis, aioredis.Redis]:
         if self._closed:
@@ -436,18 +435,6 @@ class Monitor:
         """
         sentinels = await self.ask_sentinels() if self.settings.uses_sentinel else None
         return await self._run(health_steps(self.settings, sentinels))
-
-
-async def _close_sentinel_lookup(client: aioredis.Redis) -> None:
-    """Close the connections a Sentinel pool opened to ask for the master.
-
-    redis-py's ``SentinelConnectionPool`` keeps one client per sentinel for its lookups and
-    closing the pool leaves them open (a ResourceWarning, and a socket per sentinel, per
-    Monitor). Harmless once the pool closes them itself: closing twice is a no-op.
-    """
-    manager = getattr(client.connection_pool, "sentinel_manager", None)
-    for sentinel in getattr(manager, "sentinels", ()):
-        await sentinel.aclose()
 
 
 def _message_task_name(raw: Any) -> str | None:

@@ -23,7 +23,6 @@ confirming a final result confirms the progress and the sink's marker written be
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +51,11 @@ _WAIT_STEP_MS = 500
 REPORT_EVERY_S = 1.0
 
 #: Error replies a failover produces, after which the same call may succeed on the new master.
-_FAILOVER_REPLIES = ("NOREPLICAS", "MASTERDOWN", "LOADING", "UNBLOCKED", "READONLY", "TRYAGAIN")
+#: The worker's connections turn these into reconnects too (worker/failover.py).
+FAILOVER_REPLY_CODES: frozenset[str] = frozenset(
+    {"UNBLOCKED", "READONLY", "MASTERDOWN", "LOADING", "NOREPLICAS"}
+)
+_FAILOVER_REPLIES = (*sorted(FAILOVER_REPLY_CODES), "TRYAGAIN")
 
 
 class ReplicaShortfallError(RedisConnectionError):
@@ -195,10 +198,6 @@ async def relocate(client: Any) -> None:
             await lookup()
         except Exception:
             return
-
-
-async def pause(seconds: float) -> None:
-    await asyncio.sleep(seconds)
 
 
 def split_tail(replies: Sequence[Any], tail: int) -> tuple[list[Any], Any, Any]:

@@ -41,6 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from .._connections import Database, sync_pool
+from ..record.confirm import FAILOVER_REPLY_CODES
 
 if TYPE_CHECKING:
     from ..config import TaskSettings
@@ -59,9 +60,7 @@ __all__ = [
 ]
 
 #: Error replies that mean "reconnect (through the sentinels)", not "bug".
-FAILOVER_CODES: frozenset[str] = frozenset(
-    {"UNBLOCKED", "READONLY", "MASTERDOWN", "LOADING", "NOREPLICAS"}
-)
+FAILOVER_CODES: frozenset[str] = FAILOVER_REPLY_CODES
 
 # Redis 6 wraps an error raised inside a script: "ERR Error running script ... -READONLY ...".
 _IN_SCRIPT = re.compile(r"-(" + "|".join(sorted(FAILOVER_CODES)) + r")\b")
