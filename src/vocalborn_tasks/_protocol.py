@@ -32,16 +32,34 @@ def build_task_message(
     name: str,
     kwargs: dict[str, Any],
     queue: str,
+    *,
+    retries: int = 0,
+    eta: str | None = None,
+    priority: int = 0,
+    root_id: str | None = None,
+    parent_id: str | None = None,
+    group: str | None = None,
+    group_index: int | None = None,
+    timelimit: tuple[float | None, float | None] = (None, None),
+    ignore_result: bool = False,
+    embed: dict[str, Any] | None = None,
 ) -> bytes:
     """Serialise one task message, ready to LPUSH onto the ``queue`` list.
+
+    The keywords after ``queue`` carry a delivery's lineage into its retry (what Celery's
+    ``Task.retry`` keeps from the request); a first submit leaves them as they are.
 
     Args:
         task_id: the id callers will query.
         name: the registered task name.
         kwargs: JSON-safe keyword arguments.
         queue: the queue (Redis list) it goes to; also recorded as the routing key.
+        retries: how many retries came before this message.
+        eta: ISO 8601 time before which a worker holds the message.
+        embed: callbacks, errbacks, chain and chord (Celery's canvas links), if any.
     """
-    body = json.dumps([[], kwargs, _EMBED], separators=(",", ":")).encode()
+    links = _EMBED if embed is None else {**_EMBED, **embed}
+    body = json.dumps([[], kwargs, links], separators=(",", ":")).encode()
     envelope = {
         "body": base64.b64encode(body).decode("ascii"),
         "content-encoding": "utf-8",
@@ -51,18 +69,18 @@ def build_task_message(
             "task": name,
             "id": task_id,
             "shadow": None,
-            "eta": None,
+            "eta": eta,
             "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": [None, None],
-            "root_id": task_id,
-            "parent_id": None,
+            "group": group,
+            "group_index": group_index,
+            "retries": retries,
+            "timelimit": list(timelimit),
+            "root_id": root_id or task_id,
+            "parent_id": parent_id,
             "argsrepr": "()",
             "kwargsrepr": _short_repr(kwargs),
             "origin": _ORIGIN,
-            "ignore_result": False,
+            "ignore_result": ignore_result,
             "replaced_task_nesting": 0,
             "stamped_headers": None,
             "stamps": {},
@@ -72,7 +90,7 @@ def build_task_message(
             "reply_to": "",
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
+            "priority": priority,
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),
         },

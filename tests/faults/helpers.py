@@ -89,8 +89,17 @@ def counting_sink(task_id: str, result: Any) -> None:
 
 
 @task_definition(name="faults.count", queue="ai_analysis")
-def count(ctx: TaskContext, n: int, delay_s: float = 0.0, gate_dir: str | None = None) -> int:
+def count(
+    ctx: TaskContext,
+    n: int,
+    delay_s: float = 0.0,
+    gate_dir: str | None = None,
+    fail_first: bool = False,
+) -> int:
     """Count this execution, sleep a little, give ``n`` to the sink once, return ``n``.
+
+    With ``fail_first``, a first attempt (no retry before it) fails with a retryable error
+    after counting itself, so the worker schedules a retry.
 
     With ``gate_dir``, the sink is a file (a host database that is not Redis): it writes
     ``entered``, waits for the test to create ``go``, then appends the task id to ``sink``.
@@ -99,6 +108,8 @@ def count(ctx: TaskContext, n: int, delay_s: float = 0.0, gate_dir: str | None =
     _log_run(ctx.task_id)
     client = _client()
     client.hincrby(EXEC_KEY, ctx.task_id, 1)
+    if fail_first and ctx.retries == 0:
+        raise ConnectionResetError("the host's database reset the connection")
     if delay_s:
         time.sleep(delay_s)
     assert ctx.runtime is not None

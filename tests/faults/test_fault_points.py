@@ -119,6 +119,55 @@ async def test_sigkill_at_point(
         broker.close()
 
 
+#: point -> body executions when the first attempt fails with a retryable error.
+RETRY_EXPECTED = {
+    # Nothing written: the reaper hands the first delivery back, it fails again and is retried.
+    "before_retry": 3,
+    # RETRY, the next attempt and the acknowledgement are one script: the first delivery is not
+    # redelivered besides the retry (with Celery's publish-then-store it ran a third time).
+    "after_retry": 2,
+}
+
+
+@pytest.mark.parametrize("point", sorted(RETRY_EXPECTED))
+async def test_sigkill_around_a_retry(
+    point: str,
+    make_settings: Callable[..., TaskSettings],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    settings = make_settings()
+    doomed = start_worker(
+        settings, "doomed", host=True, pool="solo", extra_env={"VOCALBORN_FAULT_POINT": point}
+    )
+    async with TaskManager(settings) as manager:
+        handle = await manager.submit(count, 7, fail_first=True)
+        assert doomed.proc is not None
+        await asyncio.to_thread(doomed.proc.wait, 30)
+        if point == "after_retry":
+            # Killed after the script: RETRY is stored and the next attempt queued, the
+            # first delivery acknowledged, before any other worker exists.
+            status = await manager.get_task_status(handle)
+            assert status.state is TaskState.RETRY, status
+            broker = redis.Redis.from_url(settings.broker_url)
+            try:
+                assert broker.hlen("unacked") == 0
+                assert broker.llen("ai_analysis") == 1
+            finally:
+                broker.close()
+        start_worker(settings, "healthy", host=True, pool="solo")
+        result = await manager.wait_for_result(handle, timeout=60)
+        status = await manager.get_task_status(handle)
+    assert result == 7
+    assert status.state is TaskState.SUCCESS
+    assert _counts(settings, handle.id) == (RETRY_EXPECTED[point], 1)
+    broker = redis.Redis.from_url(settings.broker_url)
+    try:
+        assert broker.hlen("unacked") == 0
+        assert broker.llen("ai_analysis") == 0
+    finally:
+        broker.close()
+
+
 async def test_redis_outage_while_the_sink_runs_is_waited_out(
     server: LocalServer,
     make_settings: Callable[..., TaskSettings],

@@ -468,3 +468,56 @@ async def test_a_task_taken_from_the_old_master_after_the_promotion_runs_once(
     assert states == {"slow-1": TaskState.SUCCESS}
     runs = scenario.runs()
     assert [name for name, _, _ in runs] == ["slow-1"], f"ran on both masters: {runs}"
+
+
+async def test_a_retry_is_heard_only_once_replicas_hold_it(
+    group: SentinelGroup, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """A retryable failure's RETRY, its next attempt and the acknowledgement are one write,
+    confirmed like a final state: with every replica frozen the master holds the write (and
+    the next attempt), but nobody hears RETRY until a replica confirms it; then the next
+    attempt runs once and the task ends SUCCESS."""
+    from faults.helpers import EXEC_KEY, count
+
+    settings = TaskSettings(_env_file=None, **group.settings_values(), **SETTINGS)
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    start_worker(
+        settings,
+        "w1",
+        host=True,
+        pool="solo",
+        extra_env={"VOCALBORN_FAULT_POINT": "before_retry", "VOCALBORN_FAULT_HOLD": str(hold)},
+    )
+    master = group.master
+    reader = redis.Redis(port=master.port, db=settings.redis_db_backend, socket_timeout=5)
+    pubsub = reader.pubsub()  # type: ignore[no-untyped-call]
+    replicas = [s for s in group.servers if s is not master]
+    try:
+        async with TaskManager(settings) as manager:
+            handle = await manager.submit(count, 7, fail_first=True)
+            await asyncio.to_thread(wait_until, (hold / "reached").exists, 30, 0.02, "the retry")
+            pubsub.subscribe(f"celery-task-meta-{handle.id}")
+            assert pubsub.get_message(timeout=5.0)["type"] == "subscribe"
+            for replica in replicas:
+                group.freeze(replica)
+            (hold / "release").write_text("")
+
+            def retry_written() -> bool:
+                raw = reader.get(f"celery-task-meta-{handle.id}")
+                return raw is not None and b'"RETRY"' in raw
+
+            await asyncio.to_thread(wait_until, retry_written, 10, 0.02, "RETRY on the master")
+            # Unconfirmed, it would be published in the same script: a second is plenty.
+            assert pubsub.get_message(timeout=1.0) is None, "RETRY heard before a replica held it"
+            for replica in replicas:
+                group.thaw(replica)
+            heard = pubsub.get_message(timeout=10.0)
+            assert heard is not None and b'"RETRY"' in heard["data"], heard
+            assert await manager.wait_for_result(handle, timeout=30) == 7
+        assert int(reader.hget(EXEC_KEY, handle.id) or 0) == 2
+    finally:
+        for replica in replicas:
+            group.thaw(replica)
+        pubsub.close()
+        reader.close()

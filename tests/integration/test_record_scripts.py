@@ -129,6 +129,18 @@ class Rec:
             args=[value, expiry, state, stats, tag, *dbs],
         )
 
+    def retry(
+        self, task_id: str, value: str, tag: str = "", stats: str = "", if_revoked: str = ""
+    ) -> Any:
+        """The ``retry`` script for retry 1, its message queued on ``queue`` priority 3."""
+        dbs = (self.settings.redis_db_broker, self.settings.redis_db_backend)
+        return self.rs["retry"](
+            keys=[self.meta(task_id), self.keys.retried(task_id, 1),
+                  RecordKeys.queue_list(self.queue, 3), self.keys.wake(self.queue),
+                  self.unacked, self.index],
+            args=[value, 60, stats, tag, *dbs, f"next-{task_id}", 120, "1", if_revoked],
+        )  # fmt: skip
+
     def put_unacked(self, tag: str, entry: bytes = b'[{},"","q"]') -> None:
         self.broker.hset(self.unacked, tag, entry)
         self.broker.zadd(self.index, {tag: 1.0})
@@ -627,6 +639,81 @@ def test_store_retry_acks_without_marking_done(rec: Rec) -> None:
     assert not rec.broker.exists(rec.unacked, rec.index)
 
 
+def test_store_sent_again_says_stored_and_counts_nothing_twice(rec: Rec) -> None:
+    """A confirmed store whose replicas were slow is sent again: it finds its own SUCCESS."""
+    task_id = rec.new_id()
+    value = celery_meta(task_id, "SUCCESS", 42, done=True)
+    stats = json.dumps([["HINCRBY", rec.k("stats"), "succeeded", 1]])
+    dbs = (rec.settings.redis_db_broker, rec.settings.redis_db_backend)
+    keys = [rec.meta(task_id), rec.keys.marker(task_id), rec.unacked, rec.index]
+    args = [value, 60, "SUCCESS", stats, "tag1", *dbs]
+    rec.put_unacked("tag1")
+    assert rec.rs["store"](keys=keys, args=args) == 1
+    assert rec.rs["store"](keys=keys, args=args) == 1  # its own outcome: publish it
+    assert rec.result.hget(rec.k("stats"), "succeeded") == b"1"
+    # Another run's SUCCESS is not this store's: refused, nothing to publish.
+    other = celery_meta(task_id, "SUCCESS", 43, done=True)
+    assert rec.rs["store"](keys=keys, args=[other, *args[1:]]) == 0
+    assert rec.get_meta(task_id)["result"] == 42
+
+
+# --- retry --------------------------------------------------------------------------------------
+def test_retry_stores_queues_and_acks_in_one_step(rec: Rec) -> None:
+    task_id = rec.new_id()
+    rec.set_meta(task_id, "STARTED")
+    rec.put_unacked("tag1")
+    rec.put_unacked("other")
+    pubsub = rec.listen(task_id)
+    value = celery_meta(task_id, "RETRY", {"exc_type": "OSError"})
+    stats = json.dumps([["HINCRBY", rec.k("stats"), "retried", 1]])
+    assert rec.retry(task_id, value, tag="tag1", stats=stats) == 1
+    assert rec.get_meta(task_id)["status"] == "RETRY"
+    assert json.loads(published(pubsub))["status"] == "RETRY"
+    # The next attempt went to the message's priority list, with its wake-up token.
+    assert rec.queued(RecordKeys.queue_list(rec.queue, 3)) == [f"next-{task_id}".encode()]
+    assert rec.tokens() == 1
+    assert rec.reserved() == [b"other"]
+    assert rec.result.hget(rec.k("stats"), "retried") == b"1"
+    assert rec.result.client_info()["db"] == rec.settings.redis_db_backend
+
+
+def test_retry_sent_again_queues_nothing_twice(rec: Rec) -> None:
+    """Even after the next attempt began (its STARTED replaced RETRY), a second send of the same
+    retry (a confirmed write whose replicas were slow) queues no second message."""
+    task_id = rec.new_id()
+    rec.put_unacked("tag1")
+    value = celery_meta(task_id, "RETRY", None)
+    stats = json.dumps([["HINCRBY", rec.k("stats"), "retried", 1]])
+    assert rec.retry(task_id, value, tag="tag1", stats=stats) == 1
+    assert rec.retry(task_id, value, tag="tag1", stats=stats) == 1  # still its RETRY: publish
+    rec.set_meta(task_id, "STARTED")
+    assert rec.retry(task_id, value, tag="tag1", stats=stats) == 0  # moved on: do not publish
+    assert rec.get_meta(task_id)["status"] == "STARTED"
+    assert len(rec.queued(RecordKeys.queue_list(rec.queue, 3))) == 1
+    assert rec.tokens() == 1
+    assert rec.result.hget(rec.k("stats"), "retried") == b"1"
+    assert rec.reserved() == []
+
+
+@pytest.mark.parametrize("status", FINALS)
+def test_retry_after_a_final_state_queues_nothing_and_acks(rec: Rec, status: str) -> None:
+    """A cancel landed while the failing attempt ran: no next attempt, the delivery is acked
+    and the run counts as the cancel says."""
+    task_id = rec.new_id()
+    rec.set_meta(task_id, status)
+    rec.put_unacked("tag1")
+    value = celery_meta(task_id, "RETRY", None)
+    stats = json.dumps([["HINCRBY", rec.k("stats"), "retried", 1]])
+    revoked = json.dumps([["HINCRBY", rec.k("stats"), "revoked", 1]])
+    assert rec.retry(task_id, value, tag="tag1", stats=stats, if_revoked=revoked) == 0
+    assert rec.get_meta(task_id)["status"] == status
+    assert rec.queued(RecordKeys.queue_list(rec.queue, 3)) == []
+    assert rec.tokens() == 0
+    assert rec.reserved() == []
+    counted = "revoked" if status == "REVOKED" else "retried"
+    assert rec.result.hgetall(rec.k("stats")) == {counted.encode(): b"1"}
+
+
 @pytest.mark.parametrize("status", ["STARTED", "PROGRESS"])
 def test_store_non_final_state_keeps_the_delivery_reserved(rec: Rec, status: str) -> None:
     task_id = rec.new_id()
@@ -696,7 +783,7 @@ def test_store_expiry_zero_means_no_ttl_and_no_marker_created(rec: Rec) -> None:
 
 
 # --- revoke -------------------------------------------------------------------------------------
-def _revoke(rec: Rec, task_id: str, terminate: str = "0") -> Any:
+def _revoke(rec: Rec, task_id: str, terminate: str = "0", meta: str | None = None) -> Any:
     keys = rec.keys
     return rec.rs["revoke"](
         keys=[
@@ -706,8 +793,21 @@ def _revoke(rec: Rec, task_id: str, terminate: str = "0") -> Any:
             keys.terminate,
             keys.terminate_channel,
         ],
-        args=[task_id, "1700000000.25", revoked_meta(task_id), 60, terminate],
+        args=[task_id, "1700000000.25", meta or revoked_meta(task_id), 60, terminate],
     )
+
+
+def test_revoke_sent_again_says_revoked_another_cancel_does_not(rec: Rec) -> None:
+    """A confirmed cancel whose replicas were slow is sent again: it finds its own REVOKED
+    (the caller hears "cancelled", and it is published); a later cancel finds a finished task."""
+    task_id = rec.new_id()
+    rec.submit(task_id)
+    mine = revoked_meta(task_id)
+    assert _revoke(rec, task_id, meta=mine) == 1
+    assert _revoke(rec, task_id, meta=mine) == 1
+    time.sleep(0.001)  # another cancel's meta has another date_done
+    assert _revoke(rec, task_id) == 0
+    assert rec.result.get(rec.meta(task_id)) == mine.encode()
 
 
 @pytest.mark.parametrize("before", [None, "STARTED", "PROGRESS", "RETRY"])

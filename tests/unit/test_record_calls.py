@@ -66,6 +66,20 @@ SAMPLES: dict[str, Callable[[], calls.ScriptCall[Any]]] = {
         broker_db=0,
         result_db=1,
     ),
+    "retry": lambda: calls.retry(
+        KEYS,
+        task_id=TASK,
+        retry=1,
+        meta="{}",
+        meta_ttl_s=9,
+        queue="q",
+        priority=0,
+        message="{}",
+        stats=None,
+        delivery_tag="tag",
+        broker_db=0,
+        result_db=1,
+    ),
     "revoke": lambda: calls.revoke(KEYS, task_id=TASK, meta_ttl_s=9),
     "purge": lambda: calls.purge(KEYS, queue="q", limit=5, broker_db=0, result_db=1, meta_ttl_s=9),
     "restore": lambda: calls.restore(KEYS, delivery_tag="tag"),
@@ -124,6 +138,15 @@ def test_script_reads_no_argument_or_key_beyond_its_header(name: str) -> None:
     names = header_names(name, "KEYS")
     if not (names and names[-1].endswith("...")):
         assert keys <= set(range(1, len(names) + 1))
+
+
+@pytest.mark.parametrize("priority", range(10))
+def test_queue_list_is_the_highest_step_not_above_the_priority(priority: int) -> None:
+    """As kombu's ``Channel._q_for_pri`` (and the prelude's ``priority_list``) name it."""
+    step = max((s for s in PRIORITY_STEPS if s <= priority), default=0)
+    expected = f"q{PRIORITY_SEP}{step}" if step else "q"
+    assert RecordKeys.queue_list("q", priority) == expected
+    assert expected in RecordKeys.queue_lists("q")
 
 
 def test_command_renders_evalsha_and_eval() -> None:

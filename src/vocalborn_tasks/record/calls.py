@@ -86,7 +86,8 @@ class ScriptCall(Generic[R]):
     args: tuple[Arg, ...]
     parse: Callable[[Any], R]
     #: ``(channel, message)`` the runner publishes once the write is confirmed (the script
-    #: itself then does not: waiters must not hear an outcome a failover can take back).
+    #: itself then does not: waiters must not hear an outcome a failover can take back), and
+    #: only if the reply is true: the script says whether ``message`` is what is stored.
     publish_after: tuple[str, Arg] | None = None
 
     def command(self, *, by_source: bool = False) -> tuple[Arg, ...]:
@@ -367,6 +368,55 @@ def store(
     return call if publish else _publishing_after(call, keys.meta(task_id), meta)
 
 
+def retry(
+    keys: RecordKeys,
+    *,
+    task_id: str,
+    retry: int,
+    meta: str,
+    meta_ttl_s: int,
+    queue: str,
+    priority: int,
+    message: str | bytes,
+    stats: str | None,
+    delivery_tag: str | None,
+    broker_db: int,
+    result_db: int,
+    stats_if_revoked: str | None = None,
+    publish: bool = True,
+) -> ScriptCall[bool]:
+    """running -> RETRY, with retry ``retry``'s message queued and this delivery acked: one step.
+
+    False when a final state got there first (a cancel): nothing is queued. ``publish=False``
+    leaves publishing RETRY to the runner, after the write is confirmed.
+    """
+    call = _call(
+        "retry",
+        {
+            "meta": keys.meta(task_id),
+            "retried": keys.retried(task_id, retry),
+            "queue_list": keys.queue_list(queue, priority),
+            "wake": keys.wake(queue),
+            "unacked": keys.unacked,
+            "unacked_index": keys.unacked_index,
+        },
+        {
+            "meta": meta,
+            "meta_ttl": int(meta_ttl_s),
+            "stats": stats or "",
+            "delivery_tag": delivery_tag or "",
+            "broker_db": int(broker_db),
+            "result_db": int(result_db),
+            "message": message,
+            "retried_ttl": max(int(meta_ttl_s), 3600),
+            "publish": "1" if publish else "0",
+            "stats_if_revoked": stats_if_revoked or "",
+        },
+        bool,
+    )
+    return call if publish else _publishing_after(call, keys.meta(task_id), meta)
+
+
 def _publishing_after(call: ScriptCall[R], channel: str, message: Arg) -> ScriptCall[R]:
     return ScriptCall(
         call.script,
@@ -581,7 +631,7 @@ class Record:
                 relocate_sync(self.client)
                 attempt += 1
             value = call.parse(replies[0])
-        if call.publish_after is not None:
+        if call.publish_after is not None and value:
             self.client.publish(*call.publish_after)
         return value
 
@@ -649,8 +699,8 @@ class AsyncRecord:
                 await relocate(self.client)
                 attempt += 1
             values = [call.parse(r) for call, r in zip(calls, replies, strict=True)]
-        for call in calls:
-            if call.publish_after is not None:
+        for call, value in zip(calls, values, strict=True):
+            if call.publish_after is not None and value:
                 await self.client.publish(*call.publish_after)
         return values
 

@@ -85,6 +85,10 @@ class RecordKeys:
         """How many times this (task, retry) message was delivered (the poison cap)."""
         return self._key("deliveries", task_id, str(retry))
 
+    def retried(self, task_id: str, retry: int) -> str:
+        """Set once retry ``retry`` of a task is queued: the retry script queues it only once."""
+        return self._key("retried", task_id, str(retry))
+
     @property
     def revoked(self) -> str:
         """Sorted set of cancelled task ids (score: when), checked before every delivery."""
@@ -144,6 +148,12 @@ class RecordKeys:
         The bare queue (priority 0) first, then one list per priority step.
         """
         return [queue, *(f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS)]
+
+    @staticmethod
+    def queue_list(queue: str, priority: int) -> str:
+        """The list kombu keeps a message of ``priority`` in: the highest step <= it."""
+        steps = [step for step in PRIORITY_STEPS if step <= priority]
+        return f"{queue}{PRIORITY_SEP}{steps[-1]}" if steps else queue
 
     unacked: str = "unacked"
     unacked_index: str = "unacked_index"

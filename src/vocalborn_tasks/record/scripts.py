@@ -36,6 +36,7 @@ SCRIPT_NAMES: Final = (
     "release",
     "reserve",
     "restore",
+    "retry",
     "revoke",
     "store",
     "submit",

@@ -48,6 +48,9 @@ _POOL_OPTIONS = (
     "lib_version",
 )
 
+#: Set on a Celery request whose RETRY :meth:`VocalbornRedisBackend.store_retry` stored.
+_RETRY_STORED = "vocalborn_retry_stored"
+
 #: Connections per process: the task runtime's calls, the heartbeat thread and the store.
 _MAX_CONNECTIONS = 10
 
@@ -106,33 +109,111 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
-        meta = self._get_result_meta(
-            result=result, state=state, traceback=traceback, request=request
-        )
         task_id = task_id.decode() if isinstance(task_id, bytes) else str(task_id)
-        meta["task_id"] = task_id
-        value = self.encode(meta)
+        value = self._meta_value(task_id, result, state, traceback, request)
         tag = delivery_tag_of(request)
+        # The run's statistics are taken once, outside ``ensure``: a second attempt after a
+        # connection error must send them again, not find them gone.
+        recorder = recorder_of(self.app)
+        stats = (
+            recorder.finish_ops(task_id, state, result) if recorder is not None else (None, None)
+        )
         faults.point("before_store", task_id)
-        self.ensure(self._store, (task_id, value, result_expiry(self, state), state, tag, result))
+        self.ensure(self._store, (task_id, value, result_expiry(self, state), state, tag, stats))
         faults.point("after_store", task_id)
         return result
 
-    def _store(
-        self, task_id: str, value: Any, expires: Any, state: str, tag: str, result: Any
+    def mark_as_retry(
+        self, task_id: str, exc: Any, traceback: Any = None, request: Any = None, **kwargs: Any
+    ) -> Any:
+        """Celery's RETRY write, unless :meth:`store_retry` stored it with the next attempt."""
+        if request is not None and getattr(request, _RETRY_STORED, False):
+            return exc
+        return super().mark_as_retry(task_id, exc, traceback=traceback, request=request, **kwargs)
+
+    def store_retry(
+        self,
+        request: Any,
+        exc: BaseException,
+        traceback: str | None,
+        *,
+        message: bytes,
+        queue: str,
+        priority: int,
     ) -> None:
-        client = self.client  # after a fork the backend has a new one
+        """RETRY stored, the next attempt queued and this delivery acknowledged: one step.
+
+        Celery's ``Task.retry`` publishes the next attempt, then the tracer stores RETRY, then
+        the worker acknowledges: a worker killed after the publish ran the task twice (the
+        redelivery and the retry), and a failover in between could keep the RETRY and lose
+        the message. The ``retry`` script does all three, confirmed by replicas like a final
+        state; the tracer's own RETRY write is then skipped (:meth:`mark_as_retry`).
+        """
+        task_id = str(request.id)
+        state = states.RETRY
+        value = self._meta_value(task_id, self.encode_result(exc, state), state, traceback, request)
+        recorder = recorder_of(self.app)
+        stats = recorder.finish_ops(task_id, state, exc) if recorder is not None else (None, None)
         settings = self.app.settings
+        retries = int(request.retries or 0)
+        faults.point("before_retry", task_id)
+
+        def run() -> None:
+            record = self._record_of_client()
+            keys = RecordKeys.of(settings)
+            run = record.run_confirmed if record.confirms else record.run
+            run(
+                calls.retry(
+                    keys,
+                    task_id=task_id,
+                    retry=retries + 1,
+                    meta=value,
+                    meta_ttl_s=int(settings.result_expires_s),
+                    queue=queue,
+                    priority=priority,
+                    message=message,
+                    stats=stats[0],
+                    stats_if_revoked=stats[1],
+                    delivery_tag=delivery_tag_of(request) or None,
+                    broker_db=settings.redis_db_broker,
+                    result_db=settings.redis_db_backend,
+                    publish=not record.confirms,
+                )
+            )
+
+        self.ensure(run, ())
+        setattr(request, _RETRY_STORED, True)
+        faults.point("after_retry", task_id)
+
+    def _meta_value(
+        self, task_id: str, result: Any, state: str, traceback: Any, request: Any
+    ) -> Any:
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = task_id
+        return self.encode(meta)
+
+    def _record_of_client(self) -> Record:
+        client = self.client  # after a fork the backend has a new one
         if self._record is None or self._record.client is not client:
-            self._record = Record(client, Confirmation.of(settings))
-        record = self._record
+            self._record = Record(client, Confirmation.of(self.app.settings))
+        return self._record
+
+    def _store(
+        self,
+        task_id: str,
+        value: Any,
+        expires: Any,
+        state: str,
+        tag: str,
+        stats: tuple[str | None, str | None],
+    ) -> None:
+        settings = self.app.settings
+        record = self._record_of_client()
         keys = RecordKeys.of(settings)
         seconds = (
             int(expires.total_seconds()) if hasattr(expires, "total_seconds") else int(expires or 0)
-        )
-        recorder = recorder_of(self.app)
-        stats, if_revoked = (
-            recorder.finish_ops(task_id, state, result) if recorder is not None else (None, None)
         )
         ends_delivery = state in states.READY_STATES or state == states.RETRY
         # An outcome (and a retry's requeue before it) is confirmed by replicas before anyone
@@ -146,11 +227,11 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
                 meta=value,
                 meta_ttl_s=seconds,
                 state=state,
-                stats=stats,
+                stats=stats[0],
                 delivery_tag=tag if ends_delivery else None,
                 broker_db=settings.redis_db_broker,
                 result_db=settings.redis_db_backend,
-                stats_if_revoked=if_revoked,
+                stats_if_revoked=stats[1],
                 publish=not confirmed,
             )
         )

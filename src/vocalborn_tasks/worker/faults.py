@@ -14,6 +14,9 @@ Points, in the order a task passes them:
 * ``after_begin``: STARTED is stored;
 * ``in_sink``: the sink's claim is taken, the sink has not committed;
 * ``after_sink_commit``: the sink returned; its acknowledgement is not recorded;
+* ``before_retry``: a retryable failure; its RETRY and next attempt are not written;
+* ``after_retry``: RETRY stored, next attempt queued, delivery acknowledged (one script);
+  Celery has not heard of it;
 * ``before_store``: the result is computed, not stored;
 * ``after_store``: result stored and message acknowledged (one script); the worker's main
   process has not heard of it.
@@ -28,7 +31,16 @@ from pathlib import Path
 __all__ = ["POINTS", "point"]
 
 POINTS = frozenset(
-    {"after_reserve", "after_begin", "in_sink", "after_sink_commit", "before_store", "after_store"}
+    {
+        "after_reserve",
+        "after_begin",
+        "in_sink",
+        "after_sink_commit",
+        "before_retry",
+        "after_retry",
+        "before_store",
+        "after_store",
+    }
 )
 _ENV_POINT = "VOCALBORN_FAULT_POINT"
 _ENV_TASK = "VOCALBORN_FAULT_TASK"

@@ -14,9 +14,10 @@ import time
 import uuid
 from collections.abc import Callable
 from functools import cached_property
+from traceback import format_exc
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Ignore
 from pydantic import ValidationError
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,6 +38,7 @@ from ..recordings import RecordingResolver, load_resolver
 from ..sinks import ResultSink, as_result_sink
 from ..tasks.definition import TaskContext, TaskDefinition
 from . import faults
+from .retry import schedule_retry
 
 if TYPE_CHECKING:
     import redis
@@ -349,15 +351,13 @@ def execute_definition(
                 countdown,
             )
             try:
-                retry = task.retry(
-                    exc=exc, countdown=countdown, max_retries=runtime.settings.max_retries
-                )
-            except Reject as rejected:
-                # Celery could not publish the retry (the broker is gone): say so with a
-                # stable code instead of a bare Reject.
+                retry = schedule_retry(task, exc, countdown, format_exc())
+            except _TRANSIENT as failure:
+                # The record could not take the retry (the broker is gone, or replicas did
+                # not confirm it): nothing was queued; say so with a stable code.
                 raise BrokerUnavailableError(
                     f"{definition.name}: could not schedule retry {retries + 1} "
-                    f"({type(exc).__name__}: {exc}): {rejected.reason}",
+                    f"({type(exc).__name__}: {exc}): {failure}",
                     code="broker_unavailable",
                 ) from exc
             raise retry from exc

@@ -11,7 +11,8 @@
 -- publish: '0' leaves publishing to the caller, after replicas confirmed the write. The same
 -- store sent again, which a confirmed write does when replicas were slow, finds its own meta
 -- there: it acknowledges again but counts no statistics twice.)
--- Returns 1 if stored, 0 if a final state was already there.
+-- Returns 1 if this meta is the stored one (now, or by this store sent before), 0 if another
+-- final state was already there (the runner publishes only on 1).
 local existing = meta_status(KEYS[1])
 local stats = ARGV[4]
 if existing == 'REVOKED' and ARGV[8] ~= nil and ARGV[8] ~= '' then stats = ARGV[8] end
@@ -23,6 +24,8 @@ local stored = 0
 if existing == nil or not FINAL[existing] then
   put_meta(KEYS[1], ARGV[1], ARGV[2], ARGV[9])
   mark_done(KEYS[2], ARGV[3])
+  stored = 1
+elseif again then
   stored = 1
 end
 if ARGV[5] ~= '' and (FINAL[ARGV[3]] or ARGV[3] == 'RETRY') then
