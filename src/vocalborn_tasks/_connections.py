@@ -13,16 +13,27 @@ pool's queueing).
 # mypy: disable-error-code="no-untyped-call"
 from __future__ import annotations
 
+import asyncio
+from functools import cache
 from typing import Any, Literal
 
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.sentinel as aiosentinel
 import redis.sentinel as syncsentinel
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import TaskSettings
 
-__all__ = ["Database", "async_pool", "database", "sentinel_kwargs", "sync_pool"]
+__all__ = [
+    "Database",
+    "async_pool",
+    "async_sentinel_client",
+    "cancel_safe",
+    "database",
+    "sentinel_kwargs",
+    "sync_pool",
+]
 
 #: Which of the deployment's two databases a client talks to.
 Database = Literal["broker", "backend"]
@@ -31,6 +42,66 @@ Database = Literal["broker", "backend"]
 def database(settings: TaskSettings, db: Database) -> int:
     """The database number of ``db``."""
     return settings.redis_db_broker if db == "broker" else settings.redis_db_backend
+
+
+class _CancelSafeTimeouts:
+    """A ``redis.asyncio`` connection whose socket timeout never loses a cancellation.
+
+    redis-py bounds each write with ``asyncio.wait_for``. On Python 3.11 ``wait_for`` returns
+    the write's result when a cancellation lands as the write completes, and the cancellation
+    is gone (CPython gh-86296, fixed in 3.12): a cancelled call went on as if nothing had
+    happened. ``vocalborn-tasks monitor`` ignored one Ctrl+C in about four (the symptom of a
+    flaky pipe test), and a host's request timeout around a TaskManager call could be lost
+    the same way. The connection below runs with no socket timeout of its own; each write and
+    each read is bounded here with ``asyncio.timeout``, which keeps cancellations, and a
+    timeout still drops the connection and raises redis-py's ``TimeoutError``.
+    """
+
+    _io_timeout: float | None
+
+    def __init__(self, *args: Any, socket_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, socket_timeout=None, **kwargs)  # type: ignore[call-arg]
+        self._io_timeout = socket_timeout
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        await self._bounded(
+            "writing to",
+            super().send_packed_command(command, check_health),  # type: ignore[misc]
+        )
+
+    async def read_response(
+        self, disable_decoding: bool = False, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
+        inner = super().read_response(disable_decoding, timeout, **kwargs)  # type: ignore[misc]
+        if timeout is not None:  # the caller's own bound (pub/sub polls), as redis-py keeps it
+            return await inner
+        return await self._bounded("reading from", inner)
+
+    async def _bounded(self, what: str, call: Any) -> Any:
+        if self._io_timeout is None:
+            return await call
+        try:
+            async with asyncio.timeout(self._io_timeout):
+                return await call
+        except TimeoutError:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise RedisTimeoutError(f"Timeout {what} socket") from None
+
+
+@cache
+def cancel_safe(connection_class: type[Any]) -> type[Any]:
+    """``connection_class`` (a ``redis.asyncio`` connection) with :class:`_CancelSafeTimeouts`."""
+    return type(
+        f"CancelSafe{connection_class.__name__}", (_CancelSafeTimeouts, connection_class), {}
+    )
+
+
+def _async_connection_class(url: str) -> type[Any]:
+    if url.startswith("rediss://"):
+        return cancel_safe(aioredis.SSLConnection)
+    if url.startswith("unix://"):
+        return cancel_safe(aioredis.UnixDomainSocketConnection)
+    return cancel_safe(aioredis.Connection)
 
 
 class _AsyncSentinelPool(aiosentinel.SentinelConnectionPool):
@@ -75,6 +146,15 @@ def sentinel_kwargs(settings: TaskSettings) -> dict[str, Any]:
     return kwargs
 
 
+def async_sentinel_client(settings: TaskSettings, host: str, port: int, **kwargs: Any) -> Any:
+    """A ``redis.asyncio`` client of one sentinel, on :func:`cancel_safe` connections."""
+    options = {**sentinel_kwargs(settings), **kwargs}
+    tls = bool(options.pop("ssl", False))
+    cls = cancel_safe(aioredis.SSLConnection if tls else aioredis.Connection)
+    pool = aioredis.ConnectionPool(connection_class=cls, host=host, port=port, **options)
+    return aioredis.Redis.from_pool(pool)
+
+
 def _tls_kwargs(settings: TaskSettings) -> dict[str, Any]:
     if not settings.uses_tls:
         return {}
@@ -110,6 +190,7 @@ def async_pool(
     """
     if not settings.uses_sentinel:
         url = settings.broker_url if db == "broker" else settings.backend_url
+        options = {"connection_class": _async_connection_class(url), **options}
         if blocking:
             return aioredis.BlockingConnectionPool.from_url(
                 url,
@@ -123,6 +204,11 @@ def async_pool(
         settings.sentinel_addresses, sentinel_kwargs=sentinel_kwargs(settings)
     )
     kwargs = {**options, **_master_kwargs(settings, db), **_tls_kwargs(settings)}
+    kwargs["connection_class"] = cancel_safe(
+        aiosentinel.SentinelManagedSSLConnection
+        if kwargs.get("ssl")
+        else aiosentinel.SentinelManagedConnection
+    )
     if blocking:
         kwargs["timeout"] = settings.redis_connect_timeout_s
     cls = _AsyncBlockingSentinelPool if blocking else _AsyncSentinelPool

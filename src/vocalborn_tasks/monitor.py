@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ._connections import sentinel_kwargs
+from ._connections import async_sentinel_client
 from ._redis import Steps, async_client, redis_errors, run_steps
 from .config import QUEUES, TaskSettings
 from .errors import ManagerClosedError
@@ -149,12 +149,7 @@ class Monitor:
             self._sentinels = [
                 (
                     f"{host}:{port}",
-                    aioredis.Redis(
-                        host=host,
-                        port=port,
-                        retry=Retry(NoBackoff(), 0),
-                        **sentinel_kwargs(self.settings),
-                    ),
+                    async_sentinel_client(self.settings, host, port, retry=Retry(NoBackoff(), 0)),
                 )
                 for host, port in self.settings.sentinel_addresses
             ]
