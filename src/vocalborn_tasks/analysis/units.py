@@ -13,10 +13,10 @@ How, without a phone model:
   equals the count of words (syllables for Mandarin); when no depth gives that count the
   units stay unlabelled and the result says so (``matched`` false): labels are never guessed.
 * **Measurement** (:func:`measure_units`): the practice frames aligned to a unit's reference
-  frames give its practice span, its worst 50 ms of *relative* distance (a wrong sound raises
-  it, a voice difference does not, see :func:`.compare.relative_costs`) and, in tonal
-  languages, its mean pitch difference once the two contours are robustly mapped onto each
-  other (:func:`.compare.robust_pitch_residual`).
+  frames give its practice span, its mean *relative* distance (a wrong sound raises it, a
+  voice difference does not, see :func:`.compare.relative_costs`) and, in tonal languages,
+  its mean pitch difference once the two contours are robustly mapped onto each other
+  (:func:`.compare.robust_pitch_residual`).
 * **Judgement** (:func:`judge_units`): precision before recall. A unit is flagged only when
   its own evidence stands out from the pair's baseline (the median unit) by a robust
   z-score *and* by an absolute margin, and at most :data:`MAX_FLAGGED` units are flagged, the
@@ -52,7 +52,6 @@ __all__ = [
     "final_rise",
     "judge_units",
     "measure_units",
-    "peak_mean",
     "segment",
     "text_units",
 ]
@@ -71,31 +70,25 @@ PROMINENCE_LADDER_DB: tuple[float, ...] = (
 MIN_UNIT_FRAMES = 4
 #: Fewest frames voiced in both recordings for a unit's tone to be judged.
 MIN_TONE_FRAMES = 5
-#: A unit's pronunciation evidence is its worst stretch of this many frames (50 ms, about one
-#: consonant) of the relative distance, not its mean: a replaced word often differs in one
-#: sound only (boat/coat), and the mean over a 0.3 s syllable diluted that. On the units
-#: corpus' fitting half (one-word minimal pairs) the replaced word was the most outstanding
-#: unit in 0.58 of tight pairs this way, against 0.39 with the mean. Tonal languages keep the
-#: mean: there the peak found nothing more (a changed tone is not a spectral change) and
-#: gave the right Mandarin sentence unit findings (fitting half: 2 % tight, 15 % noisy).
-PEAK_FRAMES = 5
-#: Robust z-score a unit's evidence must reach over the median unit to be flagged, precision
-#: first. Fitted on the fitting half (sentences 1-8): the right sentence's most outstanding
-#: unit reached z 4.2 at the 95th percentile (tight; one padded pair 8.5), with a rise of
-#: 0.39-0.46; at z 6 and +0.30 the right sentence gets a unit finding in 0-2 % of pairs and
-#: 6-9 % of the replaced words are found (with the mean: 3 %, z 7 and +0.45). The relative
-#: distance alone cannot say *which* word was replaced across voices in most pairs.
-PRON_Z = 6.0
+#: Robust z-score a unit's relative distance must reach over the median unit to be flagged.
+#: Fitted on the units corpus' fitting half (sentences 1-8), precision first: across voices
+#: the right sentence's most outstanding unit reached z 6.0 with a rise of 0.36 (and 4-6 in
+#: a tenth of the pairs), about as far as a replaced English word ever stands out, so the
+#: relative distance alone cannot say *which* word was replaced. Only a unit far beyond
+#: anything a voice difference produced there (both bars at once) is named; with 4.0 / 0.25
+#: (1.3.0 as first written) the right sentence got a timed finding in 0.11 of held-out pairs.
+PRON_Z = 7.0
 #: ... and the absolute rise (relative-distance units) it must reach as well.
-PRON_MIN_EXCESS = 0.30
+PRON_MIN_EXCESS = 0.45
 #: The spread used for the z-score is at least this (a pair whose units all agree closely
 #: must not turn a small wobble into a finding).
 PRON_SPREAD_FLOOR = 0.05
 #: Same for tone (semitones of mean pitch difference over the unit, after the robust mapping
 #: of the two contours). Unchanged since 1.3.0 (set on the fitting half, where the right
 #: sentence's most outstanding syllable reached z 3.5 / 0.87 st with the median/range
-#: mapping); with the robust mapping it reached z 3.0 (tight) / 4.0 (padded), never with
-#: 1 st as well, and the changed tone is found in 0.77-0.79 of fitting pairs (was 0.42-0.46).
+#: mapping); with the robust mapping (1.3.1) it reached z 3.0 (tight) / 4.0 (padded), never
+#: with 1 st as well, and the changed tone is found in 0.77-0.79 of fitting pairs (was
+#: 0.42-0.46).
 TONE_Z = 3.5
 TONE_MIN_EXCESS_ST = 1.0
 TONE_SPREAD_FLOOR_ST = 0.25
@@ -145,10 +138,9 @@ class UnitMeasure:
         ref_span: the unit in the reference, seconds.
         span: the practice frames aligned to it, seconds (``None`` when nothing was).
         frames: practice frames aligned to it.
-        rel: their relative distance: the worst :data:`PEAK_FRAMES`-frame mean, or for
-            tonal languages the mean over the unit (``nan`` when fewer than
-            :data:`MIN_UNIT_FRAMES`).
-        pitch: their mean pitch-contour difference, semitones (``nan`` when too few voiced).
+        rel: their mean relative distance (``nan`` when fewer than :data:`MIN_UNIT_FRAMES`).
+        pitch: their mean pitch difference after the robust mapping of the two contours,
+            semitones (``nan`` when too few voiced).
     """
 
     ref_span: tuple[float, float]
@@ -239,15 +231,8 @@ def segment(ref: Profile, wanted: list[str] | None, kind: str) -> Units:
     return Units(default, None, kind, len(wanted))
 
 
-def measure_units(
-    units: Units, track: FrameTrack, ref: Profile, *, peak: bool = True
-) -> list[UnitMeasure]:
-    """Each unit's practice span and evidence, from the frame-by-frame alignment.
-
-    Args:
-        peak: take a unit's worst :data:`PEAK_FRAMES` frames of relative distance (one
-            sound) rather than its mean (see :data:`PEAK_FRAMES` for when each is used).
-    """
+def measure_units(units: Units, track: FrameTrack, ref: Profile) -> list[UnitMeasure]:
+    """Each unit's practice span and evidence, from the frame-by-frame alignment."""
     out: list[UnitMeasure] = []
     for a, b in units.bounds:
         ref_span = (float(ref.kept[a] * FRAME_S), float((ref.kept[b - 1] + 1) * FRAME_S))
@@ -257,22 +242,12 @@ def measure_units(
             continue
         frames = track.s_frames[inside]
         span = (float(frames[0] * FRAME_S), float((frames[-1] + 1) * FRAME_S))
-        rel = float("nan")
-        if inside.size >= MIN_UNIT_FRAMES:
-            rel = peak_mean(track.rel[inside]) if peak else float(track.rel[inside].mean())
+        rel = float(track.rel[inside].mean()) if inside.size >= MIN_UNIT_FRAMES else float("nan")
         pitch_vals = track.pitch_diff[inside]
         voiced = pitch_vals[np.isfinite(pitch_vals)]
         pitch = float(voiced.mean()) if voiced.size >= MIN_TONE_FRAMES else float("nan")
         out.append(UnitMeasure(ref_span, span, int(inside.size), rel, pitch))
     return out
-
-
-def peak_mean(values: NDArray[np.float64], width: int = PEAK_FRAMES) -> float:
-    """The largest mean of ``width`` consecutive values (all of them when fewer)."""
-    if values.size <= width:
-        return float(values.mean())
-    csum = np.concatenate([[0.0], np.cumsum(values)])
-    return float(np.max(csum[width:] - csum[:-width]) / width)
 
 
 def _excess(values: NDArray[np.float64], floor: float) -> tuple[NDArray[np.float64], float]:
@@ -388,7 +363,7 @@ def analyse_units(
     if units.labels is None:
         kind = "syllable"
     track = cmp.track
-    measures = measure_units(units, track, ref, peak=not tonal) if track is not None else []
+    measures = measure_units(units, track, ref) if track is not None else []
     judgements = judge_units(measures, tonal=tonal, enabled=judge and track is not None)
     flags: list[UnitFlag] = []
     for i, (m, j) in enumerate(zip(measures, judgements, strict=True)):

@@ -15,7 +15,6 @@ from vocalborn_tasks.analysis.units import (
     cut_points,
     final_rise,
     judge_units,
-    peak_mean,
     text_units,
 )
 from vocalborn_tasks.models import AnalysisRequest, AnalysisResult
@@ -289,9 +288,3 @@ def test_one_changed_tone_does_not_shift_the_other_syllables() -> None:
     residual = robust_pitch_residual(sample, ref)
     assert residual[:30].max() < 0.3 and residual[40:].max() < 0.3
     assert residual[30:40].mean() > 2.0
-
-
-def test_a_unit_is_judged_by_its_worst_sound() -> None:
-    values = np.array([0.9] * 20 + [1.8] * 5 + [0.9] * 5)
-    assert peak_mean(values) == pytest.approx(1.8)
-    assert peak_mean(values[:3]) == pytest.approx(0.9)  # fewer frames than the window
