@@ -15,7 +15,8 @@ How, without a phone model:
 * **Measurement** (:func:`measure_units`): the practice frames aligned to a unit's reference
   frames give its practice span, its mean *relative* distance (a wrong sound raises it, a
   voice difference does not, see :func:`.compare.relative_costs`) and, in tonal languages,
-  its mean pitch-contour difference.
+  its mean pitch difference once the two contours are robustly mapped onto each other
+  (:func:`.compare.robust_pitch_residual`).
 * **Judgement** (:func:`judge_units`): precision before recall. A unit is flagged only when
   its own evidence stands out from the pair's baseline (the median unit) by a robust
   z-score *and* by an absolute margin, and at most :data:`MAX_FLAGGED` units are flagged, the
@@ -82,9 +83,12 @@ PRON_MIN_EXCESS = 0.45
 #: The spread used for the z-score is at least this (a pair whose units all agree closely
 #: must not turn a small wobble into a finding).
 PRON_SPREAD_FLOOR = 0.05
-#: Same for tone (semitones of mean contour difference over the unit). On the fitting half the
-#: right sentence's most outstanding syllable reached z 3.5 (rise 0.87 st) and never both
-#: bars; 3.5 instead of 3.0 changed no hit there.
+#: Same for tone (semitones of mean pitch difference over the unit, after the robust mapping
+#: of the two contours). Unchanged since 1.3.0 (set on the fitting half, where the right
+#: sentence's most outstanding syllable reached z 3.5 / 0.87 st with the median/range
+#: mapping); with the robust mapping (1.3.1) it reached z 3.0 (tight) / 4.0 (padded), never
+#: with 1 st as well, and the changed tone is found in 0.77-0.79 of fitting pairs (was
+#: 0.42-0.46).
 TONE_Z = 3.5
 TONE_MIN_EXCESS_ST = 1.0
 TONE_SPREAD_FLOOR_ST = 0.25
@@ -135,7 +139,8 @@ class UnitMeasure:
         span: the practice frames aligned to it, seconds (``None`` when nothing was).
         frames: practice frames aligned to it.
         rel: their mean relative distance (``nan`` when fewer than :data:`MIN_UNIT_FRAMES`).
-        pitch: their mean pitch-contour difference, semitones (``nan`` when too few voiced).
+        pitch: their mean pitch difference after the robust mapping of the two contours,
+            semitones (``nan`` when too few voiced).
     """
 
     ref_span: tuple[float, float]

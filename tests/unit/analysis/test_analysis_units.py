@@ -9,6 +9,7 @@ import pytest
 
 from vocalborn_tasks.analysis import BuiltinAnalyzer, analyze_recording
 from vocalborn_tasks.analysis.advice import SUPPORTED_LANGUAGES, is_supported, ordinal
+from vocalborn_tasks.analysis.compare import robust_pitch_residual
 from vocalborn_tasks.analysis.units import (
     UnitMeasure,
     cut_points,
@@ -276,3 +277,14 @@ def test_request_carries_reference_text() -> None:
         ).model_dump(mode="json")
     )
     assert dumped.segments and dumped.advice_language == "zh-TW"
+
+
+def test_one_changed_tone_does_not_shift_the_other_syllables() -> None:
+    # Reference: six level syllables at 0, 4, -2, 3, -1, 2 st; the sample says them in a
+    # voice with twice the range and 5 st higher, except the 4th, which falls 6 st instead.
+    ref = np.repeat([0.0, 4.0, -2.0, 3.0, -1.0, 2.0], 10)
+    sample = 2.0 * ref + 5.0
+    sample[30:40] = np.linspace(8.0, -4.0, 10)
+    residual = robust_pitch_residual(sample, ref)
+    assert residual[:30].max() < 0.3 and residual[40:].max() < 0.3
+    assert residual[30:40].mean() > 2.0
