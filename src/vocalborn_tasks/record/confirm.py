@@ -12,13 +12,19 @@ out, then fails as unreachable (callers translate that into ``BrokerUnavailableE
 promoted follows the old master for about a second after the promotion and confirms writes
 the new master never gets (measured: 19-21 of 150 lost). So ``n`` is not only
 ``REDIS_REPLICA_ACKS`` but also every replica this process saw connected to the same master
-(the same replication id) in the last :data:`REPLICA_GRACE_S` seconds: the promoted replica
-leaves the old master at once, the old master then has fewer replicas than it had, and
-writes wait (and move to the new master when the sentinels name it) instead of being
-confirmed by the replica that is about to resync. The cost: a replica that really died
-holds confirmed writes for up to :data:`REPLICA_GRACE_S` before the rest continue with one
-fewer. Writes before the ``WAIT`` on the master are covered too (replication is one stream):
-confirming a final result confirms the progress and the sink's marker written before it.
+(the same replication id), until its reports have shown it gone for :data:`REPLICA_GRACE_S`
+seconds: the promoted replica leaves the old master at once, the old master then has fewer
+replicas than it had, and writes wait (and move to the new master when the sentinels name
+it) instead of being confirmed by the replica that is about to resync. The grace runs from
+the first report that misses a replica, not from when it was last seen: a process paused
+(stopped, swapped out) through a failover comes back remembering every replica, where a
+wall-clock grace had it forget them all and accept a write the following replica alone
+confirmed on the old master (a reservation that then ran twice, in one CI run of
+``test_a_task_taken_from_the_old_master_after_the_promotion_runs_once``). The cost: a
+replica that really died holds confirmed writes for up to :data:`REPLICA_GRACE_S` after a
+report first misses it before the rest continue with one fewer. Writes before the ``WAIT``
+on the master are covered too (replication is one stream): confirming a final result
+confirms the progress and the sink's marker written before it.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["REPLICA_GRACE_S", "Confirmation", "ReplicaShortfallError", "is_failover_error"]
 
-#: How long a replica seen connected stays expected to confirm (see the module docstring).
+#: How long a replica stays expected to confirm after a report first misses it (see the
+#: module docstring).
 REPLICA_GRACE_S = 5.0
 
 #: Each WAIT blocks at most this long before the transition is tried again (ms).
@@ -97,8 +104,9 @@ class Confirmation:
     #: ``REDIS_FAILOVER_WAIT_S``: how long a confirmed run keeps trying.
     wait_s: float
     grace_s: float = REPLICA_GRACE_S
-    #: replication id -> replica address -> monotonic time last seen connected.
-    _seen: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: replica address -> None while reports list it connected, else the monotonic time of the
+    #: first report that did not (replicas of the master with replication id ``_replid``).
+    _expected: dict[str, float | None] = field(default_factory=dict)
     _replid: str = ""
     _reported_at: float = float("-inf")
 
@@ -110,12 +118,9 @@ class Confirmation:
             return None
         return cls(replicas=replicas, wait_s=float(settings.redis_failover_wait_s))
 
-    def needed(self, now: float | None = None) -> int:
+    def needed(self) -> int:
         """Replicas the next write must reach on the master last seen."""
-        now = time.monotonic() if now is None else now
-        seen = self._seen.get(self._replid, {})
-        recent = sum(1 for at in seen.values() if now - at < self.grace_s)
-        return max(self.replicas, recent)
+        return max(self.replicas, len(self._expected))
 
     def observe(self, info: Any, now: float | None = None) -> None:
         """Remember the replicas an ``INFO replication`` reply lists as online."""
@@ -125,17 +130,25 @@ class Confirmation:
             info = _parse_info(_text(info))
         replid = str(info.get("master_replid", ""))
         if replid != self._replid:
+            # Only the current master's replicas matter; forget an older master's list.
             self._replid = replid
-            # Only the current master's replicas matter; forget older masters' lists.
-            self._seen = {replid: self._seen.get(replid, {})}
-        seen = self._seen.setdefault(replid, {})
-        for name, value in info.items():
-            if not str(name).startswith("slave") or not isinstance(value, dict):
+            self._expected = {}
+        connected = {
+            f"{value.get('ip')}:{value.get('port')}"
+            for name, value in info.items()
+            if str(name).startswith("slave")
+            and isinstance(value, dict)
+            and value.get("state") == "online"
+        }
+        for address in connected:
+            self._expected[address] = None
+        for address, missing_since in list(self._expected.items()):
+            if address in connected:
                 continue
-            if value.get("state") == "online":
-                seen[f"{value.get('ip')}:{value.get('port')}"] = now
-        for address in [a for a, at in seen.items() if now - at >= self.grace_s]:
-            del seen[address]
+            if missing_since is None:
+                self._expected[address] = now
+            elif now - missing_since >= self.grace_s:
+                del self._expected[address]
 
     def tail(self, needed: int, remaining_s: float) -> tuple[tuple[Any, ...], ...]:
         """The commands sent after the transition: the wait and, when due, the replication
