@@ -85,6 +85,23 @@ def _counts(settings: TaskSettings, task_id: str) -> tuple[int, int]:
         client.close()
 
 
+def _doomed_worker(
+    settings: TaskSettings, start_worker: Callable[..., WorkerProcess], point: str
+) -> WorkerProcess:
+    """A solo worker that SIGKILLs itself the first time a task reaches ``point``."""
+    return start_worker(
+        settings, "doomed", host=True, pool="solo", extra_env={"VOCALBORN_FAULT_POINT": point}
+    )
+
+
+def _assert_reserved_and_queued(settings: TaskSettings, reserved: int, queued: int) -> None:
+    broker = redis.Redis.from_url(settings.broker_url)
+    try:
+        assert (broker.hlen("unacked"), broker.llen("ai_analysis")) == (reserved, queued)
+    finally:
+        broker.close()
+
+
 @pytest.mark.parametrize("point", sorted(EXPECTED))
 async def test_sigkill_at_point(
     point: str,
@@ -92,9 +109,7 @@ async def test_sigkill_at_point(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     settings = make_settings()
-    doomed = start_worker(
-        settings, "doomed", host=True, pool="solo", extra_env={"VOCALBORN_FAULT_POINT": point}
-    )
+    doomed = _doomed_worker(settings, start_worker, point)
     async with TaskManager(settings) as manager:
         handle = await manager.submit(count, 7)
         assert doomed.proc is not None
@@ -110,13 +125,7 @@ async def test_sigkill_at_point(
     assert result == 7
     assert status.state is TaskState.SUCCESS
     assert _counts(settings, handle.id) == EXPECTED[point]
-    # The record is clean: nothing left reserved, nothing left queued.
-    broker = redis.Redis.from_url(settings.broker_url)
-    try:
-        assert broker.hlen("unacked") == 0
-        assert broker.llen("ai_analysis") == 0
-    finally:
-        broker.close()
+    _assert_reserved_and_queued(settings, 0, 0)  # the record is clean
 
 
 #: point -> body executions when the first attempt fails with a retryable error.
@@ -136,9 +145,7 @@ async def test_sigkill_around_a_retry(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     settings = make_settings()
-    doomed = start_worker(
-        settings, "doomed", host=True, pool="solo", extra_env={"VOCALBORN_FAULT_POINT": point}
-    )
+    doomed = _doomed_worker(settings, start_worker, point)
     async with TaskManager(settings) as manager:
         handle = await manager.submit(count, 7, fail_first=True)
         assert doomed.proc is not None
@@ -148,24 +155,14 @@ async def test_sigkill_around_a_retry(
             # first delivery acknowledged, before any other worker exists.
             status = await manager.get_task_status(handle)
             assert status.state is TaskState.RETRY, status
-            broker = redis.Redis.from_url(settings.broker_url)
-            try:
-                assert broker.hlen("unacked") == 0
-                assert broker.llen("ai_analysis") == 1
-            finally:
-                broker.close()
+            _assert_reserved_and_queued(settings, 0, 1)
         start_worker(settings, "healthy", host=True, pool="solo")
         result = await manager.wait_for_result(handle, timeout=60)
         status = await manager.get_task_status(handle)
     assert result == 7
     assert status.state is TaskState.SUCCESS
     assert _counts(settings, handle.id) == (RETRY_EXPECTED[point], 1)
-    broker = redis.Redis.from_url(settings.broker_url)
-    try:
-        assert broker.hlen("unacked") == 0
-        assert broker.llen("ai_analysis") == 0
-    finally:
-        broker.close()
+    _assert_reserved_and_queued(settings, 0, 0)
 
 
 async def test_redis_outage_while_the_sink_runs_is_waited_out(
