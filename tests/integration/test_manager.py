@@ -434,3 +434,24 @@ async def test_a_single_submit_is_one_round_trip(
     finally:
         client.delete("nobody_listens")
         client.close()
+
+
+async def test_a_lone_submit_reloads_its_script_after_the_server_forgot_it(
+    base_settings: TaskSettings,
+) -> None:
+    # A restarted server has an empty script cache: the lone EVALSHA gets NOSCRIPT, loads the
+    # script and runs again (the same as the pipelined form did).
+    client = redis.Redis.from_url(base_settings.broker_url)
+    try:
+        async with TaskManager(base_settings) as manager:
+            await manager.submit(never_consumed, 0)
+            client.script_flush()
+            handle = await manager.submit(never_consumed, 1)
+            first = await manager.submit_audio_analysis(_request("rec-flushed"), force=True)
+            client.script_flush()
+            again = await manager.submit_audio_analysis(_request("rec-flushed"))
+            assert again == first  # the in-flight slot still answers after the reload
+            assert (await manager.get_task_status(handle)).state is TaskState.PENDING
+    finally:
+        client.delete("nobody_listens")
+        client.close()
