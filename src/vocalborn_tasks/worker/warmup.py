@@ -37,12 +37,12 @@ WARM_MODULES = ("vocalborn_tasks.analysis",)
 
 
 def freeze_inherited_objects(**_: Any) -> None:
-    """Collect, then freeze every object alive now (see the module docstring).
+    """Freeze every object alive now (see the module docstring).
 
     Connected to ``worker_process_init``, so each pool process freezes what it inherited
-    before its first collection could touch it.
+    before its first collection could touch it. No collection first: in a child that would
+    examine (and so copy) the objects the main process made after its own freeze.
     """
-    gc.collect()
     gc.freeze()
 
 
@@ -58,6 +58,7 @@ class WarmImportsStep(bootsteps.Step):  # type: ignore[misc]
                 importlib.import_module(name)
             except ImportError as exc:  # the first task will report it properly
                 logger.warning("could not pre-import %s: %s", name, exc)
+        gc.collect()  # what is garbage now must not be frozen
         freeze_inherited_objects()
         worker_process_init.connect(
             freeze_inherited_objects, weak=False, dispatch_uid="vocalborn-freeze-inherited"
