@@ -1,7 +1,7 @@
 """Event-loop lag while a host submits 1,000 tasks and serves other coroutines.
 
 ``python benchmarks/bench_loop_lag.py [--runs 3] [--n 1000] [--json out.json]
-[--server-binary /usr/bin/redis-server]``
+[--server-binary /usr/bin/redis-server] [--nice-workers] [--only-analyses]``
 
 A ticker coroutine sleeps 1 ms in a loop and records how late it wakes up; 50 "request
 handler" coroutines run alongside (each a short CPU burst and a 1 ms sleep). Three phases
@@ -16,6 +16,17 @@ per run, same loop, same worker (library worker, prefork 2):
   results read with ``AsyncResult.get()`` in ``asyncio.to_thread`` (what a host would do
   without the facade).
 
+Two more phases measure the analysis submit path (issue 21) with no worker running at all,
+so nothing competes for the cores but the server:
+
+* first analysis submit of a process: a fresh interpreter opens a ``TaskManager`` (its
+  ``async with``), then submits one analysis; the longest stall of each step is reported
+  (open pays the one-off imports by design);
+* TaskManager, ``n`` analyses: ``submit_audio_analysis`` one after the other (two 1 s WAV
+  files, distinct practice records), nothing awaited.
+
+``--only-analyses`` runs only those two.
+
 ``--nice-workers`` runs the worker at nice 19: on two shared cores the worker processes
 otherwise preempt the host's loop, and the lag then measures the machine, not the library.
 """
@@ -23,9 +34,14 @@ otherwise preempt the host's loop, and the lag then measures the machine, not th
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from _harness import (
@@ -67,6 +83,65 @@ async def measure(work: Callable[[], Awaitable[Any]]) -> dict[str, float]:
     await asyncio.gather(*tasks)
     lags.sort()
     return {"p50": percentile(lags, 50), "p99": percentile(lags, 99), "max": lags[-1], "s": wall}
+
+
+def analysis_request(rec: Path, ref: Path, record: str) -> Any:
+    from vocalborn_tasks import AnalysisRequest
+
+    return AnalysisRequest(practice_record_id=record, recording=str(rec), reference=str(ref))
+
+
+async def analyses_run(url: str, rec: Path, ref: Path, n: int) -> dict[str, dict[str, float]]:
+    """The idle floor, then ``n`` sequential analysis submits, with no worker running."""
+    from vocalborn_tasks import TaskManager, TaskSettings
+
+    async with TaskManager(TaskSettings(redis_url=url)) as manager:
+        for i in range(10):
+            await manager.submit_audio_analysis(analysis_request(rec, ref, f"warm-{i}"))
+        idle = await measure(lambda: asyncio.sleep(1.0))
+
+        async def submits() -> None:
+            for i in range(n):
+                await manager.submit_audio_analysis(analysis_request(rec, ref, f"lag-{i}"))
+
+        return {"idle": idle, "submits": await measure(submits)}
+
+
+async def first_submit(url: str, rec: Path, ref: Path) -> dict[str, float]:
+    """In a fresh process: the longest stall while opening, then during the first submit."""
+    from vocalborn_tasks import TaskManager, TaskSettings
+
+    assert "numpy" not in sys.modules, "the fresh process must not have imported numpy yet"
+    manager = TaskManager(TaskSettings(redis_url=url))
+
+    async def open_() -> None:
+        await manager.__aenter__()
+        await manager.ping()
+
+    opened = await measure(open_)
+    await asyncio.sleep(0.2)
+    first = await measure(
+        lambda: manager.submit_audio_analysis(analysis_request(rec, ref, "first"), force=True)
+    )
+    await manager.aclose()
+    return {
+        "open max": opened["max"],
+        "open s": opened["s"],
+        "first submit max": first["max"],
+        "first submit s": first["s"],
+    }
+
+
+def first_submit_in_fresh_process(url: str, rec: Path, ref: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--first-submit", url, str(rec), str(ref)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 async def one_run(url: str, n: int) -> dict[str, dict[str, float]]:
@@ -125,6 +200,10 @@ async def one_run(url: str, n: int) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--first-submit":
+        url, rec, ref = sys.argv[2:]
+        print(json.dumps(asyncio.run(first_submit(url, Path(rec), Path(ref)))))
+        return
     p = parser(__doc__ or "", n_default=1000)
     p.add_argument(
         "--nice-workers",
@@ -132,7 +211,17 @@ def main() -> None:
         help="run the worker at nice 19, so the host loop is not preempted by it: separates "
         "what the library blocks from what two shared cores cost",
     )
+    p.add_argument(
+        "--only-analyses",
+        action="store_true",
+        help="only the analysis submit phases (first submit of a process, n analyses), which "
+        "run with no worker",
+    )
     args = p.parse_args()
+    from bench_analysis_tasks import make_pair  # numpy: not in the --first-submit process
+
+    audio = Path(tempfile.mkdtemp(prefix="vocalborn-bench-audio-"))
+    rec, ref = make_pair(audio, 1.0)
     rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with local_server(args.server_binary) as server:
         url = server.url
@@ -145,6 +234,26 @@ def main() -> None:
         print(info)
         for run in range(args.runs):
             flush_all(url)
+            # No worker runs during these two phases: only the caller and the server.
+            first = first_submit_in_fresh_process(url, rec, ref)
+            rows["first analysis submit of a process (no worker)"]["max"].append(
+                first["first submit max"]
+            )
+            rows["first analysis submit of a process (no worker)"]["s"].append(
+                first["first submit s"]
+            )
+            rows["TaskManager open, fresh process (no worker)"]["max"].append(first["open max"])
+            rows["TaskManager open, fresh process (no worker)"]["s"].append(first["open s"])
+            flush_all(url)
+            res_a = asyncio.run(analyses_run(url, rec, ref, args.n))
+            for k, v in res_a["idle"].items():
+                rows["idle (1 s, no worker)"][k].append(v)
+            for k, v in res_a["submits"].items():
+                rows["TaskManager submit_audio_analysis x n (no worker)"][k].append(v)
+            print(f"run {run + 1}: first {first}, analyses {res_a}", flush=True)
+            flush_all(url)
+            if args.only_analyses:
+                continue
             cmd = library_worker_cmd(pool="prefork", concurrency=2)
             if args.nice_workers:
                 cmd = ["nice", "-n", "19", *cmd]

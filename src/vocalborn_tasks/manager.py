@@ -9,9 +9,11 @@ round trip, by a script), and reads and awaits results natively through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
@@ -36,11 +38,13 @@ from .models import (
     parse_cursor,
 )
 from .outcomes import build_request, prepare_requests, result_of, scope_owner
-from .record import AsyncRecord, RecordKeys, calls, new_task_id
+from .record import SCRIPT_NAMES, AsyncRecord, RecordKeys, calls, new_task_id, script_source
+from .record.calls import ScriptCall
 from .record.confirm import Confirmation, relocate
 from .recordings import (
     RecordingResolver,
     load_resolver,
+    warm_up_probe,
 )
 from .results import PubSubHub, ResultReader
 from .tasks.builtin import analyze_audio
@@ -57,6 +61,19 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+
+#: Threads for the submit path's file checks (realpath, stat, a header read): enough that a
+#: slow volume does not serialise a burst of submits, few enough to stay out of the way.
+_FILE_THREADS = 4
+
+
+def _warm_up_submit_path() -> None:
+    """Blocking one-off work of a first submit: the probe's imports (30-45 ms under the GIL)
+    and the record's script files (read from the package, with importlib's readers)."""
+    for name in SCRIPT_NAMES:
+        script_source(name)
+    warm_up_probe()
 
 
 class TaskManager:
@@ -96,6 +113,8 @@ class TaskManager:
         self._record: AsyncRecord | None = None
         self._keys = RecordKeys.of(self.settings)
         self._closed = False
+        self._files: ThreadPoolExecutor | None = None
+        self._warm: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -104,6 +123,7 @@ class TaskManager:
     # --- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         self._ensure_open()
+        await self._warm_up()
         return self
 
     async def __aexit__(
@@ -119,6 +139,8 @@ class TaskManager:
         if self._closed:
             return
         self._closed = True
+        if self._files is not None:
+            self._files.shutdown(wait=False, cancel_futures=True)
         if self._hub is not None:
             await self._hub.aclose()
         if self._backend is not None:
@@ -140,6 +162,25 @@ class TaskManager:
             )
             self._record = AsyncRecord(self._backend, Confirmation.of(self.settings))
         return self._reader
+
+    def _file_threads(self) -> ThreadPoolExecutor:
+        if self._files is None:
+            self._files = ThreadPoolExecutor(_FILE_THREADS, thread_name_prefix="vocalborn-files")
+        return self._files
+
+    async def _warm_up(self) -> None:
+        """Pay the submit path's one-off costs at open, off the event loop: the file thread,
+        the record's script files and the recording probe's imports (soundfile, numpy). A
+        manager used without ``async with`` pays them at its first submit instead, the same
+        way. The import still holds the GIL, so the loop stalls once, here, at open."""
+        loop = asyncio.get_running_loop()
+        if self._warm is None or (not self._warm.done() and self._warm.get_loop() is not loop):
+            self._warm = loop.run_in_executor(self._file_threads(), _warm_up_submit_path)
+        if not self._warm.done():
+            # Shielded: a cancelled opener must not leave a later submit without the import.
+            # A missing soundfile is reported by the probe itself, at the submit that needs it.
+            with contextlib.suppress(ImportError):
+                await asyncio.shield(self._warm)
 
     @property
     def app(self) -> VocalbornCelery:
@@ -261,9 +302,10 @@ class TaskManager:
         self, requests: list[AnalysisRequest], *, force: bool, owner: str | None
     ) -> list[Submission]:
         self._ensure_open()
-        backend = self._backend
-        assert backend is not None
-        prepared = await prepare_requests(requests, lambda: self.resolver, self.settings)
+        await self._warm_up()
+        prepared = await prepare_requests(
+            requests, lambda: self.resolver, self.settings, executor=self._file_threads()
+        )
         if not prepared:
             return []
         settings = self.settings
@@ -290,9 +332,8 @@ class TaskManager:
                     owner=owner,
                 )
             )
-        assert self._record is not None
         async with redis_errors(settings, "submit", timeout=self._write_timeout_s):
-            holders = await self._record.run_many_confirmed(claims)
+            holders = await self._write(claims)
         return [
             Submission(holder, duplicate=holder != new)
             for holder, new in zip(holders, new_ids, strict=True)
@@ -318,20 +359,32 @@ class TaskManager:
         task_id = new_task_id()
         settings = self.settings
         message = build_task_message(task_id, definition.name, encoded, definition.queue)
-        assert self._record is not None
+        call = calls.submit(
+            self._keys,
+            task_id=task_id,
+            task_name=definition.name,
+            queue=definition.queue,
+            message=message,
+            marker_ttl_s=self._marker_ttl_s,
+            broker_db=settings.redis_db_broker,
+        )
         async with redis_errors(settings, "submit", timeout=self._write_timeout_s):
-            await self._record.run_confirmed(
-                calls.submit(
-                    self._keys,
-                    task_id=task_id,
-                    task_name=definition.name,
-                    queue=definition.queue,
-                    message=message,
-                    marker_ttl_s=self._marker_ttl_s,
-                    broker_db=settings.redis_db_broker,
-                )
-            )
+            await self._write([call])
         return TaskHandle(task_id, definition)
+
+    async def _write(self, writes: Sequence[ScriptCall[T]]) -> list[T]:
+        """Run submit transitions (each harmless to run twice) and return their replies.
+
+        One transition with no replica to confirm goes as a single EVALSHA: a pipeline would
+        first ask the server which scripts it holds (``SCRIPT EXISTS``, a second round trip
+        per submit), where a lone script call loads itself only after a ``NOSCRIPT`` (a server
+        that restarted under the call), then runs again.
+        """
+        record = self._record
+        assert record is not None
+        if len(writes) == 1 and not record.confirms and writes[0].publish_after is None:
+            return [await record.run(writes[0])]
+        return await record.run_many_confirmed(writes)
 
     # --- reading ------------------------------------------------------------------------------
     async def get_task_status(

@@ -8,7 +8,9 @@ state raises (a copy in the fake had already missed the ``purged`` code).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -54,11 +56,16 @@ async def prepare_requests(
     requests: Iterable[AnalysisRequest],
     resolver: Callable[[], RecordingResolver],
     settings: TaskSettings,
+    *,
+    executor: Executor | None = None,
 ) -> list[AnalysisRequest]:
     """Fill in recordings from the resolver, then confine and probe every local file.
 
     ``resolver`` is only called (and the host's resolver loaded) for a request that names no
-    files. Path resolution and header probes touch the filesystem: one thread hop for the batch.
+    files. Path resolution and header probes touch the filesystem: one thread hop for the
+    batch, to ``executor`` when given (the asyncio loop's, cheaper than anyio's: the
+    :class:`~vocalborn_tasks.TaskManager` passes its own), else anyio's worker threads.
+    A request is copied only where a location changes.
 
     Raises:
         InvalidRequestError: a location is outside the roots, missing or not audio.
@@ -69,27 +76,33 @@ async def prepare_requests(
             found = await resolver().locate(
                 request.practice_record_id, dict(request.analysis_params)
             )
-            recording = request.recording or found[0]
-            reference = request.reference or found[1]
-        else:
-            recording, reference = request.recording, request.reference
-        located.append(request.model_copy(update={"recording": recording, "reference": reference}))
+            request = request.model_copy(
+                update={
+                    "recording": request.recording or found[0],
+                    "reference": request.reference or found[1],
+                }
+            )
+        located.append(request)
     if not located:
         return []
+    if executor is not None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, _check_files, located, settings)
     return await anyio.to_thread.run_sync(_check_files, located, settings)
 
 
 def _check_files(requests: list[AnalysisRequest], settings: TaskSettings) -> list[AnalysisRequest]:
     checked = []
     for req in requests:
-        locations = {}
+        changed = {}
         for what, location in (("recording", req.recording), ("reference", req.reference)):
             assert location is not None
-            location = check_recording_location(location, settings, what=what)
-            if local_path(location) is not None:
-                probe_audio_header(location, what=what)
-            locations[what] = location
-        checked.append(req.model_copy(update=locations))
+            normalised = check_recording_location(location, settings, what=what)
+            if local_path(normalised) is not None:
+                probe_audio_header(normalised, what=what)
+            if normalised != location:
+                changed[what] = normalised
+        checked.append(req.model_copy(update=changed) if changed else req)
     return checked
 
 

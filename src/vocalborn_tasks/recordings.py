@@ -30,6 +30,7 @@ __all__ = [
     "load_resolver",
     "local_path",
     "probe_audio_header",
+    "warm_up_probe",
 ]
 
 RecordingPair = tuple[str, str]
@@ -138,6 +139,17 @@ def check_recording_location(location: str, settings: TaskSettings, *, what: str
     if not resolved.is_file():
         raise RecordingAccessError(f"{what}: no such file: {location!r}")
     return str(resolved)
+
+
+def warm_up_probe() -> None:
+    """Import what :func:`probe_audio_header` needs (soundfile, and numpy with it).
+
+    That import takes 30-45 ms on a small VM and holds the GIL while it runs, so even from a
+    worker thread it stalls the caller's event loop. ``TaskManager`` calls this in its file
+    thread when it opens, so the first submit of a process does not pay it. Blocking: call it
+    off the event loop.
+    """
+    import soundfile  # noqa: F401
 
 
 def probe_audio_header(path: str, *, what: str) -> None:

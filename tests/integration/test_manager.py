@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -375,6 +376,82 @@ async def test_a_burst_of_concurrent_submits_waits_for_pooled_connections(
             assert client.llen("nobody_listens") >= 1000
             # Bounded pools: two of 64 connections at most (broker and backend databases).
             assert len(client.client_list()) - before <= 2 * 64
+    finally:
+        client.delete("nobody_listens")
+        client.close()
+
+
+def test_opening_warms_the_probe_so_the_first_submit_imports_nothing(
+    base_settings: TaskSettings,
+) -> None:
+    # Importing soundfile (and numpy) holds the GIL for 30-45 ms: at open, not in a submit.
+    code = f"""
+import asyncio, sys
+from vocalborn_tasks import AnalysisRequest, TaskManager, TaskSettings
+
+async def main():
+    async with TaskManager(TaskSettings(redis_url={base_settings.backend_url!r})) as manager:
+        assert "soundfile" in sys.modules and "numpy" in sys.modules
+        before = set(sys.modules)
+        await manager.submit_audio_analysis(AnalysisRequest(
+            practice_record_id="rec-warm", recording={str(AUDIO / "en_other_voice.flac")!r},
+            reference={str(AUDIO / "en_reference.flac")!r}), force=True)
+        print(sorted(set(sys.modules) - before))
+
+asyncio.run(main())
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+async def test_a_single_submit_is_one_round_trip(
+    base_settings: TaskSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pipeline would first send SCRIPT EXISTS: two round trips where one does.
+    client = redis.Redis.from_url(base_settings.broker_url)
+    try:
+        async with TaskManager(base_settings) as manager:
+            await manager.submit(never_consumed, 0)  # connects, loads the script
+            assert manager._backend is not None
+            connection_class: Any = manager._backend.connection_pool.connection_class
+            sent = 0
+            original = connection_class.send_packed_command
+
+            async def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+                nonlocal sent
+                sent += 1
+                await original(self, *args, **kwargs)
+
+            monkeypatch.setattr(connection_class, "send_packed_command", counting)
+            await manager.submit(never_consumed, 1)
+            assert sent == 1
+            await manager.submit_audio_analysis(_request("rec-one-trip"), force=True)
+            assert sent == 2
+    finally:
+        client.delete("nobody_listens")
+        client.close()
+
+
+async def test_a_lone_submit_reloads_its_script_after_the_server_forgot_it(
+    base_settings: TaskSettings,
+) -> None:
+    # A restarted server has an empty script cache: the lone EVALSHA gets NOSCRIPT, loads the
+    # script and runs again (the same as the pipelined form did).
+    client = redis.Redis.from_url(base_settings.broker_url)
+    try:
+        async with TaskManager(base_settings) as manager:
+            await manager.submit(never_consumed, 0)
+            client.script_flush()
+            handle = await manager.submit(never_consumed, 1)
+            first = await manager.submit_audio_analysis(_request("rec-flushed"), force=True)
+            client.script_flush()
+            again = await manager.submit_audio_analysis(_request("rec-flushed"))
+            assert again == first  # the in-flight slot still answers after the reload
+            assert (await manager.get_task_status(handle)).state is TaskState.PENDING
     finally:
         client.delete("nobody_listens")
         client.close()

@@ -82,3 +82,29 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_the_warm_imports_are_frozen_so_pool_processes_keep_them_shared() -> None:
+    # A child's first full collection would otherwise copy every page of inherited objects.
+    import subprocess
+    import sys
+
+    code = """
+import gc, types
+from celery.signals import worker_process_init
+from vocalborn_tasks.config import TaskSettings
+from vocalborn_tasks.worker.factory import create_celery_app
+from vocalborn_tasks.worker.warmup import WarmImportsStep
+app = create_celery_app(TaskSettings(redis_url="redis://127.0.0.1:1"))
+assert gc.get_freeze_count() == 0
+WarmImportsStep(types.SimpleNamespace(app=app))
+frozen = gc.get_freeze_count()
+assert frozen > 50_000, frozen
+made_after = [[] for _ in range(1000)]
+worker_process_init.send(sender=None)  # what a pool process does as it starts
+assert gc.get_freeze_count() >= frozen + 1000  # connected: the child froze what it inherited
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
