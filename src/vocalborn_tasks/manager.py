@@ -38,7 +38,7 @@ from .models import (
     parse_cursor,
 )
 from .outcomes import build_request, prepare_requests, result_of, scope_owner
-from .record import SCRIPT_NAMES, AsyncRecord, RecordKeys, calls, new_task_id, script_source
+from .record import AsyncRecord, RecordKeys, calls, load_script_files, new_task_id
 from .record.calls import ScriptCall
 from .record.confirm import Confirmation, relocate
 from .recordings import (
@@ -71,8 +71,7 @@ _FILE_THREADS = 4
 def _warm_up_submit_path() -> None:
     """Blocking one-off work of a first submit: the probe's imports (30-45 ms under the GIL)
     and the record's script files (read from the package, with importlib's readers)."""
-    for name in SCRIPT_NAMES:
-        script_source(name)
+    load_script_files()
     warm_up_probe()
 
 

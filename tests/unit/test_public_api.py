@@ -8,6 +8,7 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
 import vocalborn_tasks
@@ -169,7 +170,10 @@ print("ok")
     assert out.stdout.strip() == "ok"
 
 
-def test_lazy_celery_app_for_celery_cli() -> None:
+def test_lazy_celery_app_for_celery_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Building the app sets REMAP_SIGTERM (as `celery -A` needs): restored after the test, or
+    # a later test in this process sees the environment changed.
+    monkeypatch.setenv("REMAP_SIGTERM", "SIGQUIT")
     mod = importlib.import_module("vocalborn_tasks.worker")
     app = mod.app  # built on first access, from the environment
     assert "vocalborn.analyze_audio" in app.tasks

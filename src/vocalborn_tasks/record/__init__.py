@@ -49,7 +49,7 @@ from .meta import (
     read_meta,
     revoked_meta,
 )
-from .scripts import SCRIPT_NAMES, ScriptSet, script_header, script_source
+from .scripts import SCRIPT_NAMES, ScriptSet, load_script_files, script_header, script_source
 from .task_ids import epoch_seconds, id_time, missing_state, new_task_id
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "epoch_seconds",
     "id_time",
     "is_final_status",
+    "load_script_files",
     "may_be_final",
     "meta_status",
     "missing_state",

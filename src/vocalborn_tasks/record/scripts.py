@@ -23,7 +23,14 @@ from typing import Any, Final
 from .keys import PRIORITY_SEP, PRIORITY_STEPS
 from .meta import FINAL_STATES
 
-__all__ = ["SCRIPT_NAMES", "ScriptSet", "script_header", "script_sha", "script_source"]
+__all__ = [
+    "SCRIPT_NAMES",
+    "ScriptSet",
+    "load_script_files",
+    "script_header",
+    "script_sha",
+    "script_source",
+]
 
 SCRIPT_NAMES: Final = (
     "begin",
@@ -76,6 +83,13 @@ def script_source(name: str) -> str:
 def script_sha(name: str) -> str:
     """The SHA1 the server knows script ``name`` by (for EVALSHA)."""
     return hashlib.sha1(script_source(name).encode("utf-8")).hexdigest()
+
+
+def load_script_files() -> None:
+    """Read every script's files now (blocking: off the event loop), so the first run of each
+    finds its source and SHA ready instead of reading package files then."""
+    for name in SCRIPT_NAMES:
+        script_sha(name)
 
 
 def script_header(name: str) -> str:
