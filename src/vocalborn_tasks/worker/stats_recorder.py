@@ -11,7 +11,7 @@ before (no staleness at low rates). A busier process folds them in memory (count
 variadic ``ZADD`` per task type) and a thread writes the fold once per interval in one
 ``MULTI``/``EXEC``; the store then only removes the run from ``stats:running``. So under load the
 Monitor's and the exporter's figures (runs, counts, histograms, scores) are at most
-:data:`FLUSH_INTERVAL_S` (1 s) behind the results callers already have; ``stats:running`` is
+:data:`FLUSH_INTERVAL_S` (0.5 s) behind the results callers already have; ``stats:running`` is
 never behind. A worker process that exits flushes what it holds (Celery's
 ``worker_process_shutdown``/``worker_shutdown``); one that is SIGKILLed loses at most the last
 interval's statistics (never a result). A fold the server refused is kept and sent with the
@@ -26,7 +26,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +53,7 @@ __all__ = ["FLUSH_INTERVAL_S", "Finish", "install_stats", "recorder_of", "runnin
 logger = logging.getLogger(__name__)
 
 #: Under load, a process writes its runs' statistics at most this often (seconds).
-FLUSH_INTERVAL_S = 1.0
+FLUSH_INTERVAL_S = 0.5
 
 
 @dataclass(slots=True)
@@ -123,14 +123,18 @@ class _Recorder:
         if run is None:
             return _NOTHING
         ops = self._ops(task_id, run, outcome, retval)
-        revoked = self._ops(task_id, run, "revoked", None)
         if self._batch.take_immediate():
+            revoked = self._ops(task_id, run, "revoked", None)
             return Finish(json.dumps(ops.commands), json.dumps(revoked.commands))
         # Folded: the store only removes the run from ``stats:running``; the rest waits for
         # the store's verdict (which outcome the record holds), then the next flush.
         running, *rest = ops.commands  # _ops writes the HDEL of ``stats:running`` first
         leave = json.dumps([running])
-        return Finish(leave, leave, self._batch, rest, revoked.commands[1:])
+
+        def as_revoked() -> list[list[str]]:
+            return self._ops(task_id, run, "revoked", None).commands[1:]
+
+        return Finish(leave, leave, self._batch, rest, as_revoked)
 
     def on_postrun(
         self,
@@ -206,7 +210,7 @@ class Finish:
         if_revoked: str | None,
         batch: _Batch | None = None,
         ops: list[list[str]] | None = None,
-        if_revoked_ops: list[list[str]] | None = None,
+        if_revoked_ops: Callable[[], list[list[str]]] | None = None,
     ) -> None:
         self.stats = stats
         self.if_revoked = if_revoked
@@ -225,8 +229,11 @@ class Finish:
         batch, self._batch = self._batch, None
         if batch is None:
             return
-        commands = self._if_revoked_ops if revoked else self._ops
-        batch.add(commands or [])
+        if revoked:
+            commands = self._if_revoked_ops() if self._if_revoked_ops is not None else []
+        else:
+            commands = self._ops or []
+        batch.add(commands)
 
 
 _NOTHING = Finish(None, None)
