@@ -119,3 +119,13 @@ def test_a_fold_the_server_refused_is_sent_with_the_next(
     _run(recorder, app, "b").settle(revoked=False)
     recorder.flush()
     assert client.hget(settings.key("stats", "count"), f"{NAME}|success") == "2"
+
+
+def test_a_process_exiting_writes_its_fold(settings: TaskSettings, client: redis.Redis) -> None:
+    app = create_celery_app(settings, register=False)
+    recorder = recorder_of(app)
+    assert recorder is not None
+    _run(recorder, app, "quiet")
+    _run(recorder, app, "last").settle(revoked=False)
+    recorder.flush_before_exit(sender=None)  # as Celery's worker_process_shutdown calls it
+    assert client.hget(settings.key("stats", "count"), f"{NAME}|success") == "1"

@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 #: Under load, a process writes its runs' statistics at most this often (seconds).
 FLUSH_INTERVAL_S = 0.5
+#: How long a worker process that exits waits for its last statistics write.
+_EXIT_FLUSH_WAIT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -94,9 +96,20 @@ class _Recorder:
         self._runs: dict[str, _Run] = {}
         self._batch = _Batch(app)
 
-    def flush(self, sender: Any = None, **_: Any) -> None:
-        """Write the folded statistics now (a worker process exiting; tests)."""
+    def flush(self) -> None:
+        """Write the folded statistics now (tests)."""
         self._batch.flush()
+
+    def flush_before_exit(self, sender: Any = None, **_: Any) -> None:
+        """A worker process is exiting: write what it folded, waiting at most
+        :data:`_EXIT_FLUSH_WAIT_S` (a frozen server must not hold a shutdown for the socket
+        timeout; the statistics are what is lost then, never a result)."""
+        if not self._batch.commands():
+            return
+        writer = threading.Thread(target=self._batch.flush, name="vocalborn-stats-exit")
+        writer.daemon = True
+        writer.start()
+        writer.join(_EXIT_FLUSH_WAIT_S)
 
     def _ours(self, task: Any) -> bool:
         return getattr(task, "app", None) is self.app
@@ -408,5 +421,5 @@ def install_stats(app: VocalbornCelery) -> None:
     signals.task_prerun.connect(recorder.on_prerun, weak=True)
     signals.task_postrun.connect(recorder.on_postrun, weak=True)
     # A pool child (prefork) or the worker itself (solo, threads) writes what it folded.
-    signals.worker_process_shutdown.connect(recorder.flush, weak=True)
-    signals.worker_shutdown.connect(recorder.flush, weak=True)
+    signals.worker_process_shutdown.connect(recorder.flush_before_exit, weak=True)
+    signals.worker_shutdown.connect(recorder.flush_before_exit, weak=True)
