@@ -267,6 +267,9 @@ class _Batch:
         self._last_write = -math.inf
         self._thread_pid: int | None = None
         self._wake = threading.Event()
+        # The task thread's client: Celery's ``app.backend`` is per thread, and the flushing
+        # thread would otherwise build a backend (and a connection pool) of its own.
+        self.client: redis.Redis | None = None
 
     def take_immediate(self) -> bool:
         """True if this run's statistics should go with its store (nothing folded, and the
@@ -279,6 +282,8 @@ class _Batch:
             return True
 
     def add(self, commands: list[list[str]]) -> None:
+        if self._thread_pid != os.getpid():
+            self.client = _client(self.app)
         with self._lock:
             for command in commands:
                 _fold(self._slots, command)
@@ -305,7 +310,7 @@ class _Batch:
         if not slots:
             return
         try:
-            pipe = _client(self.app).pipeline(transaction=True)
+            pipe = (self.client or _client(self.app)).pipeline(transaction=True)
             for command in slots.values():
                 pipe.execute_command(*command)  # type: ignore[no-untyped-call]
             pipe.execute()
