@@ -5,13 +5,14 @@
 
 Builds a recording/reference pair of ``--seconds`` s from the bundled espeak-ng samples
 (``vocalborn_tasks.samples``, tiled with numpy + soundfile into a temporary directory),
-starts one library worker (solo pool: one process) and queues ``n`` analyses through
-``TaskManager.submit_audio_analysis`` (distinct practice record ids), awaiting them all.
+starts one library worker (solo pool: one process; ``--pool prefork``: ``--concurrency``
+processes) and queues ``n`` analyses through ``TaskManager.submit_audio_analysis`` (distinct
+practice record ids), awaiting them all.
 
-* analyses/min per worker process = n / wall time of the batch (queue kept full);
-* share outside the analysis = 1 - sum(result.processing_time_s) / wall time: queueing,
-  messaging, state writes, validation, file checks and (de)serialisation, everything the
-  task system adds around the engine on a busy worker.
+* analyses/min per worker process = n / wall time of the batch / processes (queue kept full);
+* share outside the analysis = 1 - sum(result.processing_time_s) / (wall time x processes):
+  queueing, messaging, state writes, validation, file checks and (de)serialisation,
+  everything the task system adds around the engine on a busy worker.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def make_pair(directory: Path, seconds: float) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
-async def batch(url: str, rec: Path, ref: Path, n: int, tag: str) -> dict[str, float]:
+async def batch(
+    url: str, rec: Path, ref: Path, n: int, tag: str, procs: int = 1
+) -> dict[str, float]:
     from vocalborn_tasks import AnalysisRequest, TaskManager, TaskSettings
 
     async with TaskManager(TaskSettings(redis_url=url)) as manager:
@@ -82,10 +85,10 @@ async def batch(url: str, rec: Path, ref: Path, n: int, tag: str) -> dict[str, f
         wall = time.perf_counter() - t0
     engine = sum(r.processing_time_s for r in results)
     return {
-        "analyses/min/process": n / wall * 60,
+        "analyses/min/process": n / wall * 60 / procs,
         "engine s/analysis": engine / n,
         "task s/analysis (wall/n)": wall / n,
-        "share outside analysis %": 100 * (1 - engine / wall),
+        "share outside analysis %": 100 * (1 - engine / (wall * procs)),
         "idle round trip s": float(np.median(single)),
         "idle round trip outside analysis %": 100
         * (1 - float(np.median(single_engine)) / float(np.median(single))),
@@ -95,6 +98,13 @@ async def batch(url: str, rec: Path, ref: Path, n: int, tag: str) -> dict[str, f
 def main() -> None:
     p = parser(__doc__ or "", n_default=200)
     p.add_argument("--seconds", type=float, default=5.0, help="length of both recordings")
+    p.add_argument(
+        "--pool",
+        choices=("solo", "prefork"),
+        default="solo",
+        help="worker pool: solo (one process) or prefork with --concurrency processes",
+    )
+    p.add_argument("--concurrency", type=int, default=2, help="prefork processes (default 2)")
     args = p.parse_args()
     rows: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="vocalborn-bench-audio-") as tmp:
@@ -106,17 +116,19 @@ def main() -> None:
             env = bench_env(url, {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
             for run in range(args.runs):
                 flush_all(url)
-                cmd = library_worker_cmd(pool="solo", concurrency=1, queues="ai_analysis")
+                procs = 1 if args.pool == "solo" else args.concurrency
+                cmd = library_worker_cmd(pool=args.pool, concurrency=procs, queues="ai_analysis")
                 worker = Proc(f"analysis-{run}", cmd, env)
                 try:
-                    res = asyncio.run(batch(url, rec, ref, args.n, f"r{run}"))
+                    res = asyncio.run(batch(url, rec, ref, args.n, f"r{run}", procs))
                 finally:
                     worker.stop()
                 for k, v in res.items():
                     rows[k].append(v)
                 print(f"run {run + 1}: {res}", flush=True)
     print_table(
-        f"Analysis tasks, {args.seconds:g} s pairs, n={args.n}, 1 solo worker process, "
+        f"Analysis tasks, {args.seconds:g} s pairs, n={args.n}, worker pool {args.pool}"
+        f"{'' if args.pool == 'solo' else f' {args.concurrency}'}, "
         f"median (min-max) of {args.runs} runs",
         ["measure", "value"],
         [[k, fmt(v, 3 if " s" in k else 1)] for k, v in rows.items()],

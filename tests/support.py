@@ -53,6 +53,30 @@ async def async_wait_until(
         await asyncio.sleep(interval)
 
 
+def run_count(settings: TaskSettings, task: str, outcome: str) -> int:
+    """How many runs of ``task`` ended with ``outcome`` in the statistics (``stats:count``)."""
+    client = redis.Redis.from_url(settings.backend_url)
+    try:
+        return int(client.hget(settings.key("stats", "count"), f"{task}|{outcome}") or 0)
+    finally:
+        client.close()
+
+
+async def wait_for_runs(
+    settings: TaskSettings, task: str, outcome: str, at_least: int, timeout: float = 30.0
+) -> None:
+    """Return once the statistics count ``at_least`` runs of ``task`` ending in ``outcome``.
+
+    A busy worker process writes its runs' statistics folded, at most every 0.5 s
+    (``worker/stats_recorder.py``): a test that reads them right after a burst waits for them.
+    """
+
+    async def counted() -> bool:
+        return await asyncio.to_thread(run_count, settings, task, outcome) >= at_least
+
+    await async_wait_until(counted, timeout, what=f"{at_least} {outcome} runs of {task}")
+
+
 async def wait_subscribed(
     settings: TaskSettings, task_ids: list[str], *, count: int = 1, timeout: float = 30.0
 ) -> None:

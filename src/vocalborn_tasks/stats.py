@@ -1,7 +1,10 @@
 """Cheap per-task statistics, recorded where tasks run and read by the Monitor and metrics.
 
 A worker process records, for every task it runs, with no round trip of its own (the start
-goes with the delivery check, the end with the stored result):
+goes with the delivery check, the end with the stored result). Under load (more than one run
+per 0.5 s in a process) the end of a run is folded in the process and written at most every
+0.5 s, so everything below but ``stats:running`` may be up to 0.5 s behind the results callers
+already have (``worker/stats_recorder.py``):
 
 * ``<prefix>:stats:runs:<task name>`` (sorted set, score = finish time): the most recent runs,
   each a small JSON member ``{"id", "q", "w", "s", "d", "o"}`` (task id, queue, worker,

@@ -21,7 +21,7 @@ import anyio
 import pytest
 import redis
 
-from support import WorkerProcess, flush, running_worker, wait_until
+from support import WorkerProcess, flush, running_worker, wait_for_runs, wait_until
 from vocalborn_tasks import Monitor, TaskManager, TaskSettings, task_definition
 from vocalborn_tasks.embedded import free_port
 from vocalborn_tasks.samples import sample_path
@@ -527,6 +527,7 @@ async def test_cancel_while_finishing_is_revoked_everywhere(
             )
             assert f"{handle.id} REVOKED" in shown.stdout, explain(shown)
             assert (await manager.get_task_status(handle)).state.value == "REVOKED"
+            await wait_for_runs(clean, echo.name, "revoked", 1)
             (stats,) = [t for t in await monitor.get_task_type_stats() if t.task == echo.name]
             assert (stats.succeeded, stats.revoked) == (0, 1), stats
     finally:

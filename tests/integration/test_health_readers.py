@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from support import WorkerProcess, flush
+from support import WorkerProcess, flush, wait_for_runs
 from vocalborn_tasks import HealthLevel, Monitor, TaskManager, TaskSettings, task_definition
 from vocalborn_tasks.alerts import Alert, CallableAlertSink, evaluate_alerts_sync
 from vocalborn_tasks.embedded import free_port
@@ -99,6 +99,8 @@ async def test_both_readers_give_the_same_report_and_task_stats(
     assert [p.alerts for p in pings] == [["firing:no_workers:ai_analysis"], [], []], (
         worker.log_tail()
     )
+    # A busy worker process writes its runs' statistics folded, every 0.5 s: read them whole.
+    await wait_for_runs(settings, health_check.name, "success", 3)
 
     with SyncHealthReader(settings) as reader:
         async with Monitor(settings) as monitor:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import WorkerProcess, wait_until
+from support import WorkerProcess, wait_for_runs, wait_until
 from vocalborn_tasks import AnalysisRequest, TaskManager, TaskSettings
 from vocalborn_tasks.embedded import die_with_parent, free_port
 from vocalborn_tasks.metrics import METRIC_NAMES, metrics_asgi_app
@@ -102,6 +102,9 @@ async def test_metrics_endpoint_serves_documented_series(
             force=True,
         )
         result = await manager.wait_for_result(task_id, timeout=120)
+    await wait_for_runs(base_settings, "vocalborn.analyze_audio", "success", 1)
+    await wait_for_runs(base_settings, "vocalborn.test", "failure", 1)
+    await wait_for_runs(base_settings, "vocalborn.test", "success", 2)
 
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{exporter}/metrics", timeout=30)

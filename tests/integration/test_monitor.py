@@ -18,7 +18,7 @@ import anyio
 import pytest
 import redis
 
-from support import WorkerProcess, async_wait_until, flush, wait_until
+from support import WorkerProcess, async_wait_until, flush, wait_for_runs, wait_until
 from vocalborn_tasks import (
     HealthLevel,
     Monitor,
@@ -164,6 +164,7 @@ async def test_wait_estimate_within_30_percent_and_task_stats(
             with pytest.raises(Exception):  # noqa: B017, PT011 - TaskFailedError or InvalidRequestError
                 await manager.wait_for_result(handle, timeout=30)
 
+    await wait_for_runs(settings, echo.name, "failure", 2)
     stats = {t.task: t for t in await monitor.get_task_type_stats()}
     echo_stats = stats[echo.name]
     assert echo_stats.queue == "health"
@@ -222,6 +223,7 @@ async def test_wait_estimate_counts_each_task_type_by_its_own_durations(
             )
             for _ in range(20):
                 await manager.wait_for_result(await manager.submit(health_check), timeout=60)
+            await wait_for_runs(settings, health_check.name, "success", 20)
 
             slow = await manager.submit(echo, "slow", delay_s=slow_s)
 

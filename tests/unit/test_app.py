@@ -108,3 +108,12 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_result_repr_is_short_unless_results_are_logged() -> None:
+    """Celery builds a repr of every result (1024 characters by default, ~0.5 ms for an
+    analysis); a worker that logs a placeholder instead only needs a short one."""
+    hidden = create_celery_app(TaskSettings())
+    assert hidden.tasks["vocalborn.analyze_audio"].resultrepr_maxsize == 32
+    logged = create_celery_app(TaskSettings(log_task_results=True))
+    assert logged.tasks["vocalborn.analyze_audio"].resultrepr_maxsize == 1024

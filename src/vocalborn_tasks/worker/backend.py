@@ -30,7 +30,7 @@ from . import faults
 from .celery_private import delivery_tag_of, result_expiry
 from .failover import FailoverConnection, FailoverSSLConnection, connection_class
 from .result_logging import note_cancelled_while_finishing
-from .stats_recorder import recorder_of
+from .stats_recorder import Finish, recorder_of
 
 __all__ = ["VocalbornRedisBackend"]
 
@@ -115,11 +115,9 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
         # The run's statistics are taken once, outside ``ensure``: a second attempt after a
         # connection error must send them again, not find them gone.
         recorder = recorder_of(self.app)
-        stats = (
-            recorder.finish_ops(task_id, state, result) if recorder is not None else (None, None)
-        )
+        finish = recorder.finish_ops(task_id, state, result) if recorder is not None else None
         faults.point("before_store", task_id)
-        self.ensure(self._store, (task_id, value, result_expiry(self, state), state, tag, stats))
+        self.ensure(self._store, (task_id, value, result_expiry(self, state), state, tag, finish))
         faults.point("after_store", task_id)
         return result
 
@@ -153,7 +151,7 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
         state = states.RETRY
         value = self._meta_value(task_id, self.encode_result(exc, state), state, traceback, request)
         recorder = recorder_of(self.app)
-        stats = recorder.finish_ops(task_id, state, exc) if recorder is not None else (None, None)
+        finish = recorder.finish_ops(task_id, state, exc) if recorder is not None else None
         settings = self.app.settings
         retries = int(request.retries or 0)
         faults.point("before_retry", task_id)
@@ -162,7 +160,7 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
             record = self._record_of_client()
             keys = RecordKeys.of(settings)
             run = record.run_confirmed if record.confirms else record.run
-            run(
+            stored = run(
                 calls.retry(
                     keys,
                     task_id=task_id,
@@ -172,14 +170,17 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
                     queue=queue,
                     priority=priority,
                     message=message,
-                    stats=stats[0],
-                    stats_if_revoked=stats[1],
+                    stats=finish.stats if finish else None,
+                    stats_if_revoked=finish.if_revoked if finish else None,
                     delivery_tag=delivery_tag_of(request) or None,
                     broker_db=settings.redis_db_broker,
                     result_db=settings.redis_db_backend,
                     publish=not record.confirms,
                 )
             )
+            if finish is not None and finish.pending:
+                revoked = not stored and record.meta_status(keys, task_id) == states.REVOKED
+                finish.settle(revoked=revoked)
 
         self.ensure(run, ())
         setattr(request, _RETRY_STORED, True)
@@ -207,7 +208,7 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
         expires: Any,
         state: str,
         tag: str,
-        stats: tuple[str | None, str | None],
+        finish: Finish | None,
     ) -> None:
         settings = self.app.settings
         record = self._record_of_client()
@@ -227,16 +228,21 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
                 meta=value,
                 meta_ttl_s=seconds,
                 state=state,
-                stats=stats[0],
+                stats=finish.stats if finish else None,
                 delivery_tag=tag if ends_delivery else None,
                 broker_db=settings.redis_db_broker,
                 result_db=settings.redis_db_backend,
-                stats_if_revoked=stats[1],
+                stats_if_revoked=finish.if_revoked if finish else None,
                 publish=not confirmed,
             )
         )
-        refused = not stored and state in states.READY_STATES
-        if refused and record.meta_status(keys, task_id) == states.REVOKED:
+        revoked = False
+        if not stored and (state in states.READY_STATES or (finish is not None and finish.pending)):
+            revoked = record.meta_status(keys, task_id) == states.REVOKED
+        if finish is not None:
+            # A folded run counts as what the record holds (see stats_recorder).
+            finish.settle(revoked=revoked)
+        if revoked and state in states.READY_STATES:
             # A cancel landed as the task finished: the caller saw REVOKED, the statistics
             # counted it so; the worker's log line must say it too.
             note_cancelled_while_finishing(task_id)

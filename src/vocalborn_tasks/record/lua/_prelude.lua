@@ -4,15 +4,20 @@
 -- progress report or a second cancel cannot undo an outcome a caller may already have seen);
 -- PRIORITY_SEP and PRIORITY_STEPS, how kombu names a queue's priority lists.
 
--- The Celery status stored at a meta key: nil when there is none, 'PENDING' when unreadable.
-local function meta_status(key)
-  local raw = redis.call('GET', key)
+-- The Celery status of a stored meta value (GET's reply): nil when there is none, 'PENDING'
+-- when unreadable.
+local function status_of(raw)
   if not raw then return nil end
   local ok, decoded = pcall(cjson.decode, raw)
   if ok and type(decoded) == 'table' and type(decoded['status']) == 'string' then
     return decoded['status']
   end
   return 'PENDING'
+end
+
+-- The Celery status stored at a meta key (as status_of).
+local function meta_status(key)
+  return status_of(redis.call('GET', key))
 end
 
 local function is_final(key)

@@ -8,9 +8,10 @@
 -- '' for none; acks: JSON list of delivery tags to acknowledge.)
 -- Returns {list, message, delivery tag} (tag false: not a task message, handed over to be
 -- dropped), or false when every list is empty.
+-- (Usually the result store has acknowledged the message already, removing both entries in
+-- one step: the index entry is then gone too and is not looked for again.)
 for _, tag in ipairs(cjson.decode(ARGV[3])) do
-  redis.call('HDEL', KEYS[1], tag)
-  redis.call('ZREM', KEYS[2], tag)
+  if redis.call('HDEL', KEYS[1], tag) == 1 then redis.call('ZREM', KEYS[2], tag) end
 end
 local token = ARGV[2]
 for i = 3, #KEYS do

@@ -13,10 +13,11 @@
 -- there: it acknowledges again but counts no statistics twice.)
 -- Returns 1 if this meta is the stored one (now, or by this store sent before), 0 if another
 -- final state was already there (the runner publishes only on 1).
-local existing = meta_status(KEYS[1])
+local current = redis.call('GET', KEYS[1])
+local existing = status_of(current)
 local stats = ARGV[4]
 if existing == 'REVOKED' and ARGV[8] ~= nil and ARGV[8] ~= '' then stats = ARGV[8] end
-local again = existing ~= nil and redis.call('GET', KEYS[1]) == ARGV[1]
+local again = current == ARGV[1]
 if stats ~= '' and not again then
   for _, command in ipairs(cjson.decode(stats)) do redis.call(unpack(command)) end
 end
