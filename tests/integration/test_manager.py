@@ -408,7 +408,7 @@ asyncio.run(main())
     assert out.stdout.strip() == "[]"
 
 
-async def test_a_single_submit_is_one_round_trip(
+async def test_a_single_submit_and_a_status_read_are_one_round_trip_each(
     base_settings: TaskSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A pipeline would first send SCRIPT EXISTS: two round trips where one does.
@@ -427,10 +427,13 @@ async def test_a_single_submit_is_one_round_trip(
                 await original(self, *args, **kwargs)
 
             monkeypatch.setattr(connection_class, "send_packed_command", counting)
-            await manager.submit(never_consumed, 1)
+            handle = await manager.submit(never_consumed, 1)
             assert sent == 1
             await manager.submit_audio_analysis(_request("rec-one-trip"), force=True)
             assert sent == 2
+            # A status read pipelines GETs with the epoch script: one round trip as well.
+            assert (await manager.get_task_status(handle)).state is TaskState.PENDING
+            assert sent == 3
     finally:
         client.delete("nobody_listens")
         client.close()
@@ -451,6 +454,7 @@ async def test_a_lone_submit_reloads_its_script_after_the_server_forgot_it(
             client.script_flush()
             again = await manager.submit_audio_analysis(_request("rec-flushed"))
             assert again == first  # the in-flight slot still answers after the reload
+            client.script_flush()  # a status read pipelines the epoch script: it reloads too
             assert (await manager.get_task_status(handle)).state is TaskState.PENDING
     finally:
         client.delete("nobody_listens")

@@ -15,6 +15,7 @@ on its own connection and reads the reply later, so :func:`reserve` only builds 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from .confirm import (
     Confirmation,
@@ -677,7 +678,7 @@ class AsyncRecord:
                 try:
                     async with self.client.pipeline(transaction=False) as pipe:
                         for call in calls:
-                            await self._queue(pipe, call)
+                            self._queue(pipe, call)
                         tail = confirm.tail(needed, deadline - time.monotonic())
                         for command in tail:
                             pipe.execute_command(*command)
@@ -686,6 +687,9 @@ class AsyncRecord:
                     if not is_failover_error(exc) or time.monotonic() > deadline:
                         raise
                     await relocate(self.client)
+                    if isinstance(exc, NoScriptError):  # a new master, or a flushed cache
+                        with contextlib.suppress(RedisError):  # the next attempt says why
+                            await self._load(calls)
                     await asyncio.sleep(backoff(attempt))
                     attempt += 1
                     continue
@@ -717,23 +721,32 @@ class AsyncRecord:
 
         async def queue(pipe: Any) -> None:
             for call in calls:
-                await self._queue(pipe, call)
+                self._queue(pipe, call)
 
-        replies = await self._pipeline(queue)
+        replies = await self._pipeline(queue, calls)
         return [call.parse(reply) for call, reply in zip(calls, replies, strict=True)]
 
-    async def _queue(self, pipe: Any, call: ScriptCall[Any]) -> None:
-        script = self._scripts[call.script]
-        await script(keys=list(call.keys), args=list(call.args), client=pipe)
+    @staticmethod
+    def _queue(pipe: Any, call: ScriptCall[Any]) -> None:
+        # A bare EVALSHA: a script registered on the pipeline would have redis-py ask the
+        # server which scripts it holds (SCRIPT EXISTS) before every execute, a second round
+        # trip per submit and per status read. A missing script is loaded after its NOSCRIPT.
+        pipe.execute_command(*call.command())
 
-    async def _pipeline(self, queue: Callable[[Any], Awaitable[None]]) -> list[Any]:
+    async def _load(self, calls: Sequence[ScriptCall[Any]]) -> None:
+        for name in sorted({call.script for call in calls}):
+            await self.client.script_load(script_source(name))
+
+    async def _pipeline(
+        self, queue: Callable[[Any], Awaitable[None]], calls: Sequence[ScriptCall[Any]]
+    ) -> list[Any]:
         """Build a pipeline with ``queue`` and execute it, once more after a NOSCRIPT.
 
-        redis-py loads a pipeline's scripts before sending it, but a connection retry (the
-        server restarting under the call) re-sends it to a server whose script cache is
-        empty: every EVALSHA then fails and none ran. The second attempt loads them again.
-        A transition sent twice must be harmless (claim returns the slot's holder: the id
-        the first attempt took, if it ran).
+        The scripts (``calls``) go as bare EVALSHA: a server that does not hold one (new, or
+        restarted under the call, or its cache flushed) answers NOSCRIPT for it and runs the
+        rest; the scripts are then loaded and the whole pipeline sent again. A transition
+        sent twice must be harmless (claim returns the slot's holder: the id the first
+        attempt took, if it ran).
         """
         for attempt in (1, 2):
             try:
@@ -743,6 +756,7 @@ class AsyncRecord:
             except NoScriptError:
                 if attempt == 2:
                     raise
+                await self._load(calls)
         raise AssertionError("unreachable")
 
     async def read(self, keys: RecordKeys, task_ids: Sequence[str]) -> RecordRead:
@@ -757,9 +771,10 @@ class AsyncRecord:
             for task_id in task_ids:
                 pipe.get(keys.meta(task_id))
                 pipe.hgetall(keys.marker(task_id))
-            await self._queue(pipe, epoch(keys))
+            self._queue(pipe, read_epoch)
 
-        raw = await self._pipeline(queue)
+        read_epoch = epoch(keys)
+        raw = await self._pipeline(queue, [read_epoch])
         entries = []
         for i in range(len(task_ids)):
             marker = {_text(k): _text(v) for k, v in raw[2 * i + 1].items()}
