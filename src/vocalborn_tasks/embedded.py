@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -72,11 +73,42 @@ def die_with_parent() -> None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host``."""
+    """A TCP port that was free a moment ago on ``host``, below the kernel's ephemeral range.
+
+    A port the kernel hands out (``bind(0)``) comes from the ephemeral range, which is also
+    where every outgoing connection takes its local port: between choosing it and the server
+    binding it, a client connection elsewhere on the machine could take it (a fault test's
+    server failed to start so, "already in use", with two test processes connecting and
+    reconnecting). Below the range only servers bind.
+    """
+    low = _ephemeral_low()
+    if low > _FIRST_FIXED_PORT + 1000:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            port = rng.randrange(_FIRST_FIXED_PORT, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+#: The lowest port :func:`free_port` chooses (above the well-known and most registered ones).
+_FIRST_FIXED_PORT = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux); 32768 when unknown."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
