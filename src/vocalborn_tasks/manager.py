@@ -372,17 +372,10 @@ class TaskManager:
         return TaskHandle(task_id, definition)
 
     async def _write(self, writes: Sequence[ScriptCall[T]]) -> list[T]:
-        """Run submit transitions (each harmless to run twice) and return their replies.
-
-        One transition with no replica to confirm goes as a single EVALSHA: a pipeline would
-        first ask the server which scripts it holds (``SCRIPT EXISTS``, a second round trip
-        per submit), where a lone script call loads itself only after a ``NOSCRIPT`` (a server
-        that restarted under the call), then runs again.
-        """
+        """Run submit transitions (each harmless to run twice), confirmed by replicas when
+        any must hold them, and return their replies: one round trip either way."""
         record = self._record
         assert record is not None
-        if len(writes) == 1 and not record.confirms and writes[0].publish_after is None:
-            return [await record.run(writes[0])]
         return await record.run_many_confirmed(writes)
 
     # --- reading ------------------------------------------------------------------------------

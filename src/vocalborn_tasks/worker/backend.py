@@ -156,7 +156,7 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
         retries = int(request.retries or 0)
         faults.point("before_retry", task_id)
 
-        def run() -> None:
+        def write() -> None:
             record = self._record_of_client()
             keys = RecordKeys.of(settings)
             run = record.run_confirmed if record.confirms else record.run
@@ -178,11 +178,11 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
                     publish=not record.confirms,
                 )
             )
-            if finish is not None and finish.pending:
-                revoked = not stored and record.meta_status(keys, task_id) == states.REVOKED
-                finish.settle(revoked=revoked)
+            if finish is not None:
+                pending = finish.pending
+                finish.settle(revoked=_cancelled_first(record, keys, task_id, stored, pending))
 
-        self.ensure(run, ())
+        self.ensure(write, ())
         setattr(request, _RETRY_STORED, True)
         faults.point("after_retry", task_id)
 
@@ -236,9 +236,10 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
                 publish=not confirmed,
             )
         )
-        revoked = False
-        if not stored and (state in states.READY_STATES or (finish is not None and finish.pending)):
-            revoked = record.meta_status(keys, task_id) == states.REVOKED
+        pending = finish is not None and finish.pending
+        revoked = _cancelled_first(
+            record, keys, task_id, stored, state in states.READY_STATES or pending
+        )
         if finish is not None:
             # A folded run counts as what the record holds (see stats_recorder).
             finish.settle(revoked=revoked)
@@ -246,3 +247,11 @@ class VocalbornRedisBackend(RedisBackend):  # type: ignore[misc]
             # A cancel landed as the task finished: the caller saw REVOKED, the statistics
             # counted it so; the worker's log line must say it too.
             note_cancelled_while_finishing(task_id)
+
+
+def _cancelled_first(
+    record: Record, keys: RecordKeys, task_id: str, stored: bool, matters: bool
+) -> bool:
+    """Whether a write was refused because a cancel's REVOKED got there first (one GET, only
+    when the answer ``matters``: a folded run's statistics, or a final state's log line)."""
+    return matters and not stored and record.meta_status(keys, task_id) == states.REVOKED
