@@ -68,23 +68,25 @@ def resample_poly(x: Floats, up: int, down: int) -> Floats:
     for p in range(up):
         branch = taps[p::up]
         branches[p, : branch.shape[0]] = branch
-    ms = np.arange(n_pre_remove, n_pre_remove + n_out)
-    t = ms * down
-    phase = t % up
-    base = t // up
+    # Only the first up outputs are needed to place every branch (see below).
+    heads = np.arange(n_pre_remove, n_pre_remove + min(up, n_out)) * down
+    phase = heads % up
+    base = heads // up
+    last_base = (n_pre_remove + n_out - 1) * down // up
     # x padded so that padded[b + per_branch - 1 - q] == x[b - q] (zeros outside x).
-    padded = np.zeros(int(base[-1]) + per_branch + 1, dtype=np.float64)
+    padded = np.zeros(last_base + per_branch + 1, dtype=np.float64)
     padded[per_branch - 1 : per_branch - 1 + n_in] = x
     windows = np.lib.stride_tricks.sliding_window_view(padded, per_branch)
     y = np.empty(n_out, dtype=np.float64)
-    for p in range(min(up, n_out)):
-        # The outputs of one branch are up apart and their bases down apart: one strided
-        # window per output, times the branch's taps reversed (windows run oldest first).
-        first = int(np.argmax(phase == p))
-        if phase[first] != p:
-            continue
+    reversed_branches = np.ascontiguousarray(branches[:, ::-1])
+    for first in range(min(up, n_out)):
+        # Outputs first, first + up, ... share a branch (up and down are coprime, so the
+        # first up outputs meet every branch once), and their bases are down apart: one
+        # strided window per output, times the branch's taps reversed (windows run oldest
+        # first).
         b0 = int(base[first])
-        y[first::up] = windows[b0::down][: len(range(first, n_out, up))] @ branches[p, ::-1]
+        count = len(range(first, n_out, up))
+        y[first::up] = windows[b0::down][:count] @ reversed_branches[phase[first]]
     return y
 
 
