@@ -18,8 +18,8 @@ from typing import BinaryIO
 import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
-from scipy.signal import resample_poly
 
+from vocalborn_tasks.analysis._signal import resample_poly
 from vocalborn_tasks.errors import AudioError
 
 __all__ = [

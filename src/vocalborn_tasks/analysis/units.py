@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import JsonValue
-from scipy.signal import find_peaks
 
+from vocalborn_tasks.analysis._signal import find_peaks
 from vocalborn_tasks.models import Segment
 
 from .advice import UnitFlag
@@ -206,7 +206,7 @@ def cut_points(env: NDArray[np.float64], kept: NDArray[np.intp], prominence_db: 
         piece = env[a:b]
         if piece.size < 2 * MIN_NUCLEUS_GAP:
             continue
-        peaks, _ = find_peaks(piece, prominence=prominence_db, distance=MIN_NUCLEUS_GAP)
+        peaks = find_peaks(piece, prominence=prominence_db, distance=MIN_NUCLEUS_GAP)
         for p, q in itertools.pairwise(peaks):
             cuts.add(a + int(p) + int(np.argmin(piece[p:q])))
     return sorted(c for c in cuts if 0 < c < n)
