@@ -118,3 +118,62 @@ def test_result_repr_is_short_unless_results_are_logged() -> None:
     assert hidden.tasks["vocalborn.analyze_audio"].resultrepr_maxsize == 32
     logged = create_celery_app(TaskSettings(log_task_results=True))
     assert logged.tasks["vocalborn.analyze_audio"].resultrepr_maxsize == 1024
+
+
+def _success_meta(app: object, task_name: str, result: object) -> str:
+    from celery import states
+
+    class Request:
+        id = "t-1"
+        task = task_name
+        children = ()
+
+        def __getattr__(self, name: str) -> None:
+            return None
+
+    backend = app.backend  # type: ignore[attr-defined]
+    value: str = backend._meta_value("t-1", result, states.SUCCESS, None, Request())
+    return value
+
+
+def test_a_definitions_success_meta_is_written_by_pydantic_core() -> None:
+    import json
+    import math
+
+    app = create_celery_app(TaskSettings(redis_url="redis://h:1"))
+    app.finalize()
+    result = {"text": "麵 (tone 4) naïve", "score": float("nan"), "parts": [1, 2.5, None, True]}
+    raw = _success_meta(app, "vocalborn.test", result)
+    assert "麵" in raw and '"status":"SUCCESS"' in raw  # pydantic-core's form, not kombu's
+    meta = json.loads(raw)
+    assert meta["task_id"] == "t-1" and meta["status"] == "SUCCESS"
+    assert meta["result"]["text"] == result["text"] and meta["result"]["parts"] == result["parts"]
+    assert math.isnan(meta["result"]["score"])
+    # Same JSON as kombu's encoder writes (spacing and escapes aside).
+    kombu = json.loads(app.backend.encode({**meta}))
+    assert json.dumps(kombu, sort_keys=True) == json.dumps(meta, sort_keys=True)
+
+
+def test_other_results_keep_kombus_encoder() -> None:
+    import datetime as dt
+
+    from kombu.utils.json import loads
+
+    app = create_celery_app(TaskSettings(redis_url="redis://h:1"))
+    when = dt.datetime(2026, 12, 3, 19, 0, tzinfo=dt.UTC)
+
+    @app.task(name="tests.raw_celery_task", shared=False)  # an expert's plain Celery task
+    def raw() -> None: ...
+
+    app.finalize()
+    # A plain Celery task's result may hold what kombu's encoder tags and its decoder restores.
+    meta = loads(_success_meta(app, "tests.raw_celery_task", {"at": when}))
+    assert meta["result"]["at"] == when
+
+    # A definition's result that pydantic-core cannot write falls back to kombu's encoder.
+    class Reduced:
+        def __json__(self) -> dict[str, int]:
+            return {"reduced": 1}
+
+    meta = loads(_success_meta(app, "vocalborn.test", {"value": Reduced()}))
+    assert meta["result"] == {"value": {"reduced": 1}}

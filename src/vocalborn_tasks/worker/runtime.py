@@ -38,6 +38,7 @@ from ..recordings import RecordingResolver, load_resolver
 from ..sinks import ResultSink, as_result_sink
 from ..tasks.definition import TaskContext, TaskDefinition
 from . import faults
+from .backend import PLAIN_JSON_RESULT
 from .retry import schedule_retry
 
 if TYPE_CHECKING:
@@ -393,6 +394,7 @@ def register_task(app: VocalbornCelery, definition: TaskDefinition[..., Any]) ->
         throws=EXPECTED_FAILURES,
         acks_late=True,
         reject_on_worker_lost=True,
+        **{PLAIN_JSON_RESULT: True},
         **({} if app.settings.log_task_results else {"resultrepr_maxsize": _HIDDEN_RESULT_REPR}),
     )
 
