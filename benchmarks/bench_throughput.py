@@ -1,7 +1,7 @@
 """No-op throughput: enqueue rate, end-to-end tasks/s, worker/server CPU and commands per task.
 
 ``python benchmarks/bench_throughput.py [--runs 3] [--n 5000] [--json out.json]
-[--server-binary /usr/bin/redis-server]``
+[--server-binary /usr/bin/redis-server] [--only NAME] [--no-peers] [--library-log-level WARNING]``
 
 Starts one server on loopback and, per run, every worker configuration in turn (see
 ``_systems.py``): the library's worker (prefork 2 and solo) measured through ``TaskManager``
@@ -40,6 +40,12 @@ def main() -> None:
     p = parser(__doc__ or "", n_default=5000)
     p.add_argument("--no-peers", action="store_true", help="skip taskiq and dramatiq")
     p.add_argument("--only", default=None, help="run only groups whose name contains this")
+    p.add_argument(
+        "--library-log-level",
+        default=None,
+        help="CELERY_LOG_LEVEL of the library's workers (default: the library's, INFO, which "
+        "logs two lines per task; WARNING matches the Celery-defaults rows)",
+    )
     args = p.parse_args()
     rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     cmds: dict[str, Counter[str]] = defaultdict(Counter)
@@ -53,7 +59,12 @@ def main() -> None:
         for run in range(args.runs):
             for group in selected:
                 flush_all(url)
-                worker = Proc(f"{slug(group.name)}-{run}", group.cmd, bench_env(url))
+                extra = (
+                    {"CELERY_LOG_LEVEL": args.library_log_level}
+                    if args.library_log_level and group.name.startswith("library")
+                    else {}
+                )
+                worker = Proc(f"{slug(group.name)}-{run}", group.cmd, bench_env(url, extra))
                 try:
                     for label, client in group.clients:
                         marks: dict[str, float] = {}
