@@ -305,6 +305,33 @@ async def test_async_pipelines_survive_a_server_that_forgot_the_scripts(rec: Rec
     assert rec.broker.llen(rec.queue) == 1
 
 
+async def test_async_pipelines_survive_losing_the_scripts_again_after_loading_them(
+    rec: Rec,
+) -> None:
+    """A restart can fall between the load after a NOSCRIPT and the resend (redis-py resends
+    to the new, empty server): forced here by flushing the cache right after the load, once."""
+
+    class ForgetsOnce(AsyncRecord):
+        forgotten = 0
+
+        async def _load(self, calls: Any) -> None:
+            await super()._load(calls)
+            if not self.forgotten:
+                self.forgotten += 1
+                await self.client.script_flush()
+
+    task_id = rec.new_id()
+    client = aioredis.Redis.from_url(rec.settings.backend_url)
+    try:
+        await client.script_flush()
+        record = ForgetsOnce(client)
+        read = await record.read(rec.keys, [task_id])
+        assert record.forgotten == 1
+        assert read.entries == [(None, {})] and read.epoch.epoch_s is not None
+    finally:
+        await client.aclose()
+
+
 def test_submit_writes_marker_and_queues_message_with_a_token(rec: Rec) -> None:
     task_id = rec.new_id()
     assert rec.submit(task_id, b'{"raw": 1}') == 1

@@ -643,6 +643,13 @@ class Record:
         return status if isinstance(status, str) else None
 
 
+#: Sends of a caller pipeline that meet NOSCRIPT before it gives up. Two were not enough: the
+#: scripts were loaded on a server that was restarting, redis-py's retry resent the pipeline
+#: to the new, empty one, and a waiter failed with ``BrokerUnavailableError`` (a CI run of the
+#: restart-without-persistence test).
+_NOSCRIPT_ATTEMPTS = 3
+
+
 class AsyncRecord:
     """Runs the record's calls on ``redis.asyncio`` (TaskManager, Monitor, alerts).
 
@@ -744,17 +751,19 @@ class AsyncRecord:
 
         The scripts (``calls``) go as bare EVALSHA: a server that does not hold one (new, or
         restarted under the call, or its cache flushed) answers NOSCRIPT for it and runs the
-        rest; the scripts are then loaded and the whole pipeline sent again. A transition
+        rest; the scripts are then loaded and the whole pipeline sent again (up to
+        :data:`_NOSCRIPT_ATTEMPTS` times: a restart can fall between the load and the resend,
+        and redis-py then resends to the new, empty server). A transition
         sent twice must be harmless (claim returns the slot's holder: the id the first
         attempt took, if it ran).
         """
-        for attempt in (1, 2):
+        for attempt in range(1, _NOSCRIPT_ATTEMPTS + 1):
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
                     await queue(pipe)
                     return list(await pipe.execute())
             except NoScriptError:
-                if attempt == 2:
+                if attempt == _NOSCRIPT_ATTEMPTS:
                     raise
                 await self._load(calls)
         raise AssertionError("unreachable")
