@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .align import MAX_CELLS, Alignment, align, local_costs, path_costs, pool_frames
-from .features import bands_below, broad_band_energies, cepstra
+from .features import bands_below, broad_band_energies, cepstra, runs
 from .profile import FRAME_S, PAUSE_FRAMES, Profile, normalise
 
 __all__ = ["Comparison", "FrameTrack", "Span", "compare"]
@@ -25,6 +25,12 @@ PITCH_WINDOW_S = 0.4
 RHYTHM_SEG_S = 0.3
 #: A sample pause within this distance of a reference pause counts as the same pause.
 PAUSE_TOLERANCE_S = 0.25
+#: An extra pause is *named* (a timed finding) only when it lasts at least this long: read
+#: sentences carry silences of 0.1-0.35 s between words (stop closures, a breath, one voice's
+#: habit of gapping words) that are no hesitation; every extra pause still counts for fluency.
+NOTABLE_PAUSE_S = 0.4
+#: ... and at least this many times the pair's own baseline (:func:`pause_baseline`).
+NOTABLE_PAUSE_FACTOR = 2.0
 #: Largest semitone difference one frame can contribute (a stray tracking error is bounded).
 _MAX_PITCH_DIFF = 4.0
 #: Weight of the broad-band energy contours against the cepstra in the frame distance.
@@ -83,6 +89,8 @@ class Comparison:
         tempo: sample speaking time (extra pauses left out) over the reference's for the part
             read (>1 is slower).
         extra_pauses: sample pauses the reference does not have, or that last much longer.
+        pause_baseline_s: the reference's longest silence inside the sentence
+            (:func:`pause_baseline`); :meth:`notable_pauses` are judged against it.
         rhythm_dev: mean absolute log2 deviation of the local tempo from its median.
         pitch_dev: mean absolute semitone difference of the aligned contours, each centred on
             its speaker's median and the sample's scaled to the reference's range.
@@ -100,11 +108,38 @@ class Comparison:
     missing_end: float
     tempo: float
     extra_pauses: list[Span] = field(default_factory=list)
+    pause_baseline_s: float = 0.0
     rhythm_dev: float = 0.0
     pitch_dev: float = float("nan")
     pitch_worst: Span | None = None
     pitch_pairs: int = 0
     track: FrameTrack | None = None
+
+    def notable_pauses(self) -> list[Span]:
+        """The extra pauses that stand out from the pair's baseline: the ones a finding names.
+
+        Precision first: a pause is named only when it lasts :data:`NOTABLE_PAUSE_S` or more
+        *and* at least :data:`NOTABLE_PAUSE_FACTOR` times the longest silence the reference
+        leaves between words anyway. Shorter extra pauses still lower fluency.
+        """
+        bar = max(NOTABLE_PAUSE_S, NOTABLE_PAUSE_FACTOR * self.pause_baseline_s)
+        return [p for p in self.extra_pauses if p.value >= bar]
+
+
+def silent_gaps(profile: Profile) -> NDArray[np.float64]:
+    """Lengths (seconds) of every silence between the first and last speech frame."""
+    inner = ~profile.speech[profile.first_speech : profile.last_speech + 1]
+    return np.array([(b - a) * FRAME_S for a, b in runs(inner)], dtype=np.float64)
+
+
+def pause_baseline(ref: Profile) -> float:
+    """How much silence the reference leaves inside the sentence (seconds): its longest gap.
+
+    Whatever the therapist's own phrasing does is no error, so a practice pause is judged
+    against it. (The practice's own gaps are no baseline: its extra pauses are among them.)
+    """
+    gaps = silent_gaps(ref)
+    return float(gaps.max()) if gaps.size else 0.0
 
 
 def shared_bands(sample: Profile, ref: Profile) -> int:
@@ -230,6 +265,7 @@ def compare(sample: Profile, ref: Profile) -> Comparison:
         missing_end=float(missing_end),
         tempo=float(tempo),
         extra_pauses=extra,
+        pause_baseline_s=pause_baseline(ref),
         rhythm_dev=rhythm,
         pitch_dev=pitch_dev,
         pitch_worst=pitch_worst,
