@@ -379,7 +379,7 @@ def without_jumps(st: NDArray[np.float64]) -> NDArray[np.float64]:
         if b - a < 3:
             continue
         seg = st[a:b]
-        med = median_filter(seg, size=min(JUMP_MEDIAN_FRAMES, (b - a) | 1), mode="nearest")
+        med = median_filter(seg, size=min(JUMP_MEDIAN_FRAMES, (b - a) | 1), mode="mirror")
         out[a:b][np.abs(seg - med) > JUMP_ST] = np.nan
     return out
 
