@@ -348,9 +348,10 @@ def _pitch(
     spread_b = float(np.subtract(*np.percentile(b, [90, 10])))
     scale = float(np.clip(spread_b / max(spread_a, 0.5), 0.5, 2.0))
     diff = np.minimum(np.abs(scale * a - b), _MAX_PITCH_DIFF)
-    # Units' tones: the same frames without tracking jumps, robustly mapped.
-    clean_s = without_jumps(sample.st)[s_frames]
-    clean_r = without_jumps(ref.st)[r_frames]
+    # Units' tones: the guided track (fewer gaps in a rough voice) without tracking jumps,
+    # robustly mapped.
+    clean_s = without_jumps(sample.st_units)[s_frames]
+    clean_r = without_jumps(ref.st_units)[r_frames]
     clean = np.isfinite(clean_s) & np.isfinite(clean_r)
     per_frame[clean] = robust_pitch_residual(clean_s[clean], clean_r[clean])
     times = np.asarray(s_frames[both] * FRAME_S, dtype=np.float64)
