@@ -15,13 +15,14 @@ How, without a phone model:
 * **Measurement** (:func:`measure_units`): the practice frames aligned to a unit's reference
   frames give its practice span, its mean *relative* distance (a wrong sound raises it, a
   voice difference does not, see :func:`.compare.relative_costs`) and, in tonal languages,
-  its mean pitch difference once the two contours are robustly mapped onto each other
-  (:func:`.compare.robust_pitch_residual`).
+  its mean pitch difference once the two contours (the guided pitch track, tracking jumps
+  left out) are robustly mapped onto each other (:func:`.compare.robust_pitch_residual`).
 * **Judgement** (:func:`judge_units`): precision before recall. A unit is flagged only when
-  its own evidence stands out from the pair's baseline (the median unit) by a robust
-  z-score *and* by an absolute margin, and at most :data:`MAX_FLAGGED` units are flagged, the
-  most outstanding first. Pitch is judged per unit only for tonal languages; elsewhere only
-  a question's final rise (:func:`final_rise`) is, never speaker-to-speaker melody.
+  its own evidence stands out from the pair's baseline (the other units' median,
+  leave-one-out) by a robust z-score *and* by an absolute margin, and at most
+  :data:`MAX_FLAGGED` units are flagged, the most outstanding first. Pitch is judged per
+  unit only for tonal languages; elsewhere only a question's final rise (:func:`final_rise`)
+  is, never speaker-to-speaker melody.
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ PRON_SPREAD_FLOOR = 0.05
 #: fitting half (sentences 1-8): 1.3.0-1.3.1 used z 3.5 / 1 st, where the right sentence's
 #: most outstanding syllable reached z 3.0 (tight) / 4.0 (padded) through octave errors at
 #: voicing edges; without those frames z 3 / 0.75 st gives 1 right pair in 48 a finding
-#: (tight; 0 padded) and finds the changed tone in 0.85 / 0.90 of pairs (was 0.77 / 0.79).
+#: (tight; 0 padded) and finds the changed tone in 0.85 / 0.90 of pairs (was 0.77 / 0.79);
+#: 0.92 / 0.94 with the leave-one-out baseline (:func:`_excess`) and the guided pitch pass
+#: (:attr:`.PitchTrack.guided`), no right pair flagged in either framing.
 TONE_Z = 3.0
 TONE_MIN_EXCESS_ST = 0.75
 TONE_SPREAD_FLOOR_ST = 0.25
