@@ -30,7 +30,7 @@ PAUSE_TOLERANCE_S = 0.25
 #: sentences carry silences of 0.1-0.35 s between words (stop closures, a breath, one voice's
 #: habit of gapping words) that are no hesitation; every extra pause still counts for fluency.
 NOTABLE_PAUSE_S = 0.4
-#: ... and at least this many times the pair's own baseline (:func:`pause_baseline`).
+#: ... and at least this many times the reference's longest inner silence (:func:`pause_baseline`).
 NOTABLE_PAUSE_FACTOR = 2.0
 #: Largest semitone difference one frame can contribute (a stray tracking error is bounded).
 _MAX_PITCH_DIFF = 4.0
@@ -67,8 +67,10 @@ class FrameTrack:
         r_kept: for each of them, the matched reference frame as an index into ``ref.kept``.
         rel: relative distance of each matched pair (:func:`relative_costs`).
         pitch_diff: absolute semitone difference where both frames are voiced (``nan``
-            elsewhere), after the robust mapping of the sample's contour onto the reference's
-            (:func:`robust_pitch_residual`), so one changed tone does not shift every unit.
+            elsewhere) on the guided pitch tracks (:attr:`.Profile.st_units`) without
+            tracking jumps (:func:`without_jumps`), after the robust mapping of the sample's
+            contour onto the reference's (:func:`robust_pitch_residual`), so one changed tone
+            does not shift every unit.
     """
 
     s_frames: NDArray[np.intp]
