@@ -325,13 +325,14 @@ def advise(
                 1 - scores.pronunciation / 100,
                 template="mispronounced_general",
             )
-        if cmp.extra_pauses:
-            n = len(cmp.extra_pauses)
-            total = sum(p.value for p in cmp.extra_pauses)
+        notable = cmp.notable_pauses()
+        if notable:
+            n = len(notable)
+            total = sum(p.value for p in notable)
             add(
                 "extra_pauses",
                 min(1.0, total / 3),
-                (cmp.extra_pauses[0].start_s, cmp.extra_pauses[-1].end_s),
+                (notable[0].start_s, notable[-1].end_s),
                 count=_count(n, zh),
                 plural="" if n == 1 else "s",
                 total=total,

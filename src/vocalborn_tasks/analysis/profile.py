@@ -42,6 +42,8 @@ class Profile:
         speech_power: mean mel power of the kept frames with the noise taken out.
         pitch: pitch track over all frames.
         st: pitch in semitones against the speaker's median (``nan`` unvoiced).
+        st_units: the same from :attr:`.PitchTrack.guided` (fewer gaps in a rough voice),
+            for the units' tone comparison only.
         snr_db, hnr_db, entropy, clipped_fraction, level_db: clarity measurements.
         truncated: the file was longer than the analysis cap.
     """
@@ -56,6 +58,7 @@ class Profile:
     speech_power: float
     pitch: PitchTrack
     st: NDArray[np.float64]
+    st_units: NDArray[np.float64]
     snr_db: float
     hnr_db: float
     entropy: float
@@ -150,6 +153,7 @@ def build_profile(audio: LoadedAudio, *, warps: tuple[float, ...] = (1.0,)) -> P
         speech_power=speech_power,
         pitch=pitch,
         st=semitones(pitch.f0),
+        st_units=semitones(pitch.guided),
         snr_db=level - noise,
         hnr_db=pitch.hnr_db(),
         entropy=_entropy(sp.power[speech][:, 3:band_hi]),

@@ -9,7 +9,12 @@ import pytest
 
 from vocalborn_tasks.analysis import BuiltinAnalyzer, analyze_recording
 from vocalborn_tasks.analysis.advice import SUPPORTED_LANGUAGES, is_supported, ordinal
-from vocalborn_tasks.analysis.compare import robust_pitch_residual
+from vocalborn_tasks.analysis.compare import (
+    Comparison,
+    Span,
+    robust_pitch_residual,
+    without_jumps,
+)
 from vocalborn_tasks.analysis.units import (
     UnitMeasure,
     cut_points,
@@ -288,3 +293,51 @@ def test_one_changed_tone_does_not_shift_the_other_syllables() -> None:
     residual = robust_pitch_residual(sample, ref)
     assert residual[:30].max() < 0.3 and residual[40:].max() < 0.3
     assert residual[30:40].mean() > 2.0
+
+
+def test_pitch_tracking_jumps_are_left_out_of_the_tone_residual() -> None:
+    st = np.full(40, np.nan)
+    st[5:35] = np.linspace(-2.0, 2.0, 30)
+    st[5] = 13.0  # an octave error at the voicing onset
+    st[20] = -10.0  # a halved period in the middle
+    clean = without_jumps(st)
+    assert np.isnan(clean[5]) and np.isnan(clean[20])
+    kept = np.isfinite(st) & np.isfinite(clean)
+    assert kept.sum() == 28
+    np.testing.assert_array_equal(clean[kept], st[kept])  # a 4 st glide is left as it is
+
+
+def test_a_unit_is_judged_against_the_others_not_itself() -> None:
+    # The changed syllable (2.0) spills into its neighbour (1.4): with the pair's own median
+    # and MAD the spread widens and hides it; against the other units it stands out.
+    rel = [0.9] * 6
+    pitch = [0.3, 1.4, 2.0, 0.2, 0.6, 0.3]
+    out = judge_units(_measures(rel, pitch), tonal=True)
+    assert out[2].code == "pitch_contour"
+    assert out[0].code is None and out[3].code is None
+
+
+def _comparison(pauses: list[float], baseline: float) -> Comparison:
+    worst = Span(0.0, 0.25, 0.0)
+    extra = [Span(1.0 + i, 1.0 + i + p, p) for i, p in enumerate(pauses)]
+    return Comparison(
+        warp=1.0,
+        cost=0.7,
+        worst=worst,
+        peak=0.0,
+        coverage=1.0,
+        missing_start=0.0,
+        missing_end=0.0,
+        tempo=1.0,
+        extra_pauses=extra,
+        pause_baseline_s=baseline,
+    )
+
+
+def test_only_a_pause_that_stands_out_is_named() -> None:
+    # 0.15-0.35 s gaps between words are no hesitation; 0.8 s is.
+    assert _comparison([0.17, 0.3], 0.1).notable_pauses() == []
+    assert [p.value for p in _comparison([0.17, 0.8], 0.1).notable_pauses()] == [0.8]
+    # ... and a reference that itself leaves 0.5 s between two words raises the bar.
+    assert _comparison([0.8], 0.5).notable_pauses() == []
+    assert len(_comparison([1.2], 0.5).notable_pauses()) == 1
