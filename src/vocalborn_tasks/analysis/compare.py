@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.ndimage import median_filter
 
 from .align import MAX_CELLS, Alignment, align, local_costs, path_costs, pool_frames
 from .features import bands_below, broad_band_energies, cepstra, runs
@@ -36,12 +35,6 @@ NOTABLE_PAUSE_FACTOR = 2.0
 _MAX_PITCH_DIFF = 4.0
 #: Weight of the broad-band energy contours against the cepstra in the frame distance.
 ENERGY_WEIGHT = 1.0
-#: A voiced frame further than this (semitones) from the running median of its voiced run is
-#: a tracking error (an octave jump at a voicing onset or offset, a creaky period), not a tone:
-#: it is left out of the units' pitch residual. Speech moves < 1 st per 10 ms frame.
-JUMP_ST = 4.0
-#: Running-median width (frames) for :data:`JUMP_ST`.
-JUMP_MEDIAN_FRAMES = 5
 #: Scales tried when mapping the sample's contour onto the reference's for units (x0.5..x2,
 #: log-spaced): how far a voice's pitch range can differ from the reference's.
 UNIT_PITCH_SCALES: tuple[float, ...] = tuple(
@@ -67,8 +60,8 @@ class FrameTrack:
         r_kept: for each of them, the matched reference frame as an index into ``ref.kept``.
         rel: relative distance of each matched pair (:func:`relative_costs`).
         pitch_diff: absolute semitone difference where both frames are voiced (``nan``
-            elsewhere) on the guided pitch tracks (:attr:`.Profile.st_units`) without
-            tracking jumps (:func:`without_jumps`), after the robust mapping of the sample's
+            elsewhere) on the guided pitch tracks without tracking jumps
+            (:attr:`.Profile.st_units`), after the robust mapping of the sample's
             contour onto the reference's (:func:`robust_pitch_residual`), so one changed tone
             does not shift every unit.
     """
@@ -352,8 +345,8 @@ def _pitch(
     diff = np.minimum(np.abs(scale * a - b), _MAX_PITCH_DIFF)
     # Units' tones: the guided track (fewer gaps in a rough voice) without tracking jumps,
     # robustly mapped.
-    clean_s = without_jumps(sample.st_units)[s_frames]
-    clean_r = without_jumps(ref.st_units)[r_frames]
+    clean_s = sample.st_units[s_frames]
+    clean_r = ref.st_units[r_frames]
     clean = np.isfinite(clean_s) & np.isfinite(clean_r)
     per_frame[clean] = robust_pitch_residual(clean_s[clean], clean_r[clean])
     times = np.asarray(s_frames[both] * FRAME_S, dtype=np.float64)
@@ -366,25 +359,6 @@ def _pitch(
     start = max(worst.start_s, peak_t - half)
     end = min(worst.end_s, start + PITCH_WINDOW_S)
     return float(np.mean(diff)), Span(start, end, worst.value), pairs, per_frame
-
-
-def without_jumps(st: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``st`` with the frames that jump away from their neighbours set to ``nan``.
-
-    A frame more than :data:`JUMP_ST` from the running median (:data:`JUMP_MEDIAN_FRAMES`)
-    of its voiced run is a tracking error, not a tone. On the units corpus' fitting half such
-    frames (octave errors of 9-15 st at voicing onsets and offsets) were what made a
-    syllable of a right sentence in another voice look like a changed tone; dropping them
-    let the tone bars come down from z 3.5 / 1 st to z 3 / 0.75 st at the same false alarms.
-    """
-    out = st.copy()
-    for a, b in runs(np.isfinite(st)):
-        if b - a < 3:
-            continue
-        seg = st[a:b]
-        med = median_filter(seg, size=min(JUMP_MEDIAN_FRAMES, (b - a) | 1), mode="mirror")
-        out[a:b][np.abs(seg - med) > JUMP_ST] = np.nan
-    return out
 
 
 def robust_pitch_residual(

@@ -19,8 +19,9 @@ import numpy as np
 import soundfile as sf
 from numpy.typing import NDArray
 
-from vocalborn_tasks.analysis._signal import resample_poly
 from vocalborn_tasks.errors import AudioError
+
+from ._signal import resample_poly
 
 __all__ = [
     "SAMPLE_RATE",

@@ -15,7 +15,7 @@ from vocalborn_tasks.errors import AudioError
 
 from .features import HOP, N_FFT, mel_power, runs, spectra, speech_mask
 from .io import SAMPLE_RATE, LoadedAudio
-from .pitch import PitchTrack, semitones, track_pitch
+from .pitch import PitchTrack, semitones, track_pitch, without_jumps
 
 __all__ = ["FRAME_S", "Profile", "build_profile", "normalise"]
 
@@ -43,7 +43,8 @@ class Profile:
         pitch: pitch track over all frames.
         st: pitch in semitones against the speaker's median (``nan`` unvoiced).
         st_units: the same from :attr:`.PitchTrack.guided` (fewer gaps in a rough voice),
-            for the units' tone comparison only.
+            tracking jumps left out (:func:`.pitch.without_jumps`), for the units' tone
+            comparison only; computed once per profile, so a cached reference's is reused.
         snr_db, hnr_db, entropy, clipped_fraction, level_db: clarity measurements.
         truncated: the file was longer than the analysis cap.
     """
@@ -153,7 +154,7 @@ def build_profile(audio: LoadedAudio, *, warps: tuple[float, ...] = (1.0,)) -> P
         speech_power=speech_power,
         pitch=pitch,
         st=semitones(pitch.f0),
-        st_units=semitones(pitch.guided),
+        st_units=without_jumps(semitones(pitch.guided)),
         snr_db=level - noise,
         hnr_db=pitch.hnr_db(),
         entropy=_entropy(sp.power[speech][:, 3:band_hi]),

@@ -36,9 +36,9 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import JsonValue
 
-from vocalborn_tasks.analysis._signal import find_peaks
 from vocalborn_tasks.models import Segment
 
+from ._signal import find_peaks
 from .advice import UnitFlag
 from .compare import Comparison, FrameTrack
 from .profile import FRAME_S, Profile
@@ -85,7 +85,7 @@ PRON_MIN_EXCESS = 0.45
 #: must not turn a small wobble into a finding).
 PRON_SPREAD_FLOOR = 0.05
 #: Same for tone (semitones of mean pitch difference over the unit, after the robust mapping
-#: of the two contours, tracking jumps left out: :func:`.compare.without_jumps`). Set on the
+#: of the two contours, tracking jumps left out: :func:`.pitch.without_jumps`). Set on the
 #: fitting half (sentences 1-8): 1.3.0-1.3.1 used z 3.5 / 1 st, where the right sentence's
 #: most outstanding syllable reached z 3.0 (tight) / 4.0 (padded) through octave errors at
 #: voicing edges; without those frames z 3 / 0.75 st gives 1 right pair in 48 a finding

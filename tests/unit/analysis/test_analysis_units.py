@@ -9,12 +9,8 @@ import pytest
 
 from vocalborn_tasks.analysis import BuiltinAnalyzer, analyze_recording
 from vocalborn_tasks.analysis.advice import SUPPORTED_LANGUAGES, is_supported, ordinal
-from vocalborn_tasks.analysis.compare import (
-    Comparison,
-    Span,
-    robust_pitch_residual,
-    without_jumps,
-)
+from vocalborn_tasks.analysis.compare import Comparison, Span, robust_pitch_residual
+from vocalborn_tasks.analysis.pitch import without_jumps
 from vocalborn_tasks.analysis.units import (
     UnitMeasure,
     cut_points,
