@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -122,3 +123,27 @@ def test_failover_errors() -> None:
         assert is_failover_error(ResponseError(reply))
     assert not is_failover_error(ResponseError("ERR wrong number of arguments"))
     assert not is_failover_error(ValueError("x"))
+
+
+def test_a_confirmed_run_accepts_retries_and_gives_up_by_the_rule() -> None:
+    """The one copy of the retry rule both runners (sync and async) follow."""
+    from vocalborn_tasks.record.confirm import ConfirmedRun, ReplicaShortfallError
+
+    run = ConfirmedRun(Confirmation(replicas=1, wait_s=15))
+    wait, report = run.tail()  # the first attempt carries the replication report
+    assert wait[:2] == ("WAIT", 1) and report == ("INFO", "replication")
+    # A report naming a second replica raises what this very attempt needed.
+    assert not run.after_reply(1, _report("a", (1, "online"), (2, "online")))
+    assert run.attempt == 1
+    assert run.tail()[0][:2] == ("WAIT", 2)  # a fresh report is due after the shortfall
+    assert run.after_reply(2, None)
+    # Failover errors pause (50 ms doubling), others are let out at once.
+    assert run.after_error(RedisConnectionError("gone")) == 0.1
+    assert run.after_error(RedisConnectionError("gone")) == 0.2
+    assert run.after_error(ValueError("a bug")) is None
+
+    late = ConfirmedRun(Confirmation(replicas=2, wait_s=-1))  # its deadline already passed
+    late.tail()
+    assert late.after_error(RedisConnectionError("gone")) is None  # past the deadline
+    with pytest.raises(ReplicaShortfallError, match="only 1 of 2 replicas"):
+        late.after_reply(1, None)

@@ -27,8 +27,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from .confirm import (
     Confirmation,
-    backoff,
-    is_failover_error,
+    ConfirmedRun,
     relocate,
     relocate_sync,
     split_tail,
@@ -602,35 +601,27 @@ class Record:
         if confirm is None:
             value = self.run(call)
         else:
-            deadline = time.monotonic() + confirm.wait_s
-            attempt = 0
+            run = ConfirmedRun(confirm)
             while True:
-                needed = confirm.needed()
                 try:
                     with self.client.pipeline(transaction=False) as pipe:
                         self._scripts[call.script](
                             keys=list(call.keys), args=list(call.args), client=pipe
                         )
-                        tail = confirm.tail(needed, deadline - time.monotonic())
+                        tail = run.tail()
                         for command in tail:
                             pipe.execute_command(*command)  # type: ignore[no-untyped-call]
                         replies, acks, info = split_tail(pipe.execute(), len(tail))
                 except Exception as exc:
-                    if not is_failover_error(exc) or time.monotonic() > deadline:
+                    pause = run.after_error(exc)
+                    if pause is None:
                         raise
                     relocate_sync(self.client)
-                    time.sleep(backoff(attempt))
-                    attempt += 1
+                    time.sleep(pause)
                     continue
-                if info is not None:
-                    confirm.observe(info)
-                if confirm.accepted(acks, needed):
+                if run.after_reply(acks, info):
                     break
-                confirm.doubt()
-                if time.monotonic() > deadline:
-                    raise confirm.shortfall(int(acks), max(needed, confirm.needed()))
                 relocate_sync(self.client)
-                attempt += 1
             value = call.parse(replies[0])
         if call.publish_after is not None and value:
             self.client.publish(*call.publish_after)
@@ -678,37 +669,29 @@ class AsyncRecord:
         if confirm is None:
             values = await self.run_many(calls)
         else:
-            deadline = time.monotonic() + confirm.wait_s
-            attempt = 0
+            run = ConfirmedRun(confirm)
             while True:
-                needed = confirm.needed()
                 try:
                     async with self.client.pipeline(transaction=False) as pipe:
                         for call in calls:
                             self._queue(pipe, call)
-                        tail = confirm.tail(needed, deadline - time.monotonic())
+                        tail = run.tail()
                         for command in tail:
                             pipe.execute_command(*command)
                         replies, acks, info = split_tail(await pipe.execute(), len(tail))
                 except Exception as exc:
-                    if not is_failover_error(exc) or time.monotonic() > deadline:
+                    pause = run.after_error(exc)
+                    if pause is None:
                         raise
                     await relocate(self.client)
                     if isinstance(exc, NoScriptError):  # a new master, or a flushed cache
                         with contextlib.suppress(RedisError):  # the next attempt says why
                             await self._load(calls)
-                    await asyncio.sleep(backoff(attempt))
-                    attempt += 1
+                    await asyncio.sleep(pause)
                     continue
-                if info is not None:
-                    confirm.observe(info)
-                if confirm.accepted(acks, needed):
+                if run.after_reply(acks, info):
                     break
-                confirm.doubt()
-                if time.monotonic() > deadline:
-                    raise confirm.shortfall(int(acks), max(needed, confirm.needed()))
                 await relocate(self.client)
-                attempt += 1
             values = [call.parse(r) for call, r in zip(calls, replies, strict=True)]
         for call, value in zip(calls, values, strict=True):
             if call.publish_after is not None and value:

@@ -43,7 +43,13 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["REPLICA_GRACE_S", "Confirmation", "ReplicaShortfallError", "is_failover_error"]
+__all__ = [
+    "REPLICA_GRACE_S",
+    "Confirmation",
+    "ConfirmedRun",
+    "ReplicaShortfallError",
+    "is_failover_error",
+]
 
 #: How long a replica stays expected to confirm after a report first misses it (see the
 #: module docstring).
@@ -172,6 +178,52 @@ class Confirmation:
             f"only {acks} of {needed} replicas confirmed the write within "
             f"{self.wait_s:g} s (REDIS_REPLICA_ACKS, REDIS_FAILOVER_WAIT_S)"
         )
+
+
+class ConfirmedRun:
+    """One confirmed run's attempts: what to send after the transitions, and after each
+    attempt whether to accept it, try again (after what pause) or give up.
+
+    The decisions of the sync and the async runner (record/calls.py), which differ only in
+    their I/O; one copy, so the two cannot drift apart on the rule.
+    """
+
+    def __init__(self, confirm: Confirmation) -> None:
+        self.confirm = confirm
+        self.deadline = time.monotonic() + confirm.wait_s
+        self.attempt = 0
+        self._needed = 0
+
+    def tail(self) -> tuple[tuple[Any, ...], ...]:
+        """The commands to send after the transitions, for the attempt being built."""
+        self._needed = self.confirm.needed()
+        return self.confirm.tail(self._needed, self.deadline - time.monotonic())
+
+    def after_error(self, exc: BaseException) -> float | None:
+        """The pause before the next attempt after the send raised ``exc`` (the runner asks
+        the sentinels again first); None: give up and let ``exc`` out."""
+        if not is_failover_error(exc) or time.monotonic() > self.deadline:
+            return None
+        pause = backoff(self.attempt)
+        self.attempt += 1
+        return pause
+
+    def after_reply(self, acks: Any, info: Any) -> bool:
+        """Whether the write is accepted (``acks``: the WAIT's reply; ``info``: the report,
+        None if none was asked for). False: send it again, after asking the sentinels.
+
+        Raises:
+            ReplicaShortfallError: too few replicas confirmed before the deadline.
+        """
+        if info is not None:
+            self.confirm.observe(info)
+        if self.confirm.accepted(acks, self._needed):
+            return True
+        self.confirm.doubt()
+        if time.monotonic() > self.deadline:
+            raise self.confirm.shortfall(int(acks), max(self._needed, self.confirm.needed()))
+        self.attempt += 1
+        return False
 
 
 def _parse_info(text: str) -> dict[str, Any]:
