@@ -34,6 +34,7 @@ __all__ = [
     "die_with_parent",
     "embedded_binary",
     "free_port",
+    "free_ports",
     "port_in_use",
 ]
 
@@ -81,21 +82,34 @@ def free_port(host: str = "127.0.0.1") -> int:
     server failed to start so, "already in use", with two test processes connecting and
     reconnecting). Below the range only servers bind.
     """
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports, each as :func:`free_port` chooses one.
+
+    Each stays bound until all are chosen. Drawn one by one, each released before the next,
+    they can repeat: a Sentinel group of six has 15 pairs, so about one group in 850 had two
+    processes on one port, the second "already in use" (as in a CI run's Sentinel test).
+    """
     low = _ephemeral_low()
-    if low > _FIRST_FIXED_PORT + 1000:
-        rng = random.SystemRandom()
-        for _ in range(200):
-            port = rng.randrange(_FIRST_FIXED_PORT, low)
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        chosen: int = sock.getsockname()[1]
-        return chosen
+    rng = random.SystemRandom()
+    ports: list[int] = []
+    with contextlib.ExitStack() as held:
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            if low > _FIRST_FIXED_PORT + 1000:
+                for _ in range(200):
+                    port = rng.randrange(_FIRST_FIXED_PORT, low)
+                    try:
+                        sock.bind((host, port))
+                    except OSError:
+                        continue
+                    break
+            if sock.getsockname()[1] == 0:  # not bound yet: let the kernel choose
+                sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+    return ports
 
 
 #: The lowest port :func:`free_port` chooses (above the well-known and most registered ones).
@@ -399,7 +413,9 @@ class SentinelGroup:
         self.master_name = master_name
         self.password = password
         self.sentinel_password = sentinel_password
-        ports = [free_port() for _ in range(replicas + 1)]
+        # Every port of the group drawn at once, so that no two of its processes share one.
+        ports = free_ports(replicas + 1 + sentinels)
+        ports, sentinel_ports = ports[: replicas + 1], ports[replicas + 1 :]
         data: dict[str, str] = {
             "min-replicas-to-write": str(min_replicas_to_write),
             "min-replicas-max-lag": str(min_replicas_max_lag_s),
@@ -436,7 +452,6 @@ class SentinelGroup:
         if password:
             watch["sentinel auth-pass"] = f"{master_name} {password}"
         watch.update(self._tls_directives)
-        sentinel_ports = [free_port() for _ in range(sentinels)]
         self.sentinels = [
             LocalServer(
                 binary=self.binary,
