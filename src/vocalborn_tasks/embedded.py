@@ -93,20 +93,19 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     processes on one port, the second "already in use" (as in a CI run's Sentinel test).
     """
     low = _ephemeral_low()
+    tries = 200 if low > _FIRST_FIXED_PORT + 1000 else 0  # no room below the range: the kernel's
     rng = random.SystemRandom()
     ports: list[int] = []
     with contextlib.ExitStack() as held:
         for _ in range(count):
             sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            if low > _FIRST_FIXED_PORT + 1000:
-                for _ in range(200):
-                    port = rng.randrange(_FIRST_FIXED_PORT, low)
-                    try:
-                        sock.bind((host, port))
-                    except OSError:
-                        continue
-                    break
-            if sock.getsockname()[1] == 0:  # not bound yet: let the kernel choose
+            for _ in range(tries):
+                try:
+                    sock.bind((host, rng.randrange(_FIRST_FIXED_PORT, low)))
+                except OSError:
+                    continue
+                break
+            else:
                 sock.bind((host, 0))
             ports.append(int(sock.getsockname()[1]))
     return ports
