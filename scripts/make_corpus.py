@@ -390,8 +390,11 @@ class Entry:
 def synthesize(text: str, voice: Voice) -> FloatArray:
     """Speak ``text`` with espeak-ng and return 16 kHz mono float64 samples, padded with silence.
 
-    espeak-ng writes 22050 Hz; resampling here (160/441, polyphase) keeps every corpus file at
-    the rate the engine works at and the files small.
+    espeak-ng writes 22050 Hz; resampling here (320/441, polyphase: 22050 * 320 / 441 = 16000)
+    keeps every corpus file at the rate the engine works at and the files small. (Until the
+    cross-synthesizer check this was 160/441, the ratio for 44.1 kHz: every espeak-ng file came
+    out at 8000 samples a second labelled 16 kHz, so it played twice as fast with every
+    frequency doubled: pitch, formants and all.)
     """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.wav"
@@ -410,7 +413,7 @@ def synthesize(text: str, voice: Voice) -> FloatArray:
         data, rate = sf.read(str(out), dtype="float64", always_2d=False)
     if rate != ESPEAK_RATE:
         raise RuntimeError(f"espeak-ng wrote {rate} Hz, expected {ESPEAK_RATE}")
-    audio = np.asarray(resample_poly(data, 160, 441), dtype=np.float64)
+    audio = np.asarray(resample_poly(data, 320, 441), dtype=np.float64)
     pad = np.zeros(int(PAD_S * SAMPLE_RATE))
     return np.concatenate([pad, audio, pad])
 
