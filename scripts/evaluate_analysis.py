@@ -7,6 +7,8 @@ Commands (run from the repository root, with the dev venv)::
     python scripts/evaluate_analysis.py --corpus corpus/ [--json out.json]
     python scripts/make_corpus.py --units corpus-units/  # issue 20: known wrong spans
     python scripts/evaluate_analysis.py --units corpus-units/ [--with-text]
+    python scripts/make_corpus.py --cross corpus-cross/  # espeak-ng and Festival voices
+    python scripts/evaluate_analysis.py --cross corpus-cross/
     python scripts/evaluate_analysis.py --corpus corpus/ \\
         --analyzer scripts/evaluate_analysis.py:stand_in_analyzer     # test the harness itself
 
@@ -904,6 +906,171 @@ def evaluate_units(args: argparse.Namespace) -> int:
     return 0 if all(r["passed"] for r in rows if r["check"]) and not failed else 1
 
 
+# --------------------------------------------------------------------------- cross-synthesizer
+
+#: Directions of the cross-synthesizer set: (reference family, practice family). ``human`` is a
+#: Festival voice built from human recordings (make_corpus.FESTIVAL_VOICES).
+CROSS_DIRECTIONS: tuple[tuple[str, str], ...] = (
+    ("espeak", "espeak"),
+    ("espeak", "human"),
+    ("human", "espeak"),
+    ("human", "human"),
+)
+#: (name, measure, target, at most (True) or at least). Measures: ``auc`` of pronunciation,
+#: same sentence above different; ``same_le2`` share of same-sentence pairs at level <= 2;
+#: ``same_5`` share of same-sentence pairs at level 5 (told "a different sentence");
+#: ``different_5`` share of different-sentence pairs at level 5.
+CROSS_CHECKS: tuple[tuple[str, str, float, bool], ...] = (
+    ("same vs different sentence: AUC(pronunciation)", "auc", 0.95, False),
+    ("right sentence: level <= 2", "same_le2", 0.90, False),
+    ("right sentence: level 5 (told a different sentence)", "same_5", 0.05, True),
+    ("different sentence: level 5", "different_5", 0.95, False),
+)
+#: The (direction, measure) rows that decide the exit status: the sentence is told apart in
+#: every direction (AUC, different sentence at level 5), and espeak-ng -> espeak-ng in full.
+#: The right-sentence levels across synthesizers are reported only: in analyzer 1.3.2 a right
+#: sentence read by the other family reaches level <= 2 in 0.17-0.78 of pairs and level 5 in
+#: 0.15-0.76 (docs/analysis.md, "Across synthesizers").
+CROSS_ENFORCED: frozenset[tuple[tuple[str, str], str]] = frozenset(
+    {
+        *((d, m) for d in CROSS_DIRECTIONS for m in ("auc", "different_5")),
+        *((("espeak", "espeak"), m) for m in ("same_le2", "same_5")),
+    }
+)
+
+
+def cross_measures(outcomes: Sequence[Outcome]) -> dict[str, float]:
+    """The :data:`CROSS_CHECKS` measures of a group of cross-set pairs (failed = worst case)."""
+    same = [o for o in outcomes if o.entry["variant"] == "same"]
+    diff = [o for o in outcomes if o.entry["variant"] == "different"]
+
+    def level(o: Outcome) -> int:
+        return int(o.result["level"]) if o.result is not None else 5
+
+    def pron(o: Outcome) -> float:
+        return float(o.result["pronunciation_accuracy"]) if o.result is not None else 0.0
+
+    return {
+        "auc": auc([pron(o) for o in same], [101.0 if o.result is None else pron(o) for o in diff]),
+        "same_le2": float(np.mean([level(o) <= 2 for o in same])) if same else float("nan"),
+        "same_5": float(np.mean([level(o) == 5 for o in same])) if same else float("nan"),
+        "different_5": float(np.mean([level(o) == 5 for o in diff])) if diff else float("nan"),
+        "same_pron_median": float(np.median([pron(o) for o in same])) if same else float("nan"),
+    }
+
+
+def cross_table(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """Per direction and subset (all, held-out), one row per :data:`CROSS_CHECKS` measure."""
+    rows: list[dict[str, Any]] = []
+    for direction in CROSS_DIRECTIONS:
+        for label, held in (("held-out", True), ("all", None)):
+            cases = [
+                o
+                for o in outcomes
+                if (o.entry["reference_family"], o.entry["family"]) == direction
+                and (held is None or bool(o.entry["held_out"]) == held)
+            ]
+            if not cases:
+                continue
+            values = cross_measures(cases)
+            for name, measure, target, at_most in CROSS_CHECKS:
+                value = values[measure]
+                ok = value <= target if at_most else value >= target
+                rows.append(
+                    {
+                        "name": name,
+                        "direction": f"{direction[0]} -> {direction[1]}",
+                        "subset": label,
+                        "n": len(cases),
+                        "value": value,
+                        "target": f"{'<=' if at_most else '>='} {target:.2f}",
+                        "passed": bool(ok),
+                        "check": label == "held-out" and (direction, measure) in CROSS_ENFORCED,
+                    }
+                )
+    return rows
+
+
+def cross_pairs(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """The measures per ordered voice pair (reference voice -> practice voice), for the docs."""
+    groups: dict[tuple[str, str], list[Outcome]] = defaultdict(list)
+    for o in outcomes:
+        groups[(o.entry["reference_voice"], o.entry["voice"])].append(o)
+    return [
+        {"reference_voice": r, "voice": v, "n": len(cases), **cross_measures(cases)}
+        for (r, v), cases in sorted(groups.items())
+    ]
+
+
+def cross_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[dict[str, Any]]) -> str:
+    """The cross-synthesizer table, then the per-voice-pair figures, as Markdown."""
+    lines = [
+        "| measure | reference -> practice | subset | n | value | target | verdict |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: not r["check"]):
+        verdict = ("PASS" if row["passed"] else "FAIL") if row["check"] else "info"
+        lines.append(
+            f"| {row['name']} | {row['direction']} | {row['subset']} | {row['n']} | "
+            f"{row['value']:.2f} | {row['target']} | {verdict} |"
+        )
+    lines += [
+        "",
+        "| reference voice | practice voice | AUC | same: median pron. | same: level <= 2 "
+        "| same: level 5 | different: level 5 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for p in pairs:
+        lines.append(
+            f"| {p['reference_voice']} | {p['voice']} | {p['auc']:.3f} | "
+            f"{p['same_pron_median']:.1f} | {p['same_le2']:.2f} | {p['same_5']:.2f} | "
+            f"{p['different_5']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_cross(args: argparse.Namespace) -> int:
+    """``--cross DIR``: the cross-synthesizer table on ``DIR/cross.json``."""
+    doc_path = args.cross / "cross.json"
+    if not doc_path.is_file():
+        print(f"{doc_path} not found: run scripts/make_corpus.py --cross {args.cross}")
+        return 2
+    doc = json.loads(doc_path.read_text(encoding="utf-8"))
+    for note in doc.get("missing", []):
+        print(note)
+    entries = doc["entries"]
+    load_analyzer(args.analyzer)
+    started = time.perf_counter()
+    jobs = [(e, str(args.cross), False) for e in entries]
+    with ProcessPoolExecutor(
+        max_workers=args.workers, initializer=_init_worker, initargs=(args.analyzer,)
+    ) as pool:
+        outcomes = list(pool.map(_analyze_unit, jobs, chunksize=8))
+    rows = cross_table(outcomes)
+    pairs = cross_pairs(outcomes)
+    text = cross_markdown(rows, pairs)
+    print(text)
+    failed = [o for o in outcomes if o.result is None]
+    print(f"{len(outcomes)} pairs in {time.perf_counter() - started:.0f} s, {len(failed)} failed")
+    if args.markdown is not None:
+        args.markdown.write_text(text, encoding="utf-8")
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "pairs": pairs,
+                    "results": [{"entry": o.entry, "result": o.result} for o in outcomes],
+                },
+                ensure_ascii=False,
+                default=str,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
+    return 0 if all(r["passed"] for r in rows if r["check"]) and not failed else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns 1 when any bar fails, 2 on usage errors."""
     parser = argparse.ArgumentParser(
@@ -918,6 +1085,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--units",
         type=Path,
         help="instead: issue 20's table on units.json (scripts/make_corpus.py --units)",
+    )
+    parser.add_argument(
+        "--cross",
+        type=Path,
+        help="instead: the cross-synthesizer table on cross.json (make_corpus.py --cross)",
     )
     parser.add_argument(
         "--with-text",
@@ -967,8 +1139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.units is not None:
         return evaluate_units(args)
+    if args.cross is not None:
+        return evaluate_cross(args)
     if args.corpus is None:
-        parser.error("--corpus or --units is required")
+        parser.error("--corpus, --units or --cross is required")
 
     manifest_path = args.corpus / "manifest.json"
     if not manifest_path.is_file():

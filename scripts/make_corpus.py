@@ -7,6 +7,7 @@ Commands (run from the repository root, with the dev venv)::
     python scripts/make_corpus.py --fixtures tests/data/audio  # small committed test fixtures
     python scripts/make_corpus.py --samples src/vocalborn_tasks/samples  # shipped demo files
     python scripts/make_corpus.py --units corpus-units/       # issue 20: known wrong spans
+    python scripts/make_corpus.py --cross corpus-cross/       # espeak-ng and Festival voices
 
 Why synthetic speech: the analysis must be validated on recordings whose truth we know
 (same sentence or not, which word or tone was changed, how much noise was added), spoken by
@@ -38,6 +39,7 @@ import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -388,8 +390,11 @@ class Entry:
 def synthesize(text: str, voice: Voice) -> FloatArray:
     """Speak ``text`` with espeak-ng and return 16 kHz mono float64 samples, padded with silence.
 
-    espeak-ng writes 22050 Hz; resampling here (160/441, polyphase) keeps every corpus file at
-    the rate the engine works at and the files small.
+    espeak-ng writes 22050 Hz; resampling here (320/441, polyphase: 22050 * 320 / 441 = 16000)
+    keeps every corpus file at the rate the engine works at and the files small. (Until the
+    cross-synthesizer check this was 160/441, the ratio for 44.1 kHz: every espeak-ng file came
+    out at 8000 samples a second labelled 16 kHz, so it played twice as fast with every
+    frequency doubled: pitch, formants and all.)
     """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.wav"
@@ -408,7 +413,7 @@ def synthesize(text: str, voice: Voice) -> FloatArray:
         data, rate = sf.read(str(out), dtype="float64", always_2d=False)
     if rate != ESPEAK_RATE:
         raise RuntimeError(f"espeak-ng wrote {rate} Hz, expected {ESPEAK_RATE}")
-    audio = np.asarray(resample_poly(data, 160, 441), dtype=np.float64)
+    audio = np.asarray(resample_poly(data, 320, 441), dtype=np.float64)
     pad = np.zeros(int(PAD_S * SAMPLE_RATE))
     return np.concatenate([pad, audio, pad])
 
@@ -1159,18 +1164,32 @@ UNITS_PATIENT_VOICES: dict[Language, tuple[Voice, ...]] = {
         Voice(f"{ZH_VOICE}+m7", 120, 45),
     ),
 }
+#: Festival voices built from human recordings, by the key used in ``festival:<key>``:
+#: two diphone voices (American men, concatenated from recorded diphones) and an HTS voice
+#: (an American woman, a statistical voice trained on her recordings). Debian packages
+#: ``festvox-kallpc16k``, ``festvox-kdlpc16k``, ``festvox-us-slt-hts``.
+FESTIVAL_VOICES: dict[str, str] = {
+    "kal": "kal_diphone",
+    "ked": "ked_diphone",
+    "slt": "cmu_us_slt_arctic_hts",
+}
 #: Silence joining the before/target/after segments, per voice (short: under a pause).
 UNITS_GAPS_S = (0.04, 0.07, 0.1)
 #: Framings of the units corpus: ``noisy`` is ``padded`` with white noise at 20 dB SNR.
 UNITS_FRAMINGS = ("tight", "padded", "noisy")
 
 
-def synthesize_festival(text: str) -> FloatArray:
-    """Speak ``text`` with Festival's default voice (``text2wave``), 16 kHz mono, padded."""
+def synthesize_festival(text: str, voice: str | None = None) -> FloatArray:
+    """Speak ``text`` with Festival (``text2wave``), 16 kHz mono, padded.
+
+    ``voice`` is a Festival voice name (``ked_diphone``); ``None`` is Festival's default voice
+    (``kal_diphone`` on Debian), which the units corpus uses.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.wav"
+        select = ["-eval", f"(voice_{voice})"] if voice else []
         subprocess.run(
-            ["text2wave", "-o", str(out), "-F", str(SAMPLE_RATE)],
+            ["text2wave", *select, "-o", str(out), "-F", str(SAMPLE_RATE)],
             input=text.encode("utf-8"),
             check=True,
             capture_output=True,
@@ -1184,9 +1203,14 @@ def synthesize_festival(text: str) -> FloatArray:
 
 
 def speak(text: str, voice: Voice) -> FloatArray:
-    """:func:`synthesize` or :func:`synthesize_festival`, by the voice's name."""
+    """:func:`synthesize` or :func:`synthesize_festival`, by the voice's name.
+
+    ``festival:kal`` is Festival's default voice; ``festival:<key>`` another voice of
+    :data:`FESTIVAL_VOICES`.
+    """
     if voice.name.startswith("festival:"):
-        return synthesize_festival(text)
+        key = voice.name.removeprefix("festival:")
+        return synthesize_festival(text, None if key == "kal" else FESTIVAL_VOICES[key])
     return synthesize(text, voice)
 
 
@@ -1351,6 +1375,138 @@ def make_units_corpus(out: Path, workers: int) -> list[dict[str, Any]]:
     return rows
 
 
+# --------------------------------------------------------------------------- cross-synthesizer
+
+#: The cross-synthesizer set: the same English sentences read by espeak-ng voices and by the
+#: Festival voices built from human recordings (:data:`FESTIVAL_VOICES`). Every ordered pair
+#: of two different voices is compared, on the same sentence and on a different one, so each
+#: direction (espeak-ng reference -> human-origin practice, and so on) is measured on its own.
+CROSS_ESPEAK_VOICES: tuple[Voice, ...] = (
+    Voice("en-us", 130, 50),
+    Voice("en-gb+m3", 125, 45),
+    Voice("en-us+f5", 120, 72),
+)
+#: The reference of a "different" pair reads the sentence this many places further on.
+CROSS_OFFSET = 3
+
+
+def voice_family(voice: Voice) -> str:
+    """``espeak`` for an espeak-ng voice, ``human`` for a Festival voice (human recordings)."""
+    return "human" if voice.name.startswith("festival:") else "espeak"
+
+
+def cross_sentences() -> list[tuple[str, str, bool]]:
+    """``(sentence id, text, held out)`` of the cross set: the main corpus's English sentences
+    and the units corpus's (right target), each list's own held-out half kept held out."""
+    rows = [(s.sid, s.text, i >= FIT_SENTENCES) for i, s in enumerate(sentences_for("en"))]
+    rows += [
+        (sid, " ".join(p for p in (before, target, after) if p), i >= UNITS_FIT)
+        for i, (sid, before, target, _wrong, after) in enumerate(UNITS_EN)
+    ]
+    return rows
+
+
+@lru_cache(maxsize=8)
+def festival_has_voice(key: str) -> bool:
+    """True when ``text2wave`` is installed and speaks with ``FESTIVAL_VOICES[key]``."""
+    if shutil.which("text2wave") is None:
+        return False
+    try:
+        audio = synthesize_festival("test", FESTIVAL_VOICES[key])
+    except (subprocess.SubprocessError, OSError, RuntimeError):
+        return False
+    return bool(np.abs(audio).max() > 0.01)
+
+
+def cross_voices() -> tuple[list[Voice], list[str]]:
+    """The voices of the cross set this machine can speak, and a note per missing one."""
+    voices = list(CROSS_ESPEAK_VOICES)
+    missing: list[str] = []
+    for key, name in FESTIVAL_VOICES.items():
+        if festival_has_voice(key):
+            voices.append(Voice(f"festival:{key}", 0, 0))
+        else:
+            missing.append(f"Festival voice {name} not available (skipped)")
+    return voices, missing
+
+
+def cross_entries(
+    voices: Sequence[Voice], sentences: Sequence[tuple[str, str, bool]]
+) -> list[dict[str, Any]]:
+    """Every ordered pair of two different voices, same and different sentence (no audio)."""
+    rows: list[dict[str, Any]] = []
+    n = len(sentences)
+
+    def rel(voice: Voice, sid: str) -> str:
+        return f"voices/{voice.label.replace(':', '_')}/{sid}.wav"
+
+    for ref in voices:
+        for practice in voices:
+            if practice == ref:
+                continue
+            for i, (sid, text, held_out) in enumerate(sentences):
+                other_sid, other_text, _ = sentences[(i + CROSS_OFFSET) % n]
+                for variant, said_sid, said in (
+                    ("same", sid, text),
+                    ("different", other_sid, other_text),
+                ):
+                    rows.append(
+                        {
+                            "id": f"{ref.label}/{practice.label}/{sid}/{variant}",
+                            "path": rel(practice, said_sid),
+                            "reference_path": rel(ref, sid),
+                            "language": "en",
+                            "sentence_id": said_sid,
+                            "reference_sentence_id": sid,
+                            "text": said,
+                            "reference_text": text,
+                            "variant": variant,
+                            "framing": "padded",
+                            "voice": practice.label,
+                            "reference_voice": ref.label,
+                            "family": voice_family(practice),
+                            "reference_family": voice_family(ref),
+                            "held_out": held_out,
+                        }
+                    )
+    return rows
+
+
+def _cross_voice_job(args: tuple[Voice, Path]) -> int:
+    """Every cross-set sentence in one voice; returns how many files were written."""
+    voice, out = args
+    folder = out / "voices" / voice.label.replace(":", "_")
+    sentences = cross_sentences()
+    for sid, text, _ in sentences:
+        write_audio(folder / f"{sid}.wav", speak(text, voice))
+    return len(sentences)
+
+
+def make_cross_corpus(out: Path, workers: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The cross-synthesizer set (``out/cross.json``), and notes on voices left out.
+
+    Without Festival only the espeak-ng voices are written, with a note saying so.
+    Regenerate with ``python scripts/make_corpus.py --cross corpus-cross``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    voices, missing = cross_voices()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(_cross_voice_job, [(v, out) for v in voices]))
+    rows = cross_entries(voices, cross_sentences())
+    doc = {
+        "kind": "cross",
+        "generator": "scripts/make_corpus.py --cross",
+        "espeak_ng": espeak_version(),
+        "voices": [asdict(v) for v in voices],
+        "missing": missing,
+        "entries": rows,
+    }
+    tmp = out / "cross.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "cross.json")
+    return rows, missing
+
+
 # --------------------------------------------------------------------------- fixtures, samples
 
 
@@ -1505,13 +1661,17 @@ def make_samples(out: Path) -> list[Entry]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; exactly one of ``--out``, ``--fixtures``, ``--samples``."""
+    """Command-line entry point; exactly one of ``--out``, ``--fixtures``, ``--samples``,
+    ``--units``, ``--cross``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--out", type=Path, help="write the full evaluation corpus here")
     mode.add_argument("--fixtures", type=Path, help="write the committed test fixtures here")
     mode.add_argument("--samples", type=Path, help="write the shipped demo samples here")
     mode.add_argument("--units", type=Path, help="write the issue-20 units corpus here")
+    mode.add_argument(
+        "--cross", type=Path, help="write the cross-synthesizer set here (Festival optional)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     args = parser.parse_args(argv)
     if shutil.which("espeak-ng") is None:
@@ -1521,6 +1681,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.units is not None:
         rows = make_units_corpus(args.units, args.workers)
         print(f"{len(rows)} pairs in {args.units} ({time.perf_counter() - started:.1f} s)")
+        return 0
+    if args.cross is not None:
+        rows, missing = make_cross_corpus(args.cross, args.workers)
+        for note in missing:
+            print(note, file=sys.stderr)
+        print(f"{len(rows)} pairs in {args.cross} ({time.perf_counter() - started:.1f} s)")
         return 0
     if args.out is not None:
         entries = make_corpus(args.out, args.workers)
