@@ -24,7 +24,12 @@ __all__ = ["WRONG_SENTENCE_PRON", "Scores", "is_tonal", "level_for", "ramp", "sc
 # Distance -> score knots: 100 up to the first, 20 at the second, 0 at the third. The steep
 # part separates the right sentence from a wrong one; the gentle tail keeps ranking noisy
 # attempts instead of flattening them all to 0.
-PRON_COST = (0.78, 0.84, 1.0)
+# Fitted on the corpus' fitting sentences at the real speaking rate (analyzer 1.4.0; until
+# 1.3.2 every espeak-ng file was twice its real rate and the knots were 0.78 / 0.84): the
+# right sentence in another voice, speed, pitch or at 10-20 dB SNR reached 0.716, a different
+# sentence started at 0.785, so the knots sit between the two; a different sentence at 0.785
+# scores under 20 (level 5).
+PRON_COST = (0.72, 0.77, 1.0)
 # Peak -> percent taken off: a little per unit everywhere, much more past the knee.
 PRON_PEAK_PER_UNIT = 14.0
 PRON_PEAK_KNEE = 0.28
