@@ -37,6 +37,10 @@ _THRESHOLD = 0.15
 #: A dip under this within _HALF_SPAN (relative) of half the chosen lag is the true period.
 _HALF_DIP = 0.45
 _HALF_SPAN = 0.12
+#: ... only for lags of 80 Hz and lower. A higher voice's half period can dip as low where a
+#: formant sits near its second harmonic (espeak-ng's high voices did: checked everywhere,
+#: the half-period rule put octave jumps into right readings, tone 98 -> 24-88).
+_HALF_FROM_TAU = SAMPLE_RATE // 80
 _VOICED_MAX = 0.45
 #: Second, guided pass (:attr:`PitchTrack.guided`): a strict-unvoiced speech frame gets the
 #: deepest YIN dip within this factor of the speaker's median pitch when the dip is under
@@ -184,7 +188,7 @@ def _prefer_half_period(
     """
     half = best // 2
     span = int(np.ceil(_HALF_SPAN * (_TAU_MAX // 2)))
-    ok = half * (1.0 - _HALF_SPAN) > _TAU_MIN
+    ok = best >= _HALF_FROM_TAU
     if not ok.any():
         return best
     offsets = np.arange(-span, span + 1)
