@@ -98,8 +98,10 @@ def test_fixture_manifest_lists_exactly_the_files() -> None:
 
 
 def test_fixtures_stay_small_enough_to_commit() -> None:
+    # 3 MB until 1.4.0, when every espeak-ng file was (by a generator bug) half its real
+    # length; at the real rate the same 42 files take 3.9 MB.
     total = sum(p.stat().st_size for p in FIXTURES.iterdir())
-    assert total < 3_000_000
+    assert total < 4_500_000
 
 
 def test_fixture_readme_mentions_every_file() -> None:

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 #: ``on_progress(step, percent)``: step name and 0-100 progress.
 ProgressCallback = Callable[[str, float], None]
 
-_VERSION = "1.3.2"
+_VERSION = "1.4.0"
 
 
 @runtime_checkable

@@ -20,7 +20,11 @@ from .io import SAMPLE_RATE
 
 __all__ = ["PitchTrack", "semitones", "track_pitch"]
 
-F0_MIN = 60.0
+#: Lowest pitch tracked. 50 Hz, not 60 (analyzer 1.4.0): espeak-ng's low male voices at the
+#: real rate sit at 55-65 Hz, as low adult male voices do, and at 60 the tracker pinned them
+#: to its bound and lost most voiced frames (13 of 323 in one pair), so a pitch-shifted but
+#: right Mandarin reading scored tone 0-75. The frame (_WIN + lag) still fits _NFFT.
+F0_MIN = 50.0
 F0_MAX = 900.0
 _WIN = 384  # integration window: 24 ms
 _TAU_MIN = int(SAMPLE_RATE / F0_MAX)
@@ -30,6 +34,13 @@ _OCTAVE_FOLD = 1.8
 _CHUNK = 1024  # frames per YIN batch: bounds memory on long recordings
 _NFFT = 720  # >= the frame length (no lag up to _TAU_MAX wraps), and 5-smooth
 _THRESHOLD = 0.15
+#: A dip under this within _HALF_SPAN (relative) of half the chosen lag is the true period.
+_HALF_DIP = 0.45
+_HALF_SPAN = 0.12
+#: ... only for lags of 80 Hz and lower. A higher voice's half period can dip as low where a
+#: formant sits near its second harmonic (espeak-ng's high voices did: checked everywhere,
+#: the half-period rule put octave jumps into right readings, tone 98 -> 24-88).
+_HALF_FROM_TAU = SAMPLE_RATE // 80
 _VOICED_MAX = 0.45
 #: Second, guided pass (:attr:`PitchTrack.guided`): a strict-unvoiced speech frame gets the
 #: deepest YIN dip within this factor of the speaker's median pitch when the dip is under
@@ -148,7 +159,7 @@ def _yin(
     first = np.argmax(dip, axis=1)
     best = np.where(has_dip, first, np.argmin(seg, axis=1)) + lo
     rows = np.arange(n)
-    best = np.clip(best, lo + 1, hi)
+    best = _prefer_half_period(dn, np.clip(best, lo + 1, hi), rows)
     y0, y1, y2 = dn[rows, best - 1], dn[rows, best], dn[rows, best + 1]
     denom = y0 - 2 * y1 + y2
     shift = np.where(np.abs(denom) > _EPS, 0.5 * (y0 - y2) / np.where(denom == 0, 1, denom), 0.0)
@@ -161,6 +172,32 @@ def _yin(
     voiced = (aperiodicity < _VOICED_MAX) & (periodicity > 0.4) & (e0[:, 0] > _EPS)
     f0 = np.where(voiced, SAMPLE_RATE / tau, np.nan)
     return f0, periodicity, voiced
+
+
+def _prefer_half_period(
+    dn: NDArray[np.float64], best: NDArray[np.intp], rows: NDArray[np.intp]
+) -> NDArray[np.intp]:
+    """Take half the chosen lag where YIN's difference also dips there (under _HALF_DIP).
+
+    A rough voice whose periods alternate (every other one longer and weaker: espeak-ng's
+    ``+m1``, many dysphonic patients) repeats exactly only every two periods, so its deepest
+    dip, the first under the threshold, lies at the double period: an octave too low once
+    that lag is in range (it is since F0_MIN went to 50 Hz). Its single periods (one shorter,
+    one longer, ~10 % either side of the half) still dip to ~0.4; a truly low voice's half
+    period does not (there the waveform is far from itself).
+    """
+    half = best // 2
+    span = int(np.ceil(_HALF_SPAN * (_TAU_MAX // 2)))
+    ok = best >= _HALF_FROM_TAU
+    if not ok.any():
+        return best
+    offsets = np.arange(-span, span + 1)
+    cand = np.clip(half[:, None] + offsets[None, :], _TAU_MIN, dn.shape[1] - 1)
+    values = dn[rows[:, None], cand]
+    values = np.where(np.abs(offsets)[None, :] <= _HALF_SPAN * half[:, None], values, np.inf)
+    pick = np.argmin(values, axis=1)
+    low = values[rows, pick] < _HALF_DIP
+    return np.asarray(np.where(ok & low, cand[rows, pick], best), dtype=np.intp)
 
 
 def _clean(

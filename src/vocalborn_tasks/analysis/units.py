@@ -57,10 +57,18 @@ __all__ = [
     "text_units",
 ]
 
-#: Envelope smoothing (frames): about a syllable's onset, so one vowel gives one peak.
+#: Envelope smoothing (frames): about a syllable's onset, so one vowel gives one peak. Checked
+#: at the real rate on the units corpus' fitting half (sentences 1-8, the 16 English and 16
+#: Mandarin references): 5 frames met the text's unit count in 15/16 English and 14/16 Mandarin
+#: references (with :data:`MIN_NUCLEUS_GAP` 12); 7-11 frames merged syllables (English 9-14/16).
 SMOOTH_FRAMES = 5
-#: Two nuclei are at least this many frames apart (a fast syllable lasts ~100 ms).
-MIN_NUCLEUS_GAP = 8
+#: Two nuclei are at least this many frames apart: a fast syllable at a normal speaking rate
+#: lasts ~120 ms. (8 frames was set on the units corpus as first generated, whose espeak-ng files
+#: played at twice their real rate.) At the real rate, on the fitting half, the text's count
+#: was met in 14/16 English references with 8 frames (more cuts than words), 15/16 with 12-16,
+#: 14/16 with 20; Mandarin 14/16 throughout; 12 frames leaves the localisation figures as
+#: they were with 8.
+MIN_NUCLEUS_GAP = 12
 #: Dip (dB) under both neighbouring nuclei that makes a unit boundary, without text.
 DEFAULT_PROMINENCE_DB = 4.0
 #: Depths tried, in order, to meet the count of units the text asks for.
@@ -72,15 +80,25 @@ MIN_UNIT_FRAMES = 4
 #: Fewest frames voiced in both recordings for a unit's tone to be judged.
 MIN_TONE_FRAMES = 5
 #: Robust z-score a unit's relative distance must reach over the median unit to be flagged.
-#: Fitted on the units corpus' fitting half (sentences 1-8), precision first: across voices
-#: the right sentence's most outstanding unit reached z 6.0 with a rise of 0.36 (and 4-6 in
-#: a tenth of the pairs), about as far as a replaced English word ever stands out, so the
-#: relative distance alone cannot say *which* word was replaced. Only a unit far beyond
-#: anything a voice difference produced there (both bars at once) is named; with 4.0 / 0.25
-#: (1.3.0 as first written) the right sentence got a timed finding in 0.11 of held-out pairs.
-PRON_Z = 7.0
-#: ... and the absolute rise (relative-distance units) it must reach as well.
-PRON_MIN_EXCESS = 0.45
+#: Fitted on the units corpus' fitting half (sentences 1-8) at the real rate, precision first.
+#: There the relative distance does not tell a replaced English word (one consonant changed:
+#: boat/coat, dog/log) from what another voice does to a right one: the right sentence's most
+#: outstanding unit reaches z 8.5-11.3 with a rise of 0.54-0.65 (tight / padded / noisy; an
+#: espeak-ng Scottish voice mostly), while the replaced word's unit has a median z of 1.4-2.1
+#: (at most 8.2-12.1, rise 0.43-0.60). No pair of bars
+#: finds more than 0.03 of the replaced words while keeping the right sentence's false alarms at
+#: or under 0.05 in every framing (tried: z 3-10 with rises 0.1-0.6 and spread floors
+#: 0.03-0.1; the unit's upper-half mean or its worst 80-150 ms window instead of its mean; a
+#: goodness-of-pronunciation distance, aligned frame against the nearest frame anywhere). So the
+#: bars sit just above what voice differences produced on the fitting half: with z 8 / 0.6 the
+#: right English sentence gets a timed finding in 0.00 / 0.00 / 0.02 of tight / padded / noisy
+#: pairs (0 with the text), against 0.05 / 0.02 / 0.06 with 7.0 / 0.45, which were fitted on the
+#: first corpus (espeak-ng at twice its real rate) and found 0.00-0.03 of the replaced words
+#: here either way. A timed ``mispronounced`` finding is therefore rare in English: the sentence
+#: level (an untimed finding) still says that something differs.
+PRON_Z = 8.0
+#: ... and the absolute rise (relative-distance units) it must reach as well (see above).
+PRON_MIN_EXCESS = 0.6
 #: The spread used for the z-score is at least this (a pair whose units all agree closely
 #: must not turn a small wobble into a finding).
 PRON_SPREAD_FLOOR = 0.05
@@ -91,8 +109,15 @@ PRON_SPREAD_FLOOR = 0.05
 #: voicing edges; without those frames z 3 / 0.75 st gives 1 right pair in 48 a finding
 #: (tight; 0 padded) and finds the changed tone in 0.85 / 0.90 of pairs (was 0.77 / 0.79);
 #: 0.92 / 0.94 with the leave-one-out baseline (:func:`_excess`) and the guided pitch pass
-#: (:attr:`.PitchTrack.guided`), no right pair flagged in either framing.
+#: (:attr:`.PitchTrack.guided`), no right pair flagged in either framing. (Those figures are from
+#: the first units corpus, whose espeak-ng files played at twice their real rate.)
 TONE_Z = 3.0
+#: Refitted at the real rate on the fitting half. With the 1.3.2 pitch tracker (60 Hz floor)
+#: 0.75 st gave the right sentence a timed finding in 3 / 5 / 2 of 48 tight / padded / noisy
+#: pairs (0.06 / 0.10 / 0.04, one voice) and 0.85 st was needed; with 1.4.0's tracker (50 Hz
+#: floor, half-period check: low voices keep their voiced frames) 0.75 st gives 0 / 1 / 1 of 48
+#: (0.00 / 0.02 / 0.02) and finds the changed tone in 0.96 / 0.94 / 0.92 of pairs (0.85 st:
+#: 0.96 / 0.92 / 0.90, no false alarm), so it stays 0.75.
 TONE_MIN_EXCESS_ST = 0.75
 TONE_SPREAD_FLOOR_ST = 0.25
 #: Unit scores: 100 at no excess over the median unit, 0 at this excess.

@@ -134,4 +134,4 @@ def test_tight_and_padded_framings_agree(
 
 def test_results_carry_the_analyzer_version(analyzer: BuiltinAnalyzer, audio_dir: Path) -> None:
     result = _run(analyzer, audio_dir, "en", "other_voice", "tight")
-    assert result.analyzer.version == "1.3.2"
+    assert result.analyzer.version == "1.4.0"
