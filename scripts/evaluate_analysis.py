@@ -863,11 +863,10 @@ def units_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def evaluate_units(args: argparse.Namespace) -> int:
     """``--units DIR``: issue 20's table on ``DIR/units.json`` (make_corpus.py --units)."""
-    doc_path = args.units / "units.json"
-    if not doc_path.is_file():
-        print(f"{doc_path} not found: run scripts/make_corpus.py --units {args.units}")
+    doc = _read_document(args.units, "units")
+    if doc is None:
         return 2
-    entries = json.loads(doc_path.read_text(encoding="utf-8"))["entries"]
+    entries = doc["entries"]
     if args.held_out_only and args.fit_only:
         print("--held-out-only and --fit-only exclude each other")
         return 2
@@ -875,34 +874,57 @@ def evaluate_units(args: argparse.Namespace) -> int:
         entries = [e for e in entries if e["held_out"]]
     if args.fit_only:
         entries = [e for e in entries if not e["held_out"]]
+    outcomes, started = _analyze_pairs(args, entries, args.units, with_text=args.with_text)
+    rows = unit_table(outcomes)
+    return _report_pairs(
+        args, units_markdown(rows), outcomes, started, rows=rows, with_text=args.with_text
+    )
+
+
+def _read_document(folder: Path, kind: str) -> dict[str, Any] | None:
+    """``folder/<kind>.json`` as written by ``make_corpus.py --<kind> folder``, or None (said)."""
+    path = folder / f"{kind}.json"
+    if not path.is_file():
+        print(f"{path} not found: run scripts/make_corpus.py --{kind} {folder}")
+        return None
+    document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return document
+
+
+def _analyze_pairs(
+    args: argparse.Namespace, entries: list[dict[str, Any]], root: Path, *, with_text: bool
+) -> tuple[list[Outcome], float]:
+    """Analyse ``entries`` (units or cross-synthesizer pairs) on ``args.workers`` processes."""
     load_analyzer(args.analyzer)
     started = time.perf_counter()
-    jobs = [(e, str(args.units), args.with_text) for e in entries]
+    jobs = [(e, str(root), with_text) for e in entries]
     with ProcessPoolExecutor(
         max_workers=args.workers, initializer=_init_worker, initargs=(args.analyzer,)
     ) as pool:
         outcomes = list(pool.map(_analyze_unit, jobs, chunksize=8))
-    rows = unit_table(outcomes)
-    text = units_markdown(rows)
+    return outcomes, started
+
+
+def _report_pairs(
+    args: argparse.Namespace,
+    text: str,
+    outcomes: list[Outcome],
+    started: float,
+    **document: Any,
+) -> int:
+    """Print and write (``--markdown``, ``--json``) a table; 1 when a check or a pair failed."""
     print(text)
     failed = [o for o in outcomes if o.result is None]
     print(f"{len(outcomes)} pairs in {time.perf_counter() - started:.0f} s, {len(failed)} failed")
     if args.markdown is not None:
         args.markdown.write_text(text, encoding="utf-8")
     if args.json is not None:
+        results = [{"entry": o.entry, "result": o.result} for o in outcomes]
         args.json.write_text(
-            json.dumps(
-                {
-                    "rows": rows,
-                    "with_text": args.with_text,
-                    "results": [{"entry": o.entry, "result": o.result} for o in outcomes],
-                },
-                ensure_ascii=False,
-                default=str,
-            )
-            + "\n",
+            json.dumps({**document, "results": results}, ensure_ascii=False, default=str) + "\n",
             encoding="utf-8",
         )
+    rows: list[dict[str, Any]] = document["rows"]
     return 0 if all(r["passed"] for r in rows if r["check"]) and not failed else 1
 
 
@@ -1031,44 +1053,18 @@ def cross_markdown(rows: Sequence[dict[str, Any]], pairs: Sequence[dict[str, Any
 
 def evaluate_cross(args: argparse.Namespace) -> int:
     """``--cross DIR``: the cross-synthesizer table on ``DIR/cross.json``."""
-    doc_path = args.cross / "cross.json"
-    if not doc_path.is_file():
-        print(f"{doc_path} not found: run scripts/make_corpus.py --cross {args.cross}")
+    doc = _read_document(args.cross, "cross")
+    if doc is None:
         return 2
-    doc = json.loads(doc_path.read_text(encoding="utf-8"))
     for note in doc.get("missing", []):
         print(note)
     entries = doc["entries"]
-    load_analyzer(args.analyzer)
-    started = time.perf_counter()
-    jobs = [(e, str(args.cross), False) for e in entries]
-    with ProcessPoolExecutor(
-        max_workers=args.workers, initializer=_init_worker, initargs=(args.analyzer,)
-    ) as pool:
-        outcomes = list(pool.map(_analyze_unit, jobs, chunksize=8))
+    outcomes, started = _analyze_pairs(args, entries, args.cross, with_text=False)
     rows = cross_table(outcomes)
     pairs = cross_pairs(outcomes)
-    text = cross_markdown(rows, pairs)
-    print(text)
-    failed = [o for o in outcomes if o.result is None]
-    print(f"{len(outcomes)} pairs in {time.perf_counter() - started:.0f} s, {len(failed)} failed")
-    if args.markdown is not None:
-        args.markdown.write_text(text, encoding="utf-8")
-    if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "rows": rows,
-                    "pairs": pairs,
-                    "results": [{"entry": o.entry, "result": o.result} for o in outcomes],
-                },
-                ensure_ascii=False,
-                default=str,
-            )
-            + "\n",
-            encoding="utf-8",
-        )
-    return 0 if all(r["passed"] for r in rows if r["check"]) and not failed else 1
+    return _report_pairs(
+        args, cross_markdown(rows, pairs), outcomes, started, rows=rows, pairs=pairs
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
