@@ -365,6 +365,10 @@ def write_refusal(exc: BaseException) -> str | None:
     )
     if code is None:
         code, _, text = text.partition(" ")
+    elif text.startswith(f"{code} "):
+        # redis-py 8.2 sets ``status_code`` on every coded error but keeps the code in the
+        # message of those it has no class for (NOREPLICAS); 8.1 set it only with a class.
+        text = text[len(code) + 1 :]
     if code not in _WRITE_REFUSAL_CODES:
         return None
     return f"{code} {text.strip()}".strip()

@@ -330,6 +330,15 @@ def test_write_refusals_as_redis_py_raises_them() -> None:
     assert write_refusal(
         ResponseError(pipeline + repr(("NOREPLICAS Not enough good replicas to write.",)))
     ) == ("NOREPLICAS Not enough good replicas to write.")
+    # redis-py 8.2 sets status_code on errors it has no class for and keeps the code in the
+    # message (8.1 left status_code unset there): the code is not repeated.
+    for text in (
+        pipeline + "NOREPLICAS Not enough good replicas to write.",
+        "NOREPLICAS Not enough good replicas to write.",
+    ):
+        assert write_refusal(ResponseError(text, status_code="NOREPLICAS")) == (
+            "NOREPLICAS Not enough good replicas to write."
+        )
     assert write_refusal(OutOfMemoryError("command not allowed when used memory > 'maxmemory'."))
     assert write_refusal(ResponseError("MISCONF Errors writing to the AOF file")) is not None
     assert write_refusal(ResponseError(pipeline + "WRONGTYPE Operation against a key")) is None
