@@ -910,9 +910,11 @@ def _report_pairs(
     text: str,
     outcomes: list[Outcome],
     started: float,
-    **document: Any,
+    rows: list[dict[str, Any]],
+    **extra: Any,
 ) -> int:
-    """Print and write (``--markdown``, ``--json``) a table; 1 when a check or a pair failed."""
+    """Print and write (``--markdown``, ``--json``: ``rows``, ``extra``, results) a table;
+    1 when a check or a pair failed."""
     print(text)
     failed = [o for o in outcomes if o.result is None]
     print(f"{len(outcomes)} pairs in {time.perf_counter() - started:.0f} s, {len(failed)} failed")
@@ -921,10 +923,10 @@ def _report_pairs(
     if args.json is not None:
         results = [{"entry": o.entry, "result": o.result} for o in outcomes]
         args.json.write_text(
-            json.dumps({**document, "results": results}, ensure_ascii=False, default=str) + "\n",
+            json.dumps({"rows": rows, **extra, "results": results}, ensure_ascii=False, default=str)
+            + "\n",
             encoding="utf-8",
         )
-    rows: list[dict[str, Any]] = document["rows"]
     return 0 if all(r["passed"] for r in rows if r["check"]) and not failed else 1
 
 

@@ -41,6 +41,7 @@ _HALF_SPAN = 0.12
 #: formant sits near its second harmonic (espeak-ng's high voices did: checked everywhere,
 #: the half-period rule put octave jumps into right readings, tone 98 -> 24-88).
 _HALF_FROM_TAU = SAMPLE_RATE // 80
+_HALF_OFFSETS = int(np.ceil(_HALF_SPAN * (_TAU_MAX // 2)))  # lags searched either side of the half
 _VOICED_MAX = 0.45
 #: Second, guided pass (:attr:`PitchTrack.guided`): a strict-unvoiced speech frame gets the
 #: deepest YIN dip within this factor of the speaker's median pitch when the dip is under
@@ -186,18 +187,20 @@ def _prefer_half_period(
     one longer, ~10 % either side of the half) still dip to ~0.4; a truly low voice's half
     period does not (there the waveform is far from itself).
     """
-    half = best // 2
-    span = int(np.ceil(_HALF_SPAN * (_TAU_MAX // 2)))
-    ok = best >= _HALF_FROM_TAU
-    if not ok.any():
+    long = np.flatnonzero(best >= _HALF_FROM_TAU)  # most voices have none: nothing to do
+    if long.size == 0:
         return best
-    offsets = np.arange(-span, span + 1)
-    cand = np.clip(half[:, None] + offsets[None, :], _TAU_MIN, dn.shape[1] - 1)
-    values = dn[rows[:, None], cand]
+    half = best[long] // 2  # 100-160: the candidates stay inside YIN's lag range
+    offsets = np.arange(-_HALF_OFFSETS, _HALF_OFFSETS + 1)
+    cand = half[:, None] + offsets[None, :]
+    values = dn[rows[long, None], cand]
     values = np.where(np.abs(offsets)[None, :] <= _HALF_SPAN * half[:, None], values, np.inf)
     pick = np.argmin(values, axis=1)
-    low = values[rows, pick] < _HALF_DIP
-    return np.asarray(np.where(ok & low, cand[rows, pick], best), dtype=np.intp)
+    picked = np.arange(long.size)
+    low = values[picked, pick] < _HALF_DIP
+    out = best.copy()
+    out[long[low]] = cand[picked, pick][low]
+    return out
 
 
 def _clean(

@@ -149,8 +149,8 @@ def build_profile(audio: LoadedAudio, *, warps: tuple[float, ...] = (1.0,)) -> P
         # text-to-speech clip as 18 dB SNR. Below NOISE_MEDIAN_FRAMES the quietest of them
         # (5th percentile) is the noise: a room's noise fills the gaps between words, speech
         # edges sit above it.
-        share = 50 if quiet.size >= NOISE_MEDIAN_FRAMES else 5
-        noise = max(float(np.percentile(quiet, share)), level - 80.0)
+        percentile = 50 if quiet.size >= NOISE_MEDIAN_FRAMES else 5
+        noise = max(float(np.percentile(quiet, percentile)), level - 80.0)
     band_hi = int(7000 * N_FFT / SAMPLE_RATE)
     return Profile(
         duration_s=audio.duration_s,
